@@ -1,0 +1,464 @@
+//! HF checkpoints: `config.json` + `model.safetensors`, or shards listed by
+//! `model.safetensors.index.json`. Files are memory-mapped and each tensor is converted
+//! straight into the dtype it is held in, so loading never holds a second copy of the model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::{DType, TensorCreationOptions};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
+use serde_json::{Value, json};
+
+use crate::config::{CheckpointDType, LlamaConfig};
+use crate::error::{ModelError, Result};
+use crate::model::Llama;
+
+/// How weights are held in memory. Activations are f32 whatever this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDType {
+    /// 4 bytes per weight; the default.
+    #[default]
+    F32,
+    /// 2 bytes per weight (bfloat16).
+    BF16,
+    /// 2 bytes per weight (IEEE half).
+    F16,
+}
+
+impl WeightDType {
+    /// The burn dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::BF16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::BF16 | Self::F16 => 2,
+        }
+    }
+
+    fn safetensors(self) -> StDtype {
+        match self {
+            Self::F32 => StDtype::F32,
+            Self::BF16 => StDtype::BF16,
+            Self::F16 => StDtype::F16,
+        }
+    }
+
+    fn checkpoint(self) -> CheckpointDType {
+        match self {
+            Self::F32 => CheckpointDType::F32,
+            Self::BF16 => CheckpointDType::BF16,
+            Self::F16 => CheckpointDType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match CheckpointDType::parse(s) {
+            Some(CheckpointDType::F32) => Ok(Self::F32),
+            Some(CheckpointDType::BF16) => Ok(Self::BF16),
+            Some(CheckpointDType::F16) => Ok(Self::F16),
+            None => Err(format!("unknown dtype `{s}` (expected f32, bf16 or f16)")),
+        }
+    }
+}
+
+/// Converts little-endian raw tensor bytes of `from` into bytes of `to`.
+///
+/// Rounding to bf16/f16 is round-to-nearest-even, as torch's `.to()` does.
+pub fn convert_bytes(
+    raw: &[u8],
+    from: StDtype,
+    to: WeightDType,
+) -> std::result::Result<Vec<u8>, String> {
+    let same = matches!(
+        (from, to),
+        (StDtype::F32, WeightDType::F32)
+            | (StDtype::BF16, WeightDType::BF16)
+            | (StDtype::F16, WeightDType::F16)
+    );
+    if same {
+        return Ok(raw.to_vec());
+    }
+    let widened: Box<dyn Iterator<Item = f32> + '_> = match from {
+        StDtype::F32 => Box::new(
+            raw.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        StDtype::BF16 => Box::new(
+            raw.chunks_exact(2)
+                .map(|b| bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+        ),
+        StDtype::F16 => Box::new(
+            raw.chunks_exact(2)
+                .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()),
+        ),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not a floating-point weight type"
+            ));
+        }
+    };
+    let mut out = Vec::with_capacity(raw.len() / (from.bitsize() / 8) * to.size());
+    match to {
+        WeightDType::F32 => widened.for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        WeightDType::BF16 => {
+            widened.for_each(|x| out.extend_from_slice(&bf16::from_f32(x).to_le_bytes()))
+        }
+        WeightDType::F16 => {
+            widened.for_each(|x| out.extend_from_slice(&f16::from_f32(x).to_le_bytes()))
+        }
+    }
+    Ok(out)
+}
+
+/// A memory-mapped safetensors file.
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+impl MappedFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: the mapping is read-only; a checkpoint rewritten while it is being loaded
+        // is outside what any loader can guard against.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let mapped = Self {
+            path: path.to_path_buf(),
+            mmap,
+        };
+        mapped.parse()?; // validate the header once, up front
+        Ok(mapped)
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.mmap).map_err(|e| {
+            ModelError::checkpoint(
+                &self.path,
+                format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+            )
+        })
+    }
+}
+
+/// The safetensors files of a checkpoint and which file holds which tensor.
+pub struct SafetensorsCheckpoint {
+    files: Vec<MappedFile>,
+    location: HashMap<String, usize>,
+    dir: PathBuf,
+}
+
+impl SafetensorsCheckpoint {
+    /// Opens `dir/model.safetensors`, or the shards named by `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let mut files = Vec::new();
+        let mut location = HashMap::new();
+        if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let index: Value = serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                path: index_path.clone(),
+                source,
+            })?;
+            let map = index
+                .get("weight_map")
+                .and_then(Value::as_object)
+                .ok_or_else(|| {
+                    ModelError::config(&index_path, "weight_map", "missing or not an object")
+                })?;
+            let mut shard_ids: BTreeMap<String, usize> = BTreeMap::new();
+            for (tensor, shard) in map {
+                let shard = shard.as_str().ok_or_else(|| {
+                    ModelError::config(
+                        &index_path,
+                        format!("weight_map.{tensor}"),
+                        "expected a file name",
+                    )
+                })?;
+                let next = shard_ids.len();
+                let id = *shard_ids.entry(shard.to_string()).or_insert(next);
+                location.insert(tensor.clone(), id);
+            }
+            let mut names: Vec<(usize, String)> =
+                shard_ids.into_iter().map(|(n, i)| (i, n)).collect();
+            names.sort();
+            for (_, name) in names {
+                files.push(MappedFile::open(&dir.join(name))?);
+            }
+            // The index may lie; trust the files themselves for what they contain.
+            for (tensor, &id) in &location {
+                if files[id].parse()?.tensor(tensor).is_err() {
+                    return Err(ModelError::tensor(
+                        &files[id].path,
+                        tensor,
+                        format!(
+                            "listed in {} but absent from this shard",
+                            index_path.display()
+                        ),
+                    ));
+                }
+            }
+        } else if single.exists() {
+            let file = MappedFile::open(&single)?;
+            for name in file.parse()?.names() {
+                location.insert(name.to_string(), 0);
+            }
+            files.push(file);
+        } else {
+            return Err(ModelError::checkpoint(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in this directory",
+            ));
+        }
+        Ok(Self {
+            files,
+            location,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Names of all tensors in the checkpoint.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.location.keys().map(String::as_str)
+    }
+
+    /// Reads tensor `name`, checks it has `shape` (a `[1, n]` request also accepts a 1-D
+    /// `[n]` tensor), and converts it to `dtype` on `device`.
+    pub fn read(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: WeightDType,
+        device: &Device,
+    ) -> Result<Tensor<2>> {
+        let id = *self
+            .location
+            .get(name)
+            .ok_or_else(|| ModelError::tensor(&self.dir, name, "missing from the checkpoint"))?;
+        let file = &self.files[id];
+        let st = file.parse()?;
+        let view = st
+            .tensor(name)
+            .map_err(|e| ModelError::tensor(&file.path, name, e.to_string()))?;
+        let ok = view.shape() == shape || (shape[0] == 1 && view.shape() == [shape[1]]);
+        if !ok {
+            return Err(ModelError::tensor(
+                &file.path,
+                name,
+                format!(
+                    "shape {:?}, expected {:?} from config.json",
+                    view.shape(),
+                    shape
+                ),
+            ));
+        }
+        let bytes = convert_bytes(view.data(), view.dtype(), dtype)
+            .map_err(|m| ModelError::tensor(&file.path, name, m))?;
+        let data = TensorData::from_bytes_vec(bytes, shape.to_vec(), dtype.dtype());
+        Ok(Tensor::from_data(
+            data,
+            TensorCreationOptions::new(device.clone()).with_dtype(dtype.dtype()),
+        ))
+    }
+}
+
+/// Reads a model from safetensors with the given config.
+pub fn load_safetensors(
+    dir: &Path,
+    config: &LlamaConfig,
+    dtype: WeightDType,
+    device: &Device,
+) -> Result<Llama> {
+    let ckpt = SafetensorsCheckpoint::open(dir)?;
+    let mut used = std::collections::HashSet::new();
+    let model = Llama::build(config, |name, shape| {
+        used.insert(name.to_string());
+        ckpt.read(name, shape, dtype, device)
+    })?;
+    // Old checkpoints carry RoPE buffers; anything else unused is worth a warning.
+    for name in ckpt.names() {
+        if !used.contains(name) && !name.ends_with("rotary_emb.inv_freq") {
+            if config.tie_word_embeddings && name == "lm_head.weight" {
+                continue;
+            }
+            tracing::warn!(tensor = name, dir = %dir.display(), "unused tensor in checkpoint");
+        }
+    }
+    Ok(model)
+}
+
+/// Options of [`save_hf`].
+#[derive(Debug, Clone, Copy)]
+pub struct SaveOptions {
+    /// The dtype of the written weights.
+    pub dtype: WeightDType,
+    /// Shards are cut above this many bytes of tensor data (HF's default is 5 GB).
+    pub max_shard_bytes: usize,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self {
+            dtype: WeightDType::F32,
+            max_shard_bytes: 2_000_000_000,
+        }
+    }
+}
+
+struct OwnedView {
+    dtype: StDtype,
+    shape: Vec<usize>,
+    data: Vec<u8>,
+}
+
+impl View for OwnedView {
+    fn dtype(&self) -> StDtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        (&self.data).into()
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// Writes `model` as an HF checkpoint into `dir`: `config.json` and `model.safetensors`, or
+/// `model-0000k-of-0000n.safetensors` shards plus `model.safetensors.index.json` when the
+/// weights exceed `max_shard_bytes`. Each file is written to a temporary name and renamed, so
+/// a failed save never leaves a half-written file under a real name.
+pub fn save_hf(
+    model: &Llama,
+    config: &LlamaConfig,
+    dir: &Path,
+    options: SaveOptions,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let weights = model.named_weights();
+    let elem = options.dtype.size();
+
+    let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut shard_bytes = 0;
+    for (i, w) in weights.iter().enumerate() {
+        let bytes = w.shape.iter().product::<usize>() * elem;
+        if shard_bytes > 0 && shard_bytes + bytes > options.max_shard_bytes {
+            shards.push(Vec::new());
+            shard_bytes = 0;
+        }
+        shards.last_mut().expect("one shard").push(i);
+        shard_bytes += bytes;
+    }
+    let n = shards.len();
+    let file_name = |k: usize| {
+        if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", k + 1, n)
+        }
+    };
+
+    let mut weight_map = serde_json::Map::new();
+    let mut total = 0usize;
+    for (k, shard) in shards.iter().enumerate() {
+        let mut views = Vec::with_capacity(shard.len());
+        for &i in shard {
+            let w = &weights[i];
+            let data = w.value.to_data();
+            let (bytes, _, dtype) = data.into_parts();
+            let from = match dtype {
+                DType::F32 => StDtype::F32,
+                DType::BF16 => StDtype::BF16,
+                DType::F16 => StDtype::F16,
+                other => {
+                    return Err(ModelError::tensor(
+                        dir,
+                        &w.name,
+                        format!("cannot save dtype {other:?}"),
+                    ));
+                }
+            };
+            let data = convert_bytes(&bytes, from, options.dtype)
+                .map_err(|m| ModelError::tensor(dir, &w.name, m))?;
+            total += data.len();
+            weight_map.insert(w.name.clone(), json!(file_name(k)));
+            views.push((
+                w.name.clone(),
+                OwnedView {
+                    dtype: options.dtype.safetensors(),
+                    shape: w.shape.clone(),
+                    data,
+                },
+            ));
+        }
+        let final_path = dir.join(file_name(k));
+        let tmp = temp_path(&final_path);
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::tensor::serialize_to_file(views, Some(metadata), &tmp)
+            .map_err(|e| ModelError::checkpoint(&tmp, e.to_string()))?;
+        rename(&tmp, &final_path)?;
+    }
+    if n > 1 {
+        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+        write_atomic(&dir.join("model.safetensors.index.json"), &pretty(&index))?;
+        remove_if_exists(&dir.join("model.safetensors"))?;
+    } else {
+        remove_if_exists(&dir.join("model.safetensors.index.json"))?;
+    }
+    let mut config = config.clone();
+    config.dtype = Some(options.dtype.checkpoint());
+    write_atomic(&dir.join("config.json"), &pretty(&config.to_json()))?;
+    Ok(())
+}
+
+fn pretty(value: &Value) -> Vec<u8> {
+    let mut text = serde_json::to_vec_pretty(value).expect("JSON values serialise");
+    text.push(b'\n');
+    text
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| ModelError::io(to, e))
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ModelError::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut file = File::create(&tmp).map_err(|e| ModelError::io(&tmp, e))?;
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| ModelError::io(&tmp, e))?;
+    rename(&tmp, path)
+}

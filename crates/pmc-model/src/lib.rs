@@ -1,0 +1,141 @@
+//! # pmc-model
+//!
+//! A LLaMA causal language model on [burn](https://burn.dev) that computes what HF
+//! transformers computes: HF checkpoints (`config.json`, single or sharded safetensors,
+//! `tokenizer.json`) in and out, log-likelihood scoring and KV-cache generation.
+//!
+//! ```no_run
+//! use pmc_model::{LoadOptions, load_model};
+//!
+//! let device = pmc_model::default_device();
+//! let loaded = load_model("path/to/hf-model".as_ref(), &LoadOptions::default(), &device)?;
+//! let tokenizer = loaded.tokenizer.as_ref().expect("the directory has tokenizer.json");
+//! let (context, continuation) = tokenizer.encode_pair("The capital of France is", " Paris")?;
+//! let scores = pmc_model::score_continuations(&loaded.model, &context, &[continuation], &device)?;
+//! println!("loglik = {}", scores[0].loglik);
+//! # Ok::<(), pmc_model::ModelError>(())
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod rope;
+pub mod score;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorCreationOptions};
+
+pub use burn;
+pub use checkpoint::{SaveOptions, WeightDType, save_hf};
+pub use config::{LlamaConfig, RopeScaling};
+pub use error::{ModelError, Result};
+pub use generate::{GenerationConfig, generate};
+pub use model::{KvCache, Llama};
+pub use score::{PreparedContext, Score, mean_nll, score_continuations};
+pub use tokenizer::Tokenizer;
+
+/// The device computations run on: `flex` (CPU) by default. With the `wgpu` feature,
+/// `PMC_DEVICE=wgpu` selects the first wgpu adapter; with `cuda`, `PMC_DEVICE=cuda` the first
+/// CUDA GPU. An unknown or unavailable choice panics with a message rather than silently
+/// falling back to the CPU.
+pub fn default_device() -> Device {
+    match std::env::var("PMC_DEVICE").as_deref() {
+        Err(_) | Ok("") | Ok("flex") | Ok("cpu") => Device::flex(),
+        #[cfg(feature = "wgpu")]
+        Ok("wgpu") => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+        #[cfg(feature = "cuda")]
+        Ok("cuda") => Device::cuda(0),
+        Ok(other) => panic!(
+            "PMC_DEVICE={other} is not available in this build (built with: flex{}{})",
+            if cfg!(feature = "wgpu") { ", wgpu" } else { "" },
+            if cfg!(feature = "cuda") { ", cuda" } else { "" },
+        ),
+    }
+}
+
+/// Options of [`load_model`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// How weights are held in memory.
+    pub dtype: WeightDType,
+}
+
+/// A model with its config and, when the checkpoint has one, its tokenizer.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The architecture.
+    pub config: LlamaConfig,
+    /// The weights.
+    pub model: Llama,
+    /// The tokenizer; `None` when the directory has no `tokenizer.json`.
+    pub tokenizer: Option<Tokenizer>,
+    /// Where the model came from.
+    pub source: PathBuf,
+}
+
+/// Loads an HF model directory (`config.json`, safetensors weights, optional tokenizer).
+pub fn load_model(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
+    if path.is_file() {
+        return Err(ModelError::checkpoint(
+            path,
+            "expected an HF model directory (config.json + safetensors)",
+        ));
+    }
+    let config_path = path.join("config.json");
+    if !config_path.exists() {
+        return Err(ModelError::checkpoint(
+            path,
+            "no config.json in this directory",
+        ));
+    }
+    let config = LlamaConfig::from_file(&config_path)?;
+    let started = std::time::Instant::now();
+    let model = checkpoint::load_safetensors(path, &config, options.dtype, device)?;
+    tracing::info!(
+        path = %path.display(),
+        params = config.num_parameters(),
+        seconds = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    let tokenizer = if path.join("tokenizer.json").exists() {
+        Some(Tokenizer::from_dir(
+            path,
+            config.bos_token_id,
+            &config.eos_token_ids,
+        )?)
+    } else {
+        None
+    };
+    Ok(LoadedModel {
+        config,
+        model,
+        tokenizer,
+        source: path.to_path_buf(),
+    })
+}
+
+/// A model with random weights: N(0, 0.02²) matrices and unit norms, as transformers
+/// initialises LLaMA. `seed` makes it reproducible on a given device.
+pub fn init_random(config: &LlamaConfig, dtype: WeightDType, seed: u64, device: &Device) -> Llama {
+    device.seed(seed);
+    let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype.dtype());
+    let built: std::result::Result<Llama, std::convert::Infallible> =
+        Llama::build(config, |name, shape| {
+            let shape = [shape[0], shape[1]];
+            Ok(if name.ends_with("norm.weight") {
+                Tensor::ones(shape, options.clone())
+            } else if name.ends_with(".bias") {
+                Tensor::zeros(shape, options.clone())
+            } else {
+                Tensor::random(shape, Distribution::Normal(0.0, 0.02), options.clone())
+            })
+        });
+    match built {
+        Ok(model) => model,
+    }
+}

@@ -1,0 +1,500 @@
+//! The LLaMA decoder, top to bottom: token embedding → N × (RMSNorm → attention with RoPE and
+//! grouped-query heads → residual → RMSNorm → SwiGLU MLP → residual) → RMSNorm → LM head.
+//!
+//! Weights keep HF's layout (a projection's weight is `[out, in]`), so checkpoints and LoRA
+//! adapters map one to one onto the fields. Weights may be held in bf16/f16 to save memory;
+//! activations are always f32, and a low-precision weight is widened one matrix at a time when
+//! it is used.
+
+use burn::module::{Module, Param};
+use burn::prelude::*;
+use burn::tensor::DType;
+use burn::tensor::activation::{silu, softmax};
+
+use crate::config::LlamaConfig;
+use crate::rope::{Rope, apply_rope};
+
+/// The dtype all activations are computed in.
+const COMPUTE_DTYPE: DType = DType::F32;
+
+/// Widens a low-precision weight to the compute dtype; a no-op for f32 weights.
+fn widen<const D: usize>(weight: &Param<Tensor<D>>) -> Tensor<D> {
+    let w = weight.val();
+    if w.dtype() == COMPUTE_DTYPE {
+        w
+    } else {
+        w.cast(COMPUTE_DTYPE)
+    }
+}
+
+/// A linear projection with HF's weight layout `[out_features, in_features]`.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// `[out_features, in_features]`.
+    pub weight: Param<Tensor<2>>,
+    /// `[out_features]`, when the layer has a bias.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+impl Linear {
+    /// `x @ weight.T + bias` over the last dimension of `x`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d_in] = x.dims();
+        let w = widen(&self.weight);
+        let d_out = w.dims()[0];
+        // A 2-D product lets the backend read the transposed weight in place.
+        let y = x.reshape([b * t, d_in]).matmul(w.transpose());
+        let y = match &self.bias {
+            Some(bias) => y + widen(bias).unsqueeze::<2>(),
+            None => y,
+        };
+        y.reshape([b, t, d_out])
+    }
+}
+
+/// Root-mean-square layer norm: `weight * x / sqrt(mean(x²) + eps)`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// `[hidden_size]`.
+    pub weight: Param<Tensor<1>>,
+    /// Added to the mean square for numerical stability.
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    /// Normalises over the last dimension.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let rms = (x.clone().square().mean_dim(2) + self.eps).sqrt();
+        (x / rms) * widen(&self.weight).unsqueeze::<3>()
+    }
+}
+
+/// Keys and values of one layer for the positions seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct LayerCache {
+    keys: Option<Tensor<4>>,
+    values: Option<Tensor<4>>,
+}
+
+impl LayerCache {
+    /// Appends `[batch, kv_heads, new, head_dim]` keys and values; returns all of them.
+    fn append(&mut self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let k = match self.keys.take() {
+            Some(old) => Tensor::cat(vec![old, k], 2),
+            None => k,
+        };
+        let v = match self.values.take() {
+            Some(old) => Tensor::cat(vec![old, v], 2),
+            None => v,
+        };
+        self.keys = Some(k.clone());
+        self.values = Some(v.clone());
+        (k, v)
+    }
+}
+
+/// The KV cache of a whole model: lets decoding and multiple-choice scoring reuse the
+/// attention keys and values of a prefix instead of recomputing them.
+///
+/// Cloning is cheap (tensors are reference-counted) and gives an independent cache, which is
+/// how one context is shared by several continuations.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for a model of `num_layers` layers.
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![LayerCache::default(); num_layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Multi-head causal self-attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection, `[heads * head_dim, hidden]`.
+    pub q_proj: Linear,
+    /// Key projection, `[kv_heads * head_dim, hidden]`.
+    pub k_proj: Linear,
+    /// Value projection, `[kv_heads * head_dim, hidden]`.
+    pub v_proj: Linear,
+    /// Output projection, `[hidden, heads * head_dim]`.
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+
+        let q = apply_rope(
+            heads(self.q_proj.forward(x.clone()), nh),
+            &rope.cos,
+            &rope.sin,
+        );
+        let k = apply_rope(
+            heads(self.k_proj.forward(x.clone()), nkv),
+            &rope.cos,
+            &rope.sin,
+        );
+        let v = heads(self.v_proj.forward(x), nkv);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(k, v),
+            None => (k, v),
+        };
+        let s = k.dims()[2];
+
+        // Query head h reads key/value head h / groups (HF's `repeat_kv`). Folding the groups
+        // into the query rows avoids materialising repeated keys and values.
+        let groups = nh / nkv;
+        let q = q.reshape([b, nkv, groups * t, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+        let scores = match &rope.mask {
+            Some(mask) => scores.reshape([b, nh, t, s]) + mask.clone().unsqueeze::<4>(),
+            None => scores.reshape([b, nh, t, s]),
+        };
+        let probs = softmax(scores, 3).reshape([b, nkv, groups * t, s]);
+        let out = probs.matmul(v).reshape([b, nh, t, hd]).swap_dims(1, 2);
+        self.o_proj.forward(out.reshape([b, t, nh * hd]))
+    }
+}
+
+/// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// `[intermediate, hidden]`.
+    pub gate_proj: Linear,
+    /// `[intermediate, hidden]`.
+    pub up_proj: Linear,
+    /// `[hidden, intermediate]`.
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// One pre-norm decoder layer.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// Feed-forward block.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, cache);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
+}
+
+/// The per-call RoPE tables and causal mask, shared by all layers.
+struct RopeTables {
+    cos: Tensor<2>,
+    sin: Tensor<2>,
+    /// Additive `[new, total]` mask (`-inf` above the causal diagonal); `None` for one token.
+    mask: Option<Tensor<2>>,
+}
+
+/// A LLaMA causal language model (`LlamaForCausalLM`).
+#[derive(Module, Debug)]
+pub struct Llama {
+    /// `[vocab, hidden]`.
+    pub embed_tokens: Param<Tensor<2>>,
+    /// The decoder stack.
+    pub layers: Vec<DecoderLayer>,
+    /// The final norm.
+    pub norm: RmsNorm,
+    /// `[vocab, hidden]`; `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Param<Tensor<2>>>,
+    #[module(skip)]
+    rope: Rope,
+}
+
+impl Llama {
+    /// A model with all weights filled by `init(name, shape)`, in HF tensor names
+    /// (`model.layers.0.self_attn.q_proj.weight`, ...). Loading and random initialisation
+    /// both go through here, so the names exist in one place.
+    pub fn build<E>(
+        config: &LlamaConfig,
+        mut init: impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
+    ) -> Result<Self, E> {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        let inter = config.intermediate_size;
+
+        let mut matrix = |name: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>, E> {
+            init(name, &shape).map(Param::from_tensor)
+        };
+        // 1-D tensors travel through `init` as [1, n] rows so one callback serves every shape.
+        fn vector<E>(
+            matrix: &mut impl FnMut(&str, [usize; 2]) -> Result<Param<Tensor<2>>, E>,
+            name: &str,
+            n: usize,
+        ) -> Result<Param<Tensor<1>>, E> {
+            let row = matrix(name, [1, n])?;
+            Ok(Param::from_tensor(row.val().reshape([n])))
+        }
+        fn linear<E>(
+            matrix: &mut impl FnMut(&str, [usize; 2]) -> Result<Param<Tensor<2>>, E>,
+            name: &str,
+            out: usize,
+            inp: usize,
+            bias: bool,
+        ) -> Result<Linear, E> {
+            Ok(Linear {
+                weight: matrix(&format!("{name}.weight"), [out, inp])?,
+                bias: if bias {
+                    Some(vector(matrix, &format!("{name}.bias"), out)?)
+                } else {
+                    None
+                },
+            })
+        }
+        let norm = |matrix: &mut _, name: &str| -> Result<RmsNorm, E> {
+            Ok(RmsNorm {
+                weight: vector(matrix, &format!("{name}.weight"), h)?,
+                eps: config.rms_norm_eps,
+            })
+        };
+
+        let embed_tokens = matrix("model.embed_tokens.weight", [config.vocab_size, h])?;
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let ab = config.attention_bias;
+            let mb = config.mlp_bias;
+            layers.push(DecoderLayer {
+                input_layernorm: norm(&mut matrix, &format!("{p}.input_layernorm"))?,
+                self_attn: Attention {
+                    q_proj: linear(&mut matrix, &format!("{p}.self_attn.q_proj"), q, h, ab)?,
+                    k_proj: linear(&mut matrix, &format!("{p}.self_attn.k_proj"), kv, h, ab)?,
+                    v_proj: linear(&mut matrix, &format!("{p}.self_attn.v_proj"), kv, h, ab)?,
+                    o_proj: linear(&mut matrix, &format!("{p}.self_attn.o_proj"), h, q, ab)?,
+                    num_heads: config.num_attention_heads,
+                    num_kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim,
+                },
+                post_attention_layernorm: norm(
+                    &mut matrix,
+                    &format!("{p}.post_attention_layernorm"),
+                )?,
+                mlp: Mlp {
+                    gate_proj: linear(&mut matrix, &format!("{p}.mlp.gate_proj"), inter, h, mb)?,
+                    up_proj: linear(&mut matrix, &format!("{p}.mlp.up_proj"), inter, h, mb)?,
+                    down_proj: linear(&mut matrix, &format!("{p}.mlp.down_proj"), h, inter, mb)?,
+                },
+            });
+        }
+        let final_norm = norm(&mut matrix, "model.norm")?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            Some(matrix("lm_head.weight", [config.vocab_size, h])?)
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: final_norm,
+            lm_head,
+            rope: Rope::new(config),
+        })
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.dims()[0]
+    }
+
+    /// The model's rotary embedding.
+    pub fn rope(&self) -> &Rope {
+        &self.rope
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after the last norm) of `tokens`
+    /// `[batch, seq]`. With a cache, the tokens continue the cached positions and the cache
+    /// is extended with them.
+    pub fn forward_hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [_, t] = tokens.dims();
+        let device = tokens.device();
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        let (cos, sin) = self.rope.tables(start, t, &device);
+        let mask = (t > 1).then(|| causal_mask(start, t, &device));
+        let tables = RopeTables { cos, sin, mask };
+
+        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
+        if x.dtype() != COMPUTE_DTYPE {
+            x = x.cast(COMPUTE_DTYPE);
+        }
+        match cache {
+            Some(cache) => {
+                for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
+                    x = layer.forward(x, &tables, Some(layer_cache));
+                }
+                cache.len += t;
+            }
+            None => {
+                for layer in &self.layers {
+                    x = layer.forward(x, &tables, None);
+                }
+            }
+        }
+        self.norm.forward(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` of hidden states from [`Llama::forward_hidden`].
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        Linear {
+            weight: head.clone(),
+            bias: None,
+        }
+        .forward(hidden)
+    }
+
+    /// Logits `[batch, seq, vocab]` of `tokens` `[batch, seq]`.
+    pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.logits(self.forward_hidden(tokens, cache))
+    }
+}
+
+/// `[new, start + new]` additive mask: query `i` (at position `start + i`) sees keys
+/// `0..=start + i`.
+fn causal_mask(start: usize, new: usize, device: &Device) -> Tensor<2> {
+    let total = start + new;
+    let data: Vec<f32> = (0..new)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(data, [new, total]), device)
+}
+
+/// A weight of the model under its HF name, for saving and inspection.
+#[derive(Debug, Clone)]
+pub struct NamedWeight {
+    /// HF tensor name, e.g. `model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// The shape in the checkpoint (1-D for norms and biases).
+    pub shape: Vec<usize>,
+    /// The values; 1-D weights are viewed as one row.
+    pub value: Tensor<2>,
+}
+
+impl Llama {
+    /// Every weight under its HF name, in checkpoint order. A tied LM head is not repeated.
+    pub fn named_weights(&self) -> Vec<NamedWeight> {
+        let mut out = Vec::new();
+        let mut matrix = |name: String, p: &Param<Tensor<2>>| {
+            let value = p.val();
+            out.push(NamedWeight {
+                name,
+                shape: value.dims().to_vec(),
+                value,
+            });
+        };
+        let mut all_vectors = Vec::new();
+        let mut vector = |name: String, p: &Param<Tensor<1>>| {
+            all_vectors.push((name, p.val()));
+        };
+        matrix("model.embed_tokens.weight".into(), &self.embed_tokens);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            vector(
+                format!("{p}.input_layernorm.weight"),
+                &layer.input_layernorm.weight,
+            );
+            vector(
+                format!("{p}.post_attention_layernorm.weight"),
+                &layer.post_attention_layernorm.weight,
+            );
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                matrix(format!("{p}.{name}.weight"), &lin.weight);
+                if let Some(bias) = &lin.bias {
+                    vector(format!("{p}.{name}.bias"), bias);
+                }
+            }
+        }
+        vector("model.norm.weight".into(), &self.norm.weight);
+        if let Some(head) = &self.lm_head {
+            matrix("lm_head.weight".into(), head);
+        }
+        out.extend(all_vectors.into_iter().map(|(name, v)| {
+            let n = v.dims()[0];
+            NamedWeight {
+                name,
+                shape: vec![n],
+                value: v.reshape([1, n]),
+            }
+        }));
+        out
+    }
+}

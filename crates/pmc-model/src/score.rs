@@ -1,0 +1,170 @@
+//! Log-likelihood scoring of continuations, the primitive of multiple-choice evaluation.
+//!
+//! A context is run once; its KV cache is then shared by every continuation scored against
+//! it, so a four-option question costs one context pass plus four short passes.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use crate::error::{ModelError, Result};
+use crate::model::{KvCache, Llama};
+
+/// The score of one continuation.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Score {
+    /// Sum of the continuation tokens' log-probabilities given everything before them.
+    pub loglik: f64,
+    /// Whether every continuation token is the model's most likely next token.
+    pub greedy: bool,
+}
+
+/// Per-position log-probabilities of `targets` and whether each is the argmax, from logits
+/// `[1, n, vocab]` where position `i` predicts `targets[i]`.
+fn target_logprobs(logits: Tensor<3>, targets: &[u32]) -> Result<Vec<(f64, bool)>> {
+    let [_, n, vocab] = logits.dims();
+    debug_assert_eq!(n, targets.len());
+    let device = logits.device();
+    let logp = log_softmax(logits.reshape([n, vocab]), 1);
+    let argmax = logp.clone().argmax(1).reshape([n]);
+    let index = Tensor::<1, Int>::from_data(
+        TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
+        &device,
+    );
+    let picked = logp.gather(1, index.reshape([n, 1])).reshape([n]);
+    let picked: Vec<f32> = read_back(picked.into_data())?;
+    let argmax: Vec<i64> = read_back(argmax.into_data())?;
+    Ok(picked
+        .iter()
+        .zip(argmax.iter().zip(targets))
+        .map(|(&lp, (&am, &t))| (lp as f64, am == t as i64))
+        .collect())
+}
+
+/// Copies tensor data to the host as `E`, converting the dtype if needed.
+pub(crate) fn read_back<E: burn::tensor::Element>(data: TensorData) -> Result<Vec<E>> {
+    data.try_into_vec_as::<E>()
+        .map_err(|e| ModelError::Request(format!("reading a tensor back: {e:?}")))
+}
+
+pub(crate) fn token_tensor(ids: &[u32], device: &Device) -> Tensor<2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    Tensor::from_data(TensorData::new(data, [1, ids.len()]), device)
+}
+
+fn check_ids(model: &Llama, ids: &[u32], what: &str) -> Result<()> {
+    let vocab = model.vocab_size();
+    match ids.iter().find(|&&t| t as usize >= vocab) {
+        Some(bad) => Err(ModelError::Request(format!(
+            "{what} token id {bad} is outside the vocabulary (size {vocab})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A context run through the model, ready to score continuations against.
+pub struct PreparedContext {
+    context: Vec<u32>,
+    cache: KvCache,
+    /// Logits `[1, 1, vocab]` of the context's last position: the first continuation token's
+    /// distribution.
+    last_logits: Tensor<3>,
+}
+
+impl PreparedContext {
+    /// Runs `context` (at least one token) through `model`.
+    pub fn new(model: &Llama, context: &[u32], device: &Device) -> Result<Self> {
+        if context.is_empty() {
+            return Err(ModelError::Request(
+                "empty context: lm-evaluation-harness puts the BOS/EOS token there; pass it explicitly".into(),
+            ));
+        }
+        check_ids(model, context, "context")?;
+        let mut cache = model.new_cache();
+        let hidden = model.forward_hidden(token_tensor(context, device), Some(&mut cache));
+        let [b, t, h] = hidden.dims();
+        let last = hidden.slice([0..b, t - 1..t, 0..h]);
+        Ok(Self {
+            context: context.to_vec(),
+            cache,
+            last_logits: model.logits(last),
+        })
+    }
+
+    /// Scores `continuation` (at least one token) after this context.
+    pub fn score(&self, model: &Llama, continuation: &[u32]) -> Result<Score> {
+        if continuation.is_empty() {
+            return Err(ModelError::Request("empty continuation".into()));
+        }
+        check_ids(model, continuation, "continuation")?;
+        let device = self.last_logits.device();
+        let input_len = self.context.len() + continuation.len() - 1;
+        let logits = if model.rope().depends_on_length(input_len) {
+            // Dynamic NTK beyond the trained length: the frequencies depend on the whole
+            // input, so the context's cache cannot be reused. Score the way
+            // lm-evaluation-harness feeds the model: (context + continuation)[:-1] in one pass.
+            let mut input = self.context.clone();
+            input.extend_from_slice(&continuation[..continuation.len() - 1]);
+            let hidden = model.forward_hidden(token_tensor(&input, &device), None);
+            let [b, _, h] = hidden.dims();
+            model.logits(hidden.slice([0..b, self.context.len() - 1..input_len, 0..h]))
+        } else if continuation.len() == 1 {
+            self.last_logits.clone()
+        } else {
+            let mut cache = self.cache.clone();
+            let rest = model.forward(
+                token_tensor(&continuation[..continuation.len() - 1], &device),
+                Some(&mut cache),
+            );
+            Tensor::cat(vec![self.last_logits.clone(), rest], 1)
+        };
+        let per_token = target_logprobs(logits, continuation)?;
+        Ok(Score {
+            loglik: per_token.iter().map(|(lp, _)| lp).sum(),
+            greedy: per_token.iter().all(|(_, g)| *g),
+        })
+    }
+}
+
+/// Scores each continuation after `context`, running the context once.
+///
+/// ```no_run
+/// # fn demo(model: &pmc_model::Llama, device: &burn::prelude::Device) -> pmc_model::Result<()> {
+/// let scores = pmc_model::score_continuations(model, &[1, 450, 7483], &[vec![338], vec![471, 29889]], device)?;
+/// println!("{:?}", scores[0].loglik);
+/// # Ok(()) }
+/// ```
+pub fn score_continuations(
+    model: &Llama,
+    context: &[u32],
+    continuations: &[Vec<u32>],
+    device: &Device,
+) -> Result<Vec<Score>> {
+    let prepared = PreparedContext::new(model, context, device)?;
+    continuations
+        .iter()
+        .map(|c| prepared.score(model, c))
+        .collect()
+}
+
+/// Mean negative log-likelihood per predicted token of `tokens` (perplexity = its exp),
+/// scored in windows of at most `window` tokens that do not overlap.
+pub fn mean_nll(model: &Llama, tokens: &[u32], window: usize, device: &Device) -> Result<f64> {
+    if tokens.len() < 2 {
+        return Err(ModelError::Request(
+            "need at least two tokens to measure perplexity".into(),
+        ));
+    }
+    check_ids(model, tokens, "input")?;
+    let mut total = 0.0;
+    let mut count = 0usize;
+    for chunk in tokens.chunks(window.max(2)) {
+        if chunk.len() < 2 {
+            continue;
+        }
+        let logits = model.forward(token_tensor(&chunk[..chunk.len() - 1], device), None);
+        let per_token = target_logprobs(logits, &chunk[1..])?;
+        total -= per_token.iter().map(|(lp, _)| lp).sum::<f64>();
+        count += per_token.len();
+    }
+    Ok(total / count as f64)
+}

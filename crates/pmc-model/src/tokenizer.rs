@@ -1,0 +1,202 @@
+//! The model's tokenizer: `tokenizer.json` through the `tokenizers` crate, with the special
+//! tokens and `add_bos_token`/`add_eos_token` from `tokenizer_config.json` and `config.json`.
+//!
+//! Special tokens are added here rather than by the tokenizer's post-processor, so the
+//! behaviour is the same whether the model came with a post-processor (LLaMA), without one
+//! (GPT-2 style BPE such as SmolLM), or from a GGUF file.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+
+/// A tokenizer and the special-token policy of its model.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Beginning-of-sequence id, if the model has one.
+    pub bos_id: Option<u32>,
+    /// End-of-sequence ids: generation stops at any of them.
+    pub eos_ids: Vec<u32>,
+    /// Whether [`Tokenizer::encode`] starts every text with BOS.
+    pub add_bos: bool,
+    /// Whether [`Tokenizer::encode`] ends every text with EOS.
+    pub add_eos: bool,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.inner.get_vocab_size(true))
+            .field("bos_id", &self.bos_id)
+            .field("eos_ids", &self.eos_ids)
+            .field("add_bos", &self.add_bos)
+            .field("add_eos", &self.add_eos)
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Wraps a `tokenizers::Tokenizer` with an explicit special-token policy.
+    pub fn new(
+        inner: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        eos_ids: Vec<u32>,
+        add_bos: bool,
+        add_eos: bool,
+    ) -> Self {
+        Self {
+            inner,
+            bos_id,
+            eos_ids,
+            add_bos,
+            add_eos,
+        }
+    }
+
+    /// Loads `dir/tokenizer.json`; the special-token policy comes from
+    /// `dir/tokenizer_config.json` when present, else from what the tokenizer's own
+    /// post-processor does, and `config_eos`/`config_bos` (from `config.json`) fill gaps.
+    pub fn from_dir(dir: &Path, config_bos: Option<u32>, config_eos: &[u32]) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let tok_config_path = dir.join("tokenizer_config.json");
+        let tok_config: Option<Value> = if tok_config_path.exists() {
+            let text = std::fs::read_to_string(&tok_config_path)
+                .map_err(|e| ModelError::io(&tok_config_path, e))?;
+            Some(
+                serde_json::from_str(&text).map_err(|source| ModelError::Json {
+                    path: tok_config_path.clone(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        let token_id = |key: &str| -> Option<u32> {
+            let token = tok_config.as_ref()?.get(key)?;
+            // Either "<s>" or {"content": "<s>", ...}.
+            let text = token.as_str().or_else(|| token.get("content")?.as_str())?;
+            inner.token_to_id(text)
+        };
+        let flag = |key: &str| tok_config.as_ref()?.get(key)?.as_bool();
+
+        let bos_id = token_id("bos_token").or(config_bos);
+        let mut eos_ids: Vec<u32> = token_id("eos_token").into_iter().collect();
+        for &id in config_eos {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        // Without an explicit flag, do what the post-processor does with an empty text.
+        let probe = inner
+            .encode("", true)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let add_bos = flag("add_bos_token")
+            .unwrap_or_else(|| bos_id.is_some() && probe.get_ids().first() == bos_id.as_ref());
+        let add_eos = flag("add_eos_token").unwrap_or_else(|| {
+            probe.get_ids().len() > usize::from(add_bos)
+                && probe
+                    .get_ids()
+                    .last()
+                    .is_some_and(|id| eos_ids.contains(id))
+        });
+        Ok(Self::new(inner, bos_id, eos_ids, add_bos, add_eos))
+    }
+
+    /// The wrapped `tokenizers` tokenizer.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Token ids of `text`, with BOS/EOS as the model's config asks.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if self.add_bos
+            && let Some(bos) = self.bos_id
+        {
+            ids.push(bos);
+        }
+        ids.extend(self.encode_plain(text)?);
+        if self.add_eos
+            && let Some(&eos) = self.eos_ids.first()
+        {
+            ids.push(eos);
+        }
+        Ok(ids)
+    }
+
+    /// Token ids of `text` without any special tokens.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, without special tokens.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    /// Splits a (context, continuation) pair into token ids the way lm-evaluation-harness
+    /// does: trailing spaces of the context move to the continuation, the whole text is
+    /// encoded, and the continuation is what follows the context's own tokens.
+    pub fn encode_pair(&self, context: &str, continuation: &str) -> Result<(Vec<u32>, Vec<u32>)> {
+        let trimmed = context.trim_end_matches(' ');
+        let moved = &context[trimmed.len()..];
+        let continuation = format!("{moved}{continuation}");
+        let whole = self.encode(&format!("{trimmed}{continuation}"))?;
+        let context_ids = self.encode(trimmed)?;
+        // With add_eos the context's own EOS is not part of the whole text.
+        let context_len = context_ids.len() - usize::from(self.add_eos && !context_ids.is_empty());
+        if whole.len() < context_len || whole[..context_len] != context_ids[..context_len] {
+            tracing::debug!("context tokens are not a prefix of the whole text's tokens");
+        }
+        let continuation_ids = whole[context_len.min(whole.len())..].to_vec();
+        Ok((context_ids[..context_len].to_vec(), continuation_ids))
+    }
+
+    /// An incremental decoder for streaming generated tokens as text.
+    pub fn stream(&self) -> TokenStream<'_> {
+        TokenStream {
+            tokenizer: self,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+}
+
+/// Turns generated token ids into text pieces as soon as they form complete characters.
+pub struct TokenStream<'a> {
+    tokenizer: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TokenStream<'_> {
+    /// Adds `id` and returns the new text it completes, if any.
+    pub fn push(&mut self, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = self.tokenizer.decode(&self.ids)?;
+        // A partial UTF-8 sequence decodes to U+FFFD: wait for the rest of the character.
+        if text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        match text.get(self.printed..) {
+            Some(piece) => {
+                let piece = piece.to_string();
+                self.printed = text.len();
+                Ok(piece)
+            }
+            // Earlier text changed under the new token (rare normaliser effects): print
+            // nothing rather than garbage, and keep the position.
+            None => Ok(String::new()),
+        }
+    }
+}

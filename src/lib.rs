@@ -1,0 +1,2 @@
+//! pmc-llama umbrella crate.
+pub use pmc_model;

@@ -1,0 +1,189 @@
+//! `bench-model`: scoring and greedy-decoding throughput of a ~100 M-parameter LLaMA on this
+//! machine, beside PyTorch + transformers on the same config in the same invocation.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pmc_model::{GenerationConfig, LlamaConfig, WeightDType};
+use serde_json::{Value, json};
+
+#[derive(Args, Debug)]
+pub struct BenchModelArgs {
+    /// Tokens per scored row.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Rows scored.
+    #[arg(long, default_value_t = 4)]
+    pub rows: usize,
+    /// Prompt length before decoding.
+    #[arg(long, default_value_t = 16)]
+    pub prompt_len: usize,
+    /// Tokens decoded greedily.
+    #[arg(long, default_value_t = 32)]
+    pub new_tokens: usize,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+/// The benchmark config: LLaMA-shaped, 32k vocabulary, about 95 M parameters.
+fn bench_config() -> Value {
+    json!({
+        "vocab_size": 32000, "hidden_size": 768, "intermediate_size": 2048,
+        "num_hidden_layers": 10, "num_attention_heads": 12, "num_key_value_heads": 12,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2,
+    })
+}
+
+/// Peak resident set size of this process since the last [`reset_peak_rss`], in bytes.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Resets the kernel's peak-RSS counter of this process (Linux: `clear_refs` 5).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn gib(bytes: f64) -> String {
+    format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
+}
+
+pub fn bench_model(args: BenchModelArgs) -> Result<()> {
+    let config_json = bench_config();
+    let config = LlamaConfig::from_json(&config_json, Path::new("<bench config>"))?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let weights_bytes = config.num_parameters() as f64 * 4.0;
+    println!(
+        "bench-model: LLaMA {} layers, hidden {}, vocab {}, {:.1} M parameters ({} f32), {threads} threads",
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.num_parameters() as f64 / 1e6,
+        gib(weights_bytes)
+    );
+
+    let device = pmc_model::default_device();
+    let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
+    let rows: Vec<Vec<u32>> = (0..args.rows)
+        .map(|r| {
+            (0..args.seq_len)
+                .map(|i| ((r * 7919 + i * 104729) % config.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+
+    // Warm-up, then scoring.
+    pmc_model::mean_nll(&model, &rows[0][..32], 32, &device)?;
+    reset_peak_rss();
+    let started = Instant::now();
+    for row in &rows {
+        pmc_model::mean_nll(&model, row, args.seq_len, &device)?;
+    }
+    let score_tps = (args.rows * args.seq_len) as f64 / started.elapsed().as_secs_f64();
+    let peak = peak_rss().unwrap_or(0) as f64;
+
+    let generation = GenerationConfig {
+        max_new_tokens: args.new_tokens,
+        ..Default::default()
+    };
+    let prompt = &rows[0][..args.prompt_len];
+    let started = Instant::now();
+    let out = pmc_model::generate(&model, prompt, &generation, &[], &device, |_| Ok(true))?;
+    let decode_tps = out.len() as f64 / started.elapsed().as_secs_f64();
+
+    let reference = if args.no_reference {
+        None
+    } else {
+        run_reference(&config_json, &args, threads)
+    };
+
+    println!();
+    println!("| metric | pmc-llama (burn flex) | PyTorch + transformers | ratio |");
+    println!("|---|---|---|---|");
+    let row = |name: &str, ours: f64, theirs: Option<f64>, fmt: &dyn Fn(f64) -> String| match theirs
+    {
+        Some(t) => println!(
+            "| {name} | {} | {} | {:.2} × |",
+            fmt(ours),
+            fmt(t),
+            ours / t
+        ),
+        None => println!("| {name} | {} | n/a | n/a |", fmt(ours)),
+    };
+    let tps = |x: f64| format!("{x:.1} tok/s");
+    row(
+        &format!("scoring, {}-token rows", args.seq_len),
+        score_tps,
+        reference.as_ref().map(|r| r.0),
+        &tps,
+    );
+    row(
+        "greedy decode (KV cache)",
+        decode_tps,
+        reference.as_ref().map(|r| r.1),
+        &tps,
+    );
+    row(
+        "peak RSS while scoring",
+        peak,
+        reference.as_ref().map(|r| r.2),
+        &|x| gib(x),
+    );
+    println!(
+        "\npeak RSS while scoring / f32 weights: {:.2} (target ≤ 1.3)",
+        peak / weights_bytes
+    );
+    Ok(())
+}
+
+/// Runs `xtask/python/bench_model.py`; `None` (with the reason printed) when PyTorch or
+/// transformers is not installed.
+fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Option<(f64, f64, f64)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_model.py");
+    let payload = json!({
+        "config": config, "threads": threads, "seq_len": args.seq_len, "rows": args.rows,
+        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+    });
+    let result = (|| -> Result<(f64, f64, f64)> {
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(payload.to_string())
+            .output()
+            .context("running python3")?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))?;
+        let num = |k: &str| {
+            v[k].as_f64()
+                .with_context(|| format!("reference did not report {k}"))
+        };
+        Ok((
+            num("score_tokens_per_s")?,
+            num("decode_tokens_per_s")?,
+            num("peak_rss_bytes")?,
+        ))
+    })();
+    match result {
+        Ok(r) => Some(r),
+        Err(e) => {
+            println!("reference skipped (pip install torch transformers to enable it): {e:#}");
+            None
+        }
+    }
+}

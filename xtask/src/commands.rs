@@ -1,0 +1,205 @@
+//! `score` and `generate`.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use pmc_model::{GenerationConfig, LoadOptions, LoadedModel, PreparedContext, WeightDType};
+use serde_json::Value;
+
+/// Where the model comes from and how it is held.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// An HF model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A LoRA adapter directory in the HF PEFT format.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// How weights are held in memory: f32, bf16 or f16 (activations are f32).
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDType,
+}
+
+impl ModelArgs {
+    pub fn load(&self, device: &pmc_model::burn::prelude::Device) -> Result<LoadedModel> {
+        if let Some(adapter) = &self.adapter {
+            bail!(
+                "--adapter {}: LoRA adapters are not supported yet (pmc-peft has not landed); merge the adapter into the base model with HF PEFT and pass the merged directory to --model",
+                adapter.display()
+            );
+        }
+        let options = LoadOptions { dtype: self.dtype };
+        Ok(pmc_model::load_model(&self.model, &options, device)?)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL requests: `context_ids` + `continuation_ids`, or `context` + `continuation`.
+    #[arg(long)]
+    pub input: PathBuf,
+}
+
+/// One request, as token ids.
+struct Request {
+    context: Vec<u32>,
+    continuation: Vec<u32>,
+}
+
+fn parse_ids(value: &Value, key: &str) -> Result<Vec<u32>> {
+    let list = value
+        .get(key)
+        .and_then(Value::as_array)
+        .with_context(|| format!("`{key}` must be a list of token ids"))?;
+    list.iter()
+        .map(|v| {
+            v.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .with_context(|| format!("`{key}`: {v} is not a token id"))
+        })
+        .collect()
+}
+
+fn parse_request(line: &str, loaded: &LoadedModel) -> Result<Request> {
+    let value: Value = serde_json::from_str(line).context("invalid JSON")?;
+    if value.get("context_ids").is_some() || value.get("continuation_ids").is_some() {
+        return Ok(Request {
+            context: parse_ids(&value, "context_ids")?,
+            continuation: parse_ids(&value, "continuation_ids")?,
+        });
+    }
+    let text = |key: &str| -> Result<&str> {
+        value
+            .get(key)
+            .and_then(Value::as_str)
+            .with_context(|| format!("needs `context_ids` + `continuation_ids` or `context` + `continuation` (missing string `{key}`)"))
+    };
+    let (context, continuation) = (text("context")?, text("continuation")?);
+    let tokenizer = loaded.tokenizer.as_ref().with_context(|| {
+        format!(
+            "text requests need a tokenizer, and {} has no tokenizer.json",
+            loaded.source.display()
+        )
+    })?;
+    if context.is_empty() {
+        // lm-evaluation-harness conditions an empty context on the prefix (BOS/EOS) token.
+        let prefix = tokenizer
+            .bos_id
+            .or(tokenizer.eos_ids.first().copied())
+            .context("empty context and the model has neither a BOS nor an EOS token")?;
+        return Ok(Request {
+            context: vec![prefix],
+            continuation: tokenizer.encode_plain(continuation)?,
+        });
+    }
+    let (context, continuation) = tokenizer.encode_pair(context, continuation)?;
+    Ok(Request {
+        context,
+        continuation,
+    })
+}
+
+pub fn score(args: ScoreArgs) -> Result<()> {
+    let device = pmc_model::default_device();
+    let loaded = args.model.load(&device)?;
+    let file =
+        std::fs::File::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
+    let mut requests = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {}", args.input.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let request = parse_request(&line, &loaded)
+            .with_context(|| format!("{}: line {}", args.input.display(), i + 1))?;
+        requests.push((i + 1, request));
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    // Consecutive requests with the same context (the options of one question) share one
+    // context pass.
+    let mut prepared: Option<(Vec<u32>, PreparedContext)> = None;
+    for (line, request) in &requests {
+        let reuse = matches!(&prepared, Some((ctx, _)) if *ctx == request.context);
+        if !reuse {
+            let ctx = PreparedContext::new(&loaded.model, &request.context, &device)
+                .with_context(|| format!("{}: line {line}", args.input.display()))?;
+            prepared = Some((request.context.clone(), ctx));
+        }
+        let (_, ctx) = prepared.as_ref().expect("prepared above");
+        let score = ctx
+            .score(&loaded.model, &request.continuation)
+            .with_context(|| format!("{}: line {line}", args.input.display()))?;
+        serde_json::to_writer(&mut out, &score)?;
+        writeln!(out)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Maximum number of new tokens.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let device = pmc_model::default_device();
+    let loaded = args.model.load(&device)?;
+    let tokenizer = loaded.tokenizer.as_ref().with_context(|| {
+        format!(
+            "{} has no tokenizer.json; generate needs one",
+            loaded.source.display()
+        )
+    })?;
+    let prompt = tokenizer.encode(&args.prompt)?;
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let mut stream = tokenizer.stream();
+    let stdout = std::io::stdout();
+    let started = std::time::Instant::now();
+    let tokens = pmc_model::generate(
+        &loaded.model,
+        &prompt,
+        &config,
+        &tokenizer.eos_ids,
+        &device,
+        |id| {
+            let piece = stream.push(id)?;
+            let mut out = stdout.lock();
+            let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+            Ok(true)
+        },
+    )?;
+    println!();
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        tokens = tokens.len(),
+        tokens_per_s = tokens.len() as f64 / seconds,
+        "generated"
+    );
+    Ok(())
+}

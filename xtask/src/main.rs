@@ -1,0 +1,46 @@
+//! `cargo xtask`: the project's commands. Each parses its arguments and calls the crates.
+
+mod bench;
+mod commands;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "pmc-llama: continued pretraining, LoRA and medical QA evaluation of LLaMA models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Log-likelihood of continuations: one JSON object per input line, in order.
+    Score(commands::ScoreArgs),
+    /// Generate text after a prompt (greedy by default), streamed to stdout.
+    Generate(commands::GenerateArgs),
+    /// Scoring and decoding throughput against PyTorch + transformers on the same config.
+    BenchModel(bench::BenchModelArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Score(args) => commands::score(args),
+        Command::Generate(args) => commands::generate(args),
+        Command::BenchModel(args) => bench::bench_model(args),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
