@@ -11,7 +11,7 @@ use serde_json::Value;
 /// Where the model comes from and how it is held.
 #[derive(Args, Debug)]
 pub struct ModelArgs {
-    /// An HF model directory (config.json, safetensors, tokenizer.json).
+    /// An HF model directory (config.json, safetensors, tokenizer.json) or a .gguf file.
     #[arg(long)]
     pub model: PathBuf,
     /// A LoRA adapter directory in the HF PEFT format.
@@ -200,6 +200,44 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         tokens = tokens.len(),
         tokens_per_s = tokens.len() as f64 / seconds,
         "generated"
+    );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    /// The llama.cpp GGUF file.
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// The HF directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The dtype of the written weights: f32 or bf16 (f16 also works).
+    #[arg(long, default_value = "f32")]
+    pub dtype: WeightDType,
+}
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let device = pmc_model::default_device();
+    // Held in the output dtype: converting once at load time is exact and halves memory.
+    let options = LoadOptions { dtype: args.dtype };
+    let loaded = pmc_model::load_gguf(&args.gguf, &options, &device)?;
+    let save = pmc_model::SaveOptions {
+        dtype: args.dtype,
+        ..Default::default()
+    };
+    pmc_model::save_hf(&loaded.model, &loaded.config, &args.out, save)?;
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .context("the GGUF file has no tokenizer")?;
+    tokenizer.save(&args.out)?;
+    eprintln!(
+        "wrote {} ({:.1} M parameters, {:?}) from {}",
+        args.out.display(),
+        loaded.config.num_parameters() as f64 / 1e6,
+        args.dtype,
+        args.gguf.display()
     );
     Ok(())
 }

@@ -21,6 +21,8 @@ enum Command {
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
     Generate(commands::GenerateArgs),
+    /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
+    Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
     BenchModel(bench::BenchModelArgs),
 }
@@ -37,6 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
+        Command::Convert(args) => commands::convert(args),
         Command::BenchModel(args) => bench::bench_model(args),
     };
     if let Err(err) = result {

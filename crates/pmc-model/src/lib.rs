@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod model;
 pub mod rope;
 pub mod score;
@@ -78,13 +79,12 @@ pub struct LoadedModel {
     pub source: PathBuf,
 }
 
-/// Loads an HF model directory (`config.json`, safetensors weights, optional tokenizer).
+/// Loads a model: an HF directory (`config.json`, safetensors weights, optional
+/// `tokenizer.json`) or a llama.cpp `.gguf` file (weights dequantised, tokenizer rebuilt from
+/// its metadata).
 pub fn load_model(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
     if path.is_file() {
-        return Err(ModelError::checkpoint(
-            path,
-            "expected an HF model directory (config.json + safetensors)",
-        ));
+        return load_gguf(path, options, device);
     }
     let config_path = path.join("config.json");
     if !config_path.exists() {
@@ -115,6 +115,64 @@ pub fn load_model(path: &Path, options: &LoadOptions, device: &Device) -> Result
         config,
         model,
         tokenizer,
+        source: path.to_path_buf(),
+    })
+}
+
+/// Loads a llama.cpp GGUF file: config and tokenizer from its metadata, weights dequantised
+/// to f32 one tensor at a time, Q/K rows put back in HF order, then held as `options.dtype`.
+pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
+    let started = std::time::Instant::now();
+    let file = gguf::GgufFile::open(path)?;
+    let config = file.llama_config()?;
+    let tokenizer = gguf::tokenizer::tokenizer_from_gguf(&file)?;
+    let target = options.dtype;
+    let model = Llama::build(&config, |name, shape| -> Result<Tensor<2>> {
+        let gguf_name = gguf::gguf_name(name)
+            .ok_or_else(|| ModelError::tensor(path, name, "no GGUF equivalent"))?;
+        let info = file
+            .tensor(&gguf_name)
+            .ok_or_else(|| ModelError::tensor(path, &gguf_name, "missing from the GGUF file"))?;
+        let numel: usize = shape.iter().product();
+        let file_shape = info.shape();
+        if info.num_elements() != numel || (file_shape.len() == 2 && file_shape != shape) {
+            return Err(ModelError::tensor(
+                path,
+                &gguf_name,
+                format!("shape {file_shape:?}, but the metadata implies {shape:?}"),
+            ));
+        }
+        let mut values = file.dequantize(info)?;
+        let heads = if name.contains("self_attn.q_proj") {
+            Some(config.num_attention_heads)
+        } else if name.contains("self_attn.k_proj") {
+            Some(config.num_key_value_heads)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            values = gguf::unpermute_rows(&values, heads, shape[1]);
+        }
+        let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
+        drop(values);
+        let bytes = checkpoint::convert_bytes(&bytes, safetensors::Dtype::F32, target)
+            .map_err(|m| ModelError::tensor(path, &gguf_name, m))?;
+        let data = TensorData::from_bytes_vec(bytes, shape.to_vec(), target.dtype());
+        Ok(Tensor::from_data(
+            data,
+            TensorCreationOptions::new(device.clone()).with_dtype(target.dtype()),
+        ))
+    })?;
+    tracing::info!(
+        path = %path.display(),
+        params = config.num_parameters(),
+        seconds = started.elapsed().as_secs_f64(),
+        "GGUF model loaded"
+    );
+    Ok(LoadedModel {
+        config,
+        model,
+        tokenizer: Some(tokenizer),
         source: path.to_path_buf(),
     })
 }

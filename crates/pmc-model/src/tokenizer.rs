@@ -162,6 +162,30 @@ impl Tokenizer {
         Ok((context_ids[..context_len].to_vec(), continuation_ids))
     }
 
+    /// Writes `tokenizer.json` and a `tokenizer_config.json` holding this special-token
+    /// policy into `dir`, so transformers and [`Tokenizer::from_dir`] load the same behaviour.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let json_path = dir.join("tokenizer.json");
+        let text = self
+            .inner
+            .to_string(true)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", json_path.display())))?;
+        crate::checkpoint::write_atomic(&json_path, text.as_bytes())?;
+        let token = |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id));
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": token(self.bos_id),
+            "eos_token": token(self.eos_ids.first().copied()),
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 1_000_000_000_000_000_000u64,
+        });
+        let mut text = serde_json::to_vec_pretty(&config).expect("JSON values serialise");
+        text.push(b'\n');
+        crate::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), &text)
+    }
+
     /// An incremental decoder for streaming generated tokens as text.
     pub fn stream(&self) -> TokenStream<'_> {
         TokenStream {

@@ -1,0 +1,229 @@
+//! The tokenizer stored in GGUF metadata (`tokenizer.ggml.*`), rebuilt as a
+//! `tokenizers::Tokenizer` the way transformers' GGUF loader rebuilds it.
+//!
+//! - `gpt2`: byte-level BPE from `tokens` and `merges`.
+//! - `llama`: sentencepiece BPE from `tokens` and `scores` (merges derived from the scores as
+//!   transformers' `SentencePieceExtractor` does), byte fallback, `▁` for spaces.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+
+use super::{GgufFile, MetaValue};
+use crate::error::{ModelError, Result};
+use crate::tokenizer::Tokenizer;
+
+/// ggml token types that are special (control) or user-defined added tokens.
+const TOKEN_TYPE_CONTROL: u64 = 3;
+const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+
+fn strings<'a>(file: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
+    let array = file
+        .get(key)
+        .and_then(MetaValue::as_array)
+        .ok_or_else(|| ModelError::config(file.path(), key, "missing or not an array"))?;
+    array
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_str().ok_or_else(|| {
+                ModelError::config(file.path(), format!("{key}[{i}]"), "expected a string")
+            })
+        })
+        .collect()
+}
+
+fn numbers(file: &GgufFile, key: &str, len: usize) -> Result<Option<Vec<f64>>> {
+    let Some(value) = file.get(key) else {
+        return Ok(None);
+    };
+    let array = value
+        .as_array()
+        .ok_or_else(|| ModelError::config(file.path(), key, "expected an array"))?;
+    if array.len() != len {
+        return Err(ModelError::config(
+            file.path(),
+            key,
+            format!(
+                "{} entries but tokenizer.ggml.tokens has {len}",
+                array.len()
+            ),
+        ));
+    }
+    array
+        .iter()
+        .map(|v| {
+            v.as_f64()
+                .ok_or_else(|| ModelError::config(file.path(), key, "expected numbers"))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// Builds the tokenizer of a GGUF file.
+pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
+    let path = file.path();
+    let model = file
+        .get("tokenizer.ggml.model")
+        .and_then(MetaValue::as_str)
+        .ok_or_else(|| ModelError::config(path, "tokenizer.ggml.model", "missing"))?;
+    let tokens = strings(file, "tokenizer.ggml.tokens")?;
+    let types = numbers(file, "tokenizer.ggml.token_type", tokens.len())?;
+    let token_id = |key: &str| -> Result<Option<u32>> {
+        match file.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                let id = v
+                    .as_u64()
+                    .filter(|&id| (id as usize) < tokens.len())
+                    .ok_or_else(|| {
+                        ModelError::config(path, key, "not a token id of this vocabulary")
+                    })?;
+                Ok(Some(id as u32))
+            }
+        }
+    };
+    let bos = token_id("tokenizer.ggml.bos_token_id")?;
+    let eos = token_id("tokenizer.ggml.eos_token_id")?;
+    let unk = token_id("tokenizer.ggml.unknown_token_id")?;
+
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if vocab.insert(t.to_string(), json!(i)).is_some() {
+            return Err(ModelError::config(
+                path,
+                "tokenizer.ggml.tokens",
+                format!("duplicate token {t:?} at id {i}"),
+            ));
+        }
+    }
+    let added_tokens: Vec<Value> = match &types {
+        None => Vec::new(),
+        Some(types) => types
+            .iter()
+            .enumerate()
+            .filter(|(_, ty)| {
+                **ty as u64 == TOKEN_TYPE_CONTROL || **ty as u64 == TOKEN_TYPE_USER_DEFINED
+            })
+            .map(|(i, &ty)| {
+                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false,
+                       "special": ty as u64 == TOKEN_TYPE_CONTROL})
+            })
+            .collect(),
+    };
+
+    let (default_add_bos, document) = match model {
+        "gpt2" => {
+            let merges = strings(file, "tokenizer.ggml.merges")?;
+            let doc = json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added_tokens,
+                "normalizer": null,
+                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+                                  "trim_offsets": true, "use_regex": true},
+                "post_processor": null,
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                            "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                          "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                          "vocab": vocab, "merges": merges},
+            });
+            (false, doc)
+        }
+        "llama" => {
+            let scores =
+                numbers(file, "tokenizer.ggml.scores", tokens.len())?.ok_or_else(|| {
+                    ModelError::config(
+                        path,
+                        "tokenizer.ggml.scores",
+                        "required for sentencepiece tokenizers",
+                    )
+                })?;
+            let add_space_prefix = file
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(MetaValue::as_bool)
+                .unwrap_or(true);
+            let mut normalizers = Vec::new();
+            if add_space_prefix {
+                normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+            }
+            normalizers
+                .push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
+            let mut decoders = vec![
+                json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+                json!({"type": "ByteFallback"}),
+                json!({"type": "Fuse"}),
+            ];
+            if add_space_prefix {
+                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            }
+            let doc = json!({
+                "version": "1.0", "truncation": null, "padding": null,
+                "added_tokens": added_tokens,
+                "normalizer": {"type": "Sequence", "normalizers": normalizers},
+                "pre_tokenizer": null,
+                "post_processor": null,
+                "decoder": {"type": "Sequence", "decoders": decoders},
+                "model": {"type": "BPE", "dropout": null,
+                          "unk_token": unk.map(|id| tokens[id as usize]),
+                          "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                          "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                          "vocab": vocab, "merges": sentencepiece_merges(&tokens, &scores)},
+            });
+            (true, doc)
+        }
+        other => {
+            return Err(ModelError::config(
+                path,
+                "tokenizer.ggml.model",
+                format!("tokenizer model `{other}` is not supported (gpt2 and llama are)"),
+            ));
+        }
+    };
+    let inner: tokenizers::Tokenizer = document.to_string().parse().map_err(|e| {
+        ModelError::Tokenizer(format!(
+            "{}: building the tokenizer from GGUF metadata: {e}",
+            path.display()
+        ))
+    })?;
+    let flag = |key: &str| file.get(key).and_then(MetaValue::as_bool);
+    let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
+    let add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
+    Ok(Tokenizer::new(
+        inner,
+        bos,
+        eos.into_iter().collect(),
+        add_bos,
+        add_eos,
+    ))
+}
+
+/// Merges of a sentencepiece BPE vocabulary: every split of a piece into two pieces of the
+/// vocabulary, ordered by the merged piece's score (best first), then by the parts' ids.
+fn sentencepiece_merges(tokens: &[&str], scores: &[f64]) -> Vec<[String; 2]> {
+    let ids: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
+    for (piece, &score) in tokens.iter().zip(scores) {
+        let mut local: Vec<(usize, usize)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(i, _)| Some((*ids.get(&piece[..i])?, *ids.get(&piece[i..])?)))
+            .collect();
+        local.sort();
+        let position = merges.len();
+        merges.extend(
+            local
+                .into_iter()
+                .enumerate()
+                .map(|(k, (l, r))| (score, position + k, l, r)),
+        );
+    }
+    // Stable: equal scores keep the order in which they were found.
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    merges
+        .into_iter()
+        .map(|(_, _, l, r)| [tokens[l].to_string(), tokens[r].to_string()])
+        .collect()
+}
