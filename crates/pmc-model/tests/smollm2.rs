@@ -1,0 +1,161 @@
+//! The real model: SmolLM2-135M-Instruct (GGUF Q4_1), fetched by
+//! `../shared/tools/fetch-smollm2.sh`. Skipped, with the reason printed, where the shared
+//! data or the fetch is unavailable.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use pmc_model::{GenerationConfig, LoadOptions, Tokenizer, load_model, score_continuations};
+use serde_json::Value;
+
+fn shared() -> Option<PathBuf> {
+    let dir = std::env::var_os("PMC_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    dir.join("README.md").exists().then_some(dir)
+}
+
+/// The GGUF file's path, or the reason it is unavailable. Fetched once per test binary: the
+/// script is not safe to run twice at the same time.
+fn smollm2() -> Result<PathBuf, String> {
+    static FETCHED: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    FETCHED.get_or_init(fetch).clone()
+}
+
+fn fetch() -> Result<PathBuf, String> {
+    let shared = shared().ok_or("../shared is absent (set PMC_SHARED)")?;
+    let out = Command::new("sh")
+        .arg(shared.join("tools/fetch-smollm2.sh"))
+        .output()
+        .map_err(|e| format!("cannot run fetch-smollm2.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "fetch-smollm2.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    path.exists()
+        .then_some(path)
+        .ok_or("fetch-smollm2.sh printed no file".into())
+}
+
+macro_rules! require {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reason) => {
+                println!("SKIP: {reason}");
+                return;
+            }
+        }
+    };
+}
+
+/// Every question text of the shared benchmarks: PubMedQA questions and abstracts, MedQA
+/// questions and options, MedMCQA questions and options.
+fn question_texts(shared: &std::path::Path) -> Vec<String> {
+    let mut texts = Vec::new();
+    let pubmedqa: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.join("data/pubmedqa/ori_pqal.json")).unwrap(),
+    )
+    .unwrap();
+    for record in pubmedqa.as_object().unwrap().values() {
+        texts.push(record["QUESTION"].as_str().unwrap().to_string());
+        for context in record["CONTEXTS"].as_array().unwrap() {
+            texts.push(context.as_str().unwrap().to_string());
+        }
+    }
+    for file in [
+        "medqa/test_5options.jsonl",
+        "medmcqa/dev.jsonl",
+        "medmcqa/test_nolabels.jsonl",
+    ] {
+        for line in std::fs::read_to_string(shared.join("data").join(file))
+            .unwrap()
+            .lines()
+        {
+            let r: Value = serde_json::from_str(line).unwrap();
+            texts.push(r["question"].as_str().unwrap().to_string());
+            let options: Vec<&Value> = match (&r["options"], &r["choices"]) {
+                (Value::Object(o), _) => o.values().collect(),
+                (_, Value::Array(c)) => c.iter().collect(),
+                _ => Vec::new(),
+            };
+            texts.extend(
+                options
+                    .iter()
+                    .filter_map(|o| o.as_str())
+                    .map(str::to_string),
+            );
+        }
+    }
+    texts
+}
+
+#[test]
+fn gguf_tokenizer_equals_the_reference_tokenizer_json() {
+    let path = require!(smollm2());
+    let shared = shared().unwrap();
+    let file = pmc_model::gguf::GgufFile::open(&path).unwrap();
+    let ours = pmc_model::gguf::tokenizer::tokenizer_from_gguf(&file).unwrap();
+    let reference = Tokenizer::new(
+        tokenizers::Tokenizer::from_file(shared.join("data/tokenizers/smollm2/tokenizer.json"))
+            .unwrap(),
+        None,
+        Vec::new(),
+        false,
+        false,
+    );
+    let texts = question_texts(&shared);
+    assert!(texts.len() > 40_000, "{} texts", texts.len());
+    for text in &texts {
+        assert_eq!(
+            ours.encode_plain(text).unwrap(),
+            reference.encode_plain(text).unwrap(),
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        ours.encode("Paris").unwrap(),
+        ours.encode_plain("Paris").unwrap(),
+        "SmolLM2 adds no BOS"
+    );
+    println!("{} texts encode identically", texts.len());
+}
+
+#[test]
+fn smollm2_says_paris_and_its_hf_conversion_scores_the_same() {
+    let path = require!(smollm2());
+    let device = pmc_model::burn::prelude::Device::flex();
+    let gguf = load_model(&path, &LoadOptions::default(), &device).unwrap();
+    let tokenizer = gguf.tokenizer.as_ref().unwrap();
+
+    let prompt = tokenizer.encode("The capital of France is").unwrap();
+    let config = GenerationConfig {
+        max_new_tokens: 3,
+        ..Default::default()
+    };
+    let tokens =
+        pmc_model::generate(&gguf.model, &prompt, &config, &[], &device, |_| Ok(true)).unwrap();
+    let text = tokenizer.decode(&tokens).unwrap();
+    assert!(text.starts_with(" Paris"), "greedy continuation {text:?}");
+
+    // Convert to an HF directory and load it back: same scores.
+    let dir = tempfile::tempdir().unwrap();
+    pmc_model::save_hf(&gguf.model, &gguf.config, dir.path(), Default::default()).unwrap();
+    tokenizer.save(dir.path()).unwrap();
+    let hf = load_model(dir.path(), &LoadOptions::default(), &device).unwrap();
+    let question = "Question: A 23-year-old woman presents with fever and dysuria. Which organism is most likely?\nA. Escherichia coli\nB. Staphylococcus aureus\nC. Candida albicans\nD. Proteus mirabilis\nAnswer:";
+    let hf_tokenizer = hf.tokenizer.as_ref().unwrap();
+    for option in [" A", " B", " C", " D"] {
+        let (ctx, cont) = tokenizer.encode_pair(question, option).unwrap();
+        assert_eq!(
+            (ctx.clone(), cont.clone()),
+            hf_tokenizer.encode_pair(question, option).unwrap()
+        );
+        let a = score_continuations(&gguf.model, &ctx, &[cont.clone()], &device).unwrap()[0];
+        let b = score_continuations(&hf.model, &ctx, &[cont], &device).unwrap()[0];
+        assert_eq!(a, b, "option {option}");
+    }
+}
