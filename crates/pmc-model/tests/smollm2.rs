@@ -154,7 +154,8 @@ fn smollm2_says_paris_and_its_hf_conversion_scores_the_same() {
             (ctx.clone(), cont.clone()),
             hf_tokenizer.encode_pair(question, option).unwrap()
         );
-        let a = score_continuations(&gguf.model, &ctx, &[cont.clone()], &device).unwrap()[0];
+        let a = score_continuations(&gguf.model, &ctx, std::slice::from_ref(&cont), &device)
+            .unwrap()[0];
         let b = score_continuations(&hf.model, &ctx, &[cont], &device).unwrap()[0];
         assert_eq!(a, b, "option {option}");
     }
