@@ -146,6 +146,30 @@ impl MappedFile {
         Ok(mapped)
     }
 
+    /// Drops the mapped pages of `range` (a slice of this mapping) from the process's
+    /// resident set once they have been copied: otherwise a fully read checkpoint stays
+    /// resident twice, as file pages and as tensors. The page cache keeps the data.
+    fn release(&self, range: &[u8]) {
+        #[cfg(unix)]
+        {
+            let base = self.mmap.as_ptr() as usize;
+            let page = 4096;
+            let start = (range.as_ptr() as usize - base).div_ceil(page) * page;
+            let end = (range.as_ptr() as usize - base + range.len()) / page * page;
+            if end > start {
+                // SAFETY: the mapping is private to this struct and read-only; dropping
+                // file-backed pages only means they are read again from the file if touched.
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+    }
+
     fn parse(&self) -> Result<SafeTensors<'_>> {
         SafeTensors::deserialize(&self.mmap).map_err(|e| {
             ModelError::checkpoint(
@@ -271,6 +295,7 @@ impl SafetensorsCheckpoint {
         }
         let bytes = convert_bytes(view.data(), view.dtype(), dtype)
             .map_err(|m| ModelError::tensor(&file.path, name, m))?;
+        file.release(view.data());
         let data = TensorData::from_bytes_vec(bytes, shape.to_vec(), dtype.dtype());
         Ok(Tensor::from_data(
             data,

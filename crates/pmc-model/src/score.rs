@@ -146,13 +146,28 @@ pub fn score_continuations(
         .collect()
 }
 
+/// Log-probabilities of `targets` from final hidden states `[1, n, hidden]` (position `i`
+/// predicts `targets[i]`), running the LM head over at most [`HEAD_CHUNK`] positions at a
+/// time: a 512 × 32k logits matrix and its log-softmax would otherwise dominate peak memory.
+fn hidden_logprobs(model: &Llama, hidden: Tensor<3>, targets: &[u32]) -> Result<Vec<(f64, bool)>> {
+    let [b, n, h] = hidden.dims();
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(HEAD_CHUNK) {
+        let end = (start + HEAD_CHUNK).min(n);
+        let logits = model.logits(hidden.clone().slice([0..b, start..end, 0..h]));
+        out.extend(target_logprobs(logits, &targets[start..end])?);
+    }
+    Ok(out)
+}
+
+/// Positions per LM-head call in [`hidden_logprobs`].
+const HEAD_CHUNK: usize = 128;
+
 /// Mean negative log-likelihood per predicted token of `tokens` (perplexity = its exp),
 /// scored in windows of at most `window` tokens that do not overlap.
 pub fn mean_nll(model: &Llama, tokens: &[u32], window: usize, device: &Device) -> Result<f64> {
     if tokens.len() < 2 {
-        return Err(ModelError::Request(
-            "need at least two tokens to measure perplexity".into(),
-        ));
+        return Err(ModelError::Request("need at least two tokens to measure perplexity".into()));
     }
     check_ids(model, tokens, "input")?;
     let mut total = 0.0;
@@ -161,8 +176,8 @@ pub fn mean_nll(model: &Llama, tokens: &[u32], window: usize, device: &Device) -
         if chunk.len() < 2 {
             continue;
         }
-        let logits = model.forward(token_tensor(&chunk[..chunk.len() - 1], device), None);
-        let per_token = target_logprobs(logits, &chunk[1..])?;
+        let hidden = model.forward_hidden(token_tensor(&chunk[..chunk.len() - 1], device), None);
+        let per_token = hidden_logprobs(model, hidden, &chunk[1..])?;
         total -= per_token.iter().map(|(lp, _)| lp).sum::<f64>();
         count += per_token.len();
     }

@@ -344,10 +344,22 @@ impl GgufFile {
         &self.mmap[info.offset..info.offset + info.size]
     }
 
-    /// A tensor dequantised to f32, row-major.
+    /// A tensor dequantised to f32, row-major. Its mapped pages are dropped from the resident
+    /// set afterwards, so a loaded model is not also held as file pages.
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
-        dequant::dequantize(info.ggml_type, self.raw(info), info.num_elements())
-            .map_err(|m| ModelError::tensor(&self.path, &info.name, m))
+        let values = dequant::dequantize(info.ggml_type, self.raw(info), info.num_elements())
+            .map_err(|m| ModelError::tensor(&self.path, &info.name, m))?;
+        let page = 4096;
+        let start = info.offset.div_ceil(page) * page;
+        let end = (info.offset + info.size) / page * page;
+        if end > start {
+            // SAFETY: read-only file mapping; dropped pages are re-read from the file if needed.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+        Ok(values)
     }
 
     /// A metadata value.
