@@ -6,14 +6,26 @@ import resource
 import sys
 import time
 
+import os
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 torch.manual_seed(0)
-config = LlamaConfig(**args["config"])
-model = LlamaForCausalLM(config).eval()
+load_s = None
+if args.get("gguf"):
+    # transformers' own GGUF loader (dequantises to f32).
+    start = time.perf_counter()
+    d, f = os.path.split(os.path.abspath(args["gguf"]))
+    model = LlamaForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
+    load_s = time.perf_counter() - start
+    config = model.config
+else:
+    config = LlamaConfig(**args["config"])
+    model = LlamaForCausalLM(config).eval()
+peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 seq, rows = args["seq_len"], args["rows"]
 g = torch.Generator().manual_seed(1)
 data = torch.randint(0, config.vocab_size, (rows, seq), generator=g)
@@ -40,5 +52,7 @@ print(json.dumps({
     "score_tokens_per_s": rows * seq / score_s,
     "decode_tokens_per_s": n / decode_s,
     "peak_rss_bytes": peak_score,
+    "load_s": load_s,
+    "peak_rss_after_load_bytes": peak_load,
     "torch": torch.__version__,
 }))

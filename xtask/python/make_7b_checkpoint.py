@@ -27,20 +27,25 @@ def rand(*shape):
     return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
 
 
-shards = [{"model.embed_tokens.weight": rand(v, h)}]
-for layer in range(n):
-    p = f"model.layers.{layer}."
-    shards.append({
-        p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
-        p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
-        **{p + f"self_attn.{k}_proj.weight": rand(h, h) for k in "qkvo"},
-        p + "mlp.gate_proj.weight": rand(i, h), p + "mlp.up_proj.weight": rand(i, h),
-        p + "mlp.down_proj.weight": rand(h, i),
-    })
-shards.append({"model.norm.weight": torch.ones(h, dtype=torch.bfloat16), "lm_head.weight": rand(v, h)})
+def shards():
+    """One shard at a time, so generating never holds more than a layer."""
+    yield {"model.embed_tokens.weight": rand(v, h)}
+    for layer in range(n):
+        p = f"model.layers.{layer}."
+        yield {
+            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            **{p + f"self_attn.{k}_proj.weight": rand(h, h) for k in "qkvo"},
+            p + "mlp.gate_proj.weight": rand(i, h), p + "mlp.up_proj.weight": rand(i, h),
+            p + "mlp.down_proj.weight": rand(h, i),
+        }
+    yield {"model.norm.weight": torch.ones(h, dtype=torch.bfloat16), "lm_head.weight": rand(v, h)}
+
+
+count = n + 2
 weight_map, total = {}, 0
-for k, tensors in enumerate(shards):
-    name = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+for k, tensors in enumerate(shards()):
+    name = f"model-{k + 1:05d}-of-{count:05d}.safetensors"
     save_file(tensors, out / name, metadata={"format": "pt"})
     for t, x in tensors.items():
         weight_map[t] = name

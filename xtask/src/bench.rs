@@ -1,7 +1,7 @@
 //! `bench-model`: scoring and greedy-decoding throughput of a ~100 M-parameter LLaMA on this
 //! machine, beside PyTorch + transformers on the same config in the same invocation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -27,6 +27,19 @@ pub struct BenchModelArgs {
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
+    /// Benchmark this GGUF model instead of the random ~95 M config (the reference then
+    /// loads it with transformers' GGUF loader); load time and peak RSS are reported too.
+    #[arg(long)]
+    pub gguf: Option<PathBuf>,
+}
+
+/// What one side of the benchmark measured.
+struct Figures {
+    score_tps: f64,
+    decode_tps: f64,
+    peak_rss: f64,
+    load_s: Option<f64>,
+    load_rss: Option<f64>,
 }
 
 /// The benchmark config: LLaMA-shaped, 32k vocabulary, about 95 M parameters.
@@ -57,12 +70,33 @@ fn gib(bytes: f64) -> String {
 }
 
 pub fn bench_model(args: BenchModelArgs) -> Result<()> {
-    let config_json = bench_config();
-    let config = LlamaConfig::from_json(&config_json, Path::new("<bench config>"))?;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let device = pmc_model::default_device();
+    let config_json = bench_config();
+    reset_peak_rss();
+    let started = Instant::now();
+    let (config, model, load_s) = match &args.gguf {
+        Some(path) => {
+            let loaded = pmc_model::load_gguf(path, &Default::default(), &device)?;
+            (
+                loaded.config,
+                loaded.model,
+                Some(started.elapsed().as_secs_f64()),
+            )
+        }
+        None => {
+            let config = LlamaConfig::from_json(&config_json, Path::new("<bench config>"))?;
+            let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
+            (config, model, None)
+        }
+    };
+    let load_rss = load_s.and(peak_rss().map(|b| b as f64));
     let weights_bytes = config.num_parameters() as f64 * 4.0;
     println!(
-        "bench-model: LLaMA {} layers, hidden {}, vocab {}, {:.1} M parameters ({} f32), {threads} threads",
+        "bench-model: {} — {} layers, hidden {}, vocab {}, {:.1} M parameters ({} as f32), {threads} threads",
+        args.gguf
+            .as_ref()
+            .map_or("random LLaMA".to_string(), |p| p.display().to_string()),
         config.num_hidden_layers,
         config.hidden_size,
         config.vocab_size,
@@ -70,8 +104,6 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         gib(weights_bytes)
     );
 
-    let device = pmc_model::default_device();
-    let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
     let rows: Vec<Vec<u32>> = (0..args.rows)
         .map(|r| {
             (0..args.seq_len)
@@ -79,7 +111,6 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
                 .collect()
         })
         .collect();
-
     // Warm-up, then scoring.
     pmc_model::mean_nll(&model, &rows[0][..32], 32, &device)?;
     reset_peak_rss();
@@ -98,6 +129,13 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     let started = Instant::now();
     let out = pmc_model::generate(&model, prompt, &generation, &[], &device, |_| Ok(true))?;
     let decode_tps = out.len() as f64 / started.elapsed().as_secs_f64();
+    let ours = Figures {
+        score_tps,
+        decode_tps,
+        peak_rss: peak,
+        load_s,
+        load_rss,
+    };
 
     let reference = if args.no_reference {
         None
@@ -108,33 +146,44 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     println!();
     println!("| metric | pmc-llama (burn flex) | PyTorch + transformers | ratio |");
     println!("|---|---|---|---|");
-    let row = |name: &str, ours: f64, theirs: Option<f64>, fmt: &dyn Fn(f64) -> String| match theirs
-    {
-        Some(t) => println!(
-            "| {name} | {} | {} | {:.2} × |",
-            fmt(ours),
-            fmt(t),
-            ours / t
-        ),
-        None => println!("| {name} | {} | n/a | n/a |", fmt(ours)),
+    let row = |name: &str, ours: Option<f64>, theirs: Option<f64>, fmt: &dyn Fn(f64) -> String| {
+        let Some(ours) = ours else { return };
+        match theirs {
+            Some(t) => println!(
+                "| {name} | {} | {} | {:.2} × |",
+                fmt(ours),
+                fmt(t),
+                ours / t
+            ),
+            None => println!("| {name} | {} | n/a | n/a |", fmt(ours)),
+        }
     };
+    let theirs = |f: fn(&Figures) -> Option<f64>| reference.as_ref().and_then(f);
     let tps = |x: f64| format!("{x:.1} tok/s");
+    let secs = |x: f64| format!("{x:.2} s");
+    row("load", ours.load_s, theirs(|r| r.load_s), &secs);
+    row(
+        "peak RSS after load",
+        ours.load_rss,
+        theirs(|r| r.load_rss),
+        &|x| gib(x),
+    );
     row(
         &format!("scoring, {}-token rows", args.seq_len),
-        score_tps,
-        reference.as_ref().map(|r| r.0),
+        Some(ours.score_tps),
+        theirs(|r| Some(r.score_tps)),
         &tps,
     );
     row(
         "greedy decode (KV cache)",
-        decode_tps,
-        reference.as_ref().map(|r| r.1),
+        Some(ours.decode_tps),
+        theirs(|r| Some(r.decode_tps)),
         &tps,
     );
     row(
         "peak RSS while scoring",
-        peak,
-        reference.as_ref().map(|r| r.2),
+        Some(ours.peak_rss),
+        theirs(|r| Some(r.peak_rss)),
         &|x| gib(x),
     );
     println!(
@@ -146,13 +195,13 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
 
 /// Runs `xtask/python/bench_model.py`; `None` (with the reason printed) when PyTorch or
 /// transformers is not installed.
-fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Option<(f64, f64, f64)> {
+fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Option<Figures> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_model.py");
     let payload = json!({
         "config": config, "threads": threads, "seq_len": args.seq_len, "rows": args.rows,
-        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "gguf": args.gguf,
     });
-    let result = (|| -> Result<(f64, f64, f64)> {
+    let result = (|| -> Result<Figures> {
         let out = Command::new("python3")
             .arg(&script)
             .arg(payload.to_string())
@@ -173,11 +222,15 @@ fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Optio
             v[k].as_f64()
                 .with_context(|| format!("reference did not report {k}"))
         };
-        Ok((
-            num("score_tokens_per_s")?,
-            num("decode_tokens_per_s")?,
-            num("peak_rss_bytes")?,
-        ))
+        Ok(Figures {
+            score_tps: num("score_tokens_per_s")?,
+            decode_tps: num("decode_tokens_per_s")?,
+            peak_rss: num("peak_rss_bytes")?,
+            load_s: v["load_s"].as_f64(),
+            load_rss: v["load_s"]
+                .as_f64()
+                .and(v["peak_rss_after_load_bytes"].as_f64()),
+        })
     })();
     match result {
         Ok(r) => Some(r),

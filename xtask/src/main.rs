@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod eval;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,10 @@ enum Command {
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
     Generate(commands::GenerateArgs),
+    /// Evaluate a model on PubMedQA, MedQA or MedMCQA.
+    Eval(eval::EvalArgs),
+    /// Paired comparison of two eval runs on the same questions (bootstrap and McNemar).
+    Compare(eval::CompareArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
@@ -40,6 +45,8 @@ fn main() {
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
         Command::Convert(args) => commands::convert(args),
+        Command::Eval(args) => eval::eval(args),
+        Command::Compare(args) => eval::compare(args),
         Command::BenchModel(args) => bench::bench_model(args),
     };
     if let Err(err) = result {

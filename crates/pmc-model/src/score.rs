@@ -167,7 +167,9 @@ const HEAD_CHUNK: usize = 128;
 /// scored in windows of at most `window` tokens that do not overlap.
 pub fn mean_nll(model: &Llama, tokens: &[u32], window: usize, device: &Device) -> Result<f64> {
     if tokens.len() < 2 {
-        return Err(ModelError::Request("need at least two tokens to measure perplexity".into()));
+        return Err(ModelError::Request(
+            "need at least two tokens to measure perplexity".into(),
+        ));
     }
     check_ids(model, tokens, "input")?;
     let mut total = 0.0;

@@ -355,8 +355,11 @@ impl GgufFile {
         if end > start {
             // SAFETY: read-only file mapping; dropped pages are re-read from the file if needed.
             let _ = unsafe {
-                self.mmap
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                self.mmap.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    end - start,
+                )
             };
         }
         Ok(values)

@@ -1,0 +1,389 @@
+//! Running a benchmark: scoring or generating per question, then metrics and output files.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use pmc_model::burn::prelude::Device;
+use pmc_model::{GenerationConfig, Llama, PreparedContext, Tokenizer};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use serde_json::{Value, json};
+
+use crate::BenchError;
+use crate::data::{Question, Task};
+use crate::metrics;
+use crate::prompt::{self, TARGET_DELIMITER, Template};
+
+/// How answers are obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Multiple choice by the log-likelihood of each choice.
+    Loglik,
+    /// Generate a reply, then extract the option it names.
+    Generate,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "loglik" => Ok(Self::Loglik),
+            "generate" => Ok(Self::Generate),
+            other => Err(format!("unknown mode `{other}` (loglik, generate)")),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// The benchmark.
+    pub task: Task,
+    /// Scoring mode.
+    pub mode: Mode,
+    /// Prompt template.
+    pub template: Template,
+    /// Few-shot examples from the train pool (0 = zero-shot).
+    pub shots: usize,
+    /// Seed of the few-shot sampler and the bootstrap.
+    pub seed: u64,
+    /// Generation settings (generate mode).
+    pub generation: GenerationConfig,
+}
+
+/// The outcome for one question.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Prediction {
+    /// The question's id.
+    pub id: String,
+    /// 0-based gold option.
+    pub gold: usize,
+    /// 0-based predicted option (`acc`); `None` when a generated reply names no option.
+    pub pred: Option<usize>,
+    /// Per-option summed log-likelihood (loglik mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub loglik: Vec<f64>,
+    /// Prediction by length-normalised log-likelihood (`acc_norm`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pred_norm: Option<usize>,
+    /// The generated reply (generate mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generated: Option<String>,
+    /// MedMCQA's subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+fn argmax(xs: impl Iterator<Item = f64>) -> Option<usize> {
+    let mut best: Option<(usize, f64)> = None;
+    for (i, x) in xs.enumerate() {
+        // First maximum wins, as numpy's argmax.
+        if best.is_none_or(|(_, b)| x > b) {
+            best = Some((i, x));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Few-shot examples for each question: `shots` distinct train questions drawn with a seeded
+/// generator (the same draw for every question, as lm-eval's default sampler with a fixed seed).
+pub fn fewshot_examples(pool: &[Question], shots: usize, seed: u64) -> Vec<Question> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut examples: Vec<Question> = pool.to_vec();
+    examples.shuffle(&mut rng);
+    examples.truncate(shots);
+    examples
+}
+
+/// Scores one question in loglik mode: the context runs once and its KV cache is shared by
+/// all choices.
+pub fn score_question(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    task: Task,
+    q: &Question,
+    shots: &[Question],
+    device: &Device,
+) -> Result<Prediction, BenchError> {
+    let context = prompt::with_shots(task, q, shots);
+    let choices = prompt::lm_eval_choices(task, q);
+    let mut prepared: Option<(Vec<u32>, PreparedContext)> = None;
+    let mut loglik = Vec::with_capacity(choices.len());
+    for choice in &choices {
+        let (ctx_ids, cont_ids) =
+            tokenizer.encode_pair(&context, &format!("{TARGET_DELIMITER}{choice}"))?;
+        // The context's tokens are the same for every choice unless a merge crosses the
+        // boundary; then that choice gets its own context pass.
+        let reuse = matches!(&prepared, Some((ids, _)) if *ids == ctx_ids);
+        if !reuse {
+            prepared = Some((
+                ctx_ids.clone(),
+                PreparedContext::new(model, &ctx_ids, device)?,
+            ));
+        }
+        let (_, ctx) = prepared.as_ref().expect("prepared above");
+        loglik.push(ctx.score(model, &cont_ids)?.loglik);
+    }
+    let pred = argmax(loglik.iter().copied());
+    let pred_norm = argmax(
+        loglik
+            .iter()
+            .zip(&choices)
+            .map(|(l, c)| l / c.chars().count() as f64),
+    );
+    Ok(Prediction {
+        id: q.id.clone(),
+        gold: q.gold,
+        pred,
+        loglik,
+        pred_norm,
+        generated: None,
+        subject: q.subject.clone(),
+    })
+}
+
+/// Answers one question in generate mode with the PMC-LLaMA template.
+pub fn generate_question(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    task: Task,
+    q: &Question,
+    generation: &GenerationConfig,
+    device: &Device,
+) -> Result<Prediction, BenchError> {
+    let prompt = prompt::pmc_llama_prompt(task, q);
+    let ids = tokenizer.encode(&prompt)?;
+    let tokens = pmc_model::generate(model, &ids, generation, &tokenizer.eos_ids, device, |_| {
+        Ok(true)
+    })?;
+    let text = tokenizer.decode(&tokens)?;
+    Ok(Prediction {
+        id: q.id.clone(),
+        gold: q.gold,
+        pred: prompt::extract_answer(&text, &q.options),
+        loglik: Vec::new(),
+        pred_norm: None,
+        generated: Some(text),
+        subject: q.subject.clone(),
+    })
+}
+
+/// Runs `questions`, printing progress to stderr every few questions.
+pub fn evaluate(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    config: &EvalConfig,
+    questions: &[Question],
+    shots: &[Question],
+    device: &Device,
+) -> Result<Vec<Prediction>, BenchError> {
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(questions.len());
+    for (i, q) in questions.iter().enumerate() {
+        let p = match config.mode {
+            Mode::Loglik => score_question(model, tokenizer, config.task, q, shots, device)?,
+            Mode::Generate => {
+                generate_question(model, tokenizer, config.task, q, &config.generation, device)?
+            }
+        };
+        out.push(p);
+        let done = i + 1;
+        if done % 25 == 0 || done == questions.len() {
+            let elapsed = started.elapsed().as_secs_f64();
+            let correct = out.iter().filter(|p| p.pred == Some(p.gold)).count();
+            eprintln!(
+                "[{}] {done}/{} questions, acc {:.3}, {:.2} q/s, ETA {:.0} s",
+                config.task.name(),
+                questions.len(),
+                correct as f64 / done as f64,
+                done as f64 / elapsed,
+                elapsed / done as f64 * (questions.len() - done) as f64
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Accuracy with its standard error and 95 % intervals.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccuracyReport {
+    /// Fraction correct.
+    pub value: f64,
+    /// lm-eval's standard error.
+    pub stderr: f64,
+    /// Wilson 95 % interval.
+    pub wilson_95: (f64, f64),
+    /// Percentile bootstrap 95 % interval (10,000 resamples).
+    pub bootstrap_95: (f64, f64),
+}
+
+fn report(correct: &[bool], seed: u64) -> AccuracyReport {
+    AccuracyReport {
+        value: metrics::accuracy(correct),
+        stderr: metrics::stderr(correct),
+        wilson_95: metrics::wilson(correct.iter().filter(|&&c| c).count(), correct.len()),
+        bootstrap_95: metrics::bootstrap(correct, 10_000, seed),
+    }
+}
+
+/// Everything `results.json` holds.
+pub fn results_json(
+    config: &EvalConfig,
+    predictions: &[Prediction],
+    model: &str,
+    data_file: &Path,
+    data_sha256: &str,
+    seconds: f64,
+) -> Value {
+    let acc: Vec<bool> = predictions.iter().map(|p| p.pred == Some(p.gold)).collect();
+    let mut metrics = serde_json::Map::new();
+    let a = report(&acc, config.seed);
+    metrics.insert("acc,none".into(), json!(a.value));
+    metrics.insert("acc_stderr,none".into(), json!(a.stderr));
+    metrics.insert("acc_wilson_95,none".into(), json!(a.wilson_95));
+    metrics.insert("acc_bootstrap_95,none".into(), json!(a.bootstrap_95));
+    if config.mode == Mode::Loglik {
+        let norm: Vec<bool> = predictions
+            .iter()
+            .map(|p| p.pred_norm == Some(p.gold))
+            .collect();
+        let n = report(&norm, config.seed);
+        metrics.insert("acc_norm,none".into(), json!(n.value));
+        metrics.insert("acc_norm_stderr,none".into(), json!(n.stderr));
+        metrics.insert("acc_norm_wilson_95,none".into(), json!(n.wilson_95));
+        metrics.insert("acc_norm_bootstrap_95,none".into(), json!(n.bootstrap_95));
+    } else {
+        let unparsed = predictions.iter().filter(|p| p.pred.is_none()).count();
+        metrics.insert("unparsed,none".into(), json!(unparsed));
+    }
+    if config.task == Task::PubMedQa {
+        let gold: Vec<usize> = predictions.iter().map(|p| p.gold).collect();
+        let pred: Vec<Option<usize>> = predictions.iter().map(|p| p.pred).collect();
+        metrics.insert(
+            "macro_f1,none".into(),
+            json!(metrics::macro_f1(&gold, &pred, 3)),
+        );
+    }
+    let mut subjects: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for p in predictions {
+        if let Some(s) = &p.subject {
+            let e = subjects.entry(s).or_default();
+            e.0 += usize::from(p.pred == Some(p.gold));
+            e.1 += 1;
+        }
+    }
+    let per_subject: serde_json::Map<String, Value> = subjects
+        .iter()
+        .map(|(s, (k, n))| (s.to_string(), json!({"acc": *k as f64 / *n as f64, "n": n})))
+        .collect();
+    metrics.insert("alias".into(), json!(config.task.name()));
+    json!({
+        "results": {config.task.name(): metrics},
+        "per_subject": per_subject,
+        "n_samples": {config.task.name(): predictions.len()},
+        "config": {
+            "model": model,
+            "task": config.task,
+            "mode": config.mode,
+            "template": config.template,
+            "num_fewshot": config.shots,
+            "seed": config.seed,
+            "generation": matches!(config.mode, Mode::Generate).then(|| json!({
+                "max_new_tokens": config.generation.max_new_tokens,
+                "temperature": config.generation.temperature,
+                "top_p": config.generation.top_p,
+            })),
+            "data_file": data_file,
+            "data_sha256": data_sha256,
+            "seconds": seconds,
+        },
+    })
+}
+
+/// The markdown table of a results JSON.
+pub fn results_markdown(results: &Value) -> String {
+    let mut s = String::from(
+        "| task | metric | value | stderr | Wilson 95 % | bootstrap 95 % |\n|---|---|---|---|---|---|\n",
+    );
+    if let Some(tasks) = results["results"].as_object() {
+        for (task, m) in tasks {
+            for metric in ["acc", "acc_norm"] {
+                if let Some(v) = m[format!("{metric},none")].as_f64() {
+                    let ci = |k: &str| {
+                        let c = &m[format!("{metric}_{k},none")];
+                        format!(
+                            "[{:.4}, {:.4}]",
+                            c[0].as_f64().unwrap_or(f64::NAN),
+                            c[1].as_f64().unwrap_or(f64::NAN)
+                        )
+                    };
+                    s.push_str(&format!(
+                        "| {task} | {metric} | {v:.4} | {:.4} | {} | {} |\n",
+                        m[format!("{metric}_stderr,none")]
+                            .as_f64()
+                            .unwrap_or(f64::NAN),
+                        ci("wilson_95"),
+                        ci("bootstrap_95")
+                    ));
+                }
+            }
+            if let Some(f1) = m["macro_f1,none"].as_f64() {
+                s.push_str(&format!("| {task} | macro_f1 | {f1:.4} | | | |\n"));
+            }
+            if let Some(u) = m["unparsed,none"].as_u64() {
+                s.push_str(&format!("| {task} | unparsed replies | {u} | | | |\n"));
+            }
+        }
+    }
+    s
+}
+
+/// Writes `predictions.jsonl`, `results.json` and `results.md` into `dir`.
+pub fn write_outputs(
+    dir: &Path,
+    predictions: &[Prediction],
+    results: &Value,
+) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(dir.to_path_buf(), e))?;
+    let io = |p: PathBuf| move |e| BenchError::Io(p.clone(), e);
+    let path = dir.join("predictions.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).map_err(io(path.clone()))?);
+    for p in predictions {
+        serde_json::to_writer(&mut file, p).expect("predictions serialise");
+        file.write_all(b"\n").map_err(io(path.clone()))?;
+    }
+    file.flush().map_err(io(path.clone()))?;
+    let path = dir.join("results.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(results).expect("JSON") + "\n",
+    )
+    .map_err(io(path.clone()))?;
+    let path = dir.join("results.md");
+    std::fs::write(&path, results_markdown(results)).map_err(io(path.clone()))?;
+    Ok(())
+}
+
+/// Reads a run's `predictions.jsonl` back as (id, correct) pairs.
+pub fn read_predictions(dir: &Path) -> Result<Vec<(String, bool)>, BenchError> {
+    let path = dir.join("predictions.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| BenchError::Io(path.clone(), e))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).map_err(|e| BenchError::Data {
+                path: path.clone(),
+                line: Some(i + 1),
+                message: e.to_string(),
+            })?;
+            let id = match &v["id"] {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            Ok((id, v["pred"].as_u64().is_some() && v["pred"] == v["gold"]))
+        })
+        .collect()
+}
