@@ -184,3 +184,98 @@ pub fn compare(args: CompareArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct BenchEvalArgs {
+    /// pubmedqa, medqa or medmcqa.
+    #[arg(long)]
+    pub task: Task,
+    /// An HF directory or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A directory laid out like ../shared/data, or the task's file.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Questions scored (the first N of the split).
+    #[arg(long, default_value_t = 40)]
+    pub limit: usize,
+}
+
+/// Loglik-mode questions/s against transformers scoring the same items the lm-eval way, and
+/// their question-by-question agreement.
+pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
+    let mut questions = data::load(args.task, Split::Eval, &args.data)?;
+    questions.truncate(args.limit);
+    let device = pmc_model::default_device();
+    let loaded = pmc_model::load_model(&args.model, &Default::default(), &device)?;
+    let tokenizer = loaded.tokenizer.as_ref().context("the model has no tokenizer")?;
+    let config = EvalConfig {
+        task: args.task,
+        mode: Mode::Loglik,
+        template: Template::LmEval,
+        shots: 0,
+        seed: 0,
+        generation: GenerationConfig::default(),
+    };
+    let started = Instant::now();
+    let ours = run::evaluate(&loaded.model, tokenizer, &config, &questions, &[], &device)?;
+    let ours_s = started.elapsed().as_secs_f64();
+
+    let requests = std::env::temp_dir().join(format!("pmc-bench-eval-{}.jsonl", std::process::id()));
+    let lines: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            serde_json::json!({
+                "id": q.id,
+                "context": pmc_bench::prompt::lm_eval_context(args.task, q),
+                "choices": pmc_bench::prompt::lm_eval_choices(args.task, q),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&requests, lines.join("\n") + "\n")?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/eval_reference.py");
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&args.model)
+        .arg(&requests)
+        .arg(threads.to_string())
+        .output()
+        .context("running python3")?;
+    let _ = std::fs::remove_file(&requests);
+    if !out.status.success() {
+        bail!(
+            "reference failed (pip install torch transformers gguf): {}",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut rows: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let timing = rows.pop().context("reference printed nothing")?;
+    let theirs_s = timing["seconds"].as_f64().context("reference timing")?;
+    let mut same_pred = 0;
+    let mut worst: f64 = 0.0;
+    for (p, r) in ours.iter().zip(&rows) {
+        let lls: Vec<f64> = r["loglik"].as_array().context("loglik")?.iter().filter_map(|v| v.as_f64()).collect();
+        worst = lls.iter().zip(&p.loglik).map(|(a, b)| (a - b).abs()).fold(worst, f64::max);
+        let their_pred = lls.iter().enumerate().fold(None::<(usize, f64)>, |best, (i, &x)| match best {
+            Some((_, b)) if b >= x => best,
+            _ => Some((i, x)),
+        });
+        same_pred += usize::from(their_pred.map(|b| b.0) == p.pred);
+    }
+    println!("| {} loglik, {} questions | pmc-llama | transformers (lm-eval style) | ratio |", args.task.name(), questions.len());
+    println!("|---|---|---|---|");
+    println!(
+        "| questions/s | {:.3} | {:.3} | {:.2} × |",
+        questions.len() as f64 / ours_s,
+        questions.len() as f64 / theirs_s,
+        theirs_s / ours_s
+    );
+    println!(
+        "\nsame prediction on {same_pred}/{} questions; max |Δloglik| over all choices = {worst:.2e}",
+        rows.len()
+    );
+    Ok(())
+}

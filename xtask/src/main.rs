@@ -26,6 +26,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Paired comparison of two eval runs on the same questions (bootstrap and McNemar).
     Compare(eval::CompareArgs),
+    /// Loglik-mode questions/s and agreement against transformers scoring the lm-eval way.
+    BenchEval(eval::BenchEvalArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
@@ -47,6 +49,7 @@ fn main() {
         Command::Convert(args) => commands::convert(args),
         Command::Eval(args) => eval::eval(args),
         Command::Compare(args) => eval::compare(args),
+        Command::BenchEval(args) => eval::bench_eval(args),
         Command::BenchModel(args) => bench::bench_model(args),
     };
     if let Err(err) = result {
