@@ -208,7 +208,10 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
     questions.truncate(args.limit);
     let device = pmc_model::default_device();
     let loaded = pmc_model::load_model(&args.model, &Default::default(), &device)?;
-    let tokenizer = loaded.tokenizer.as_ref().context("the model has no tokenizer")?;
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .context("the model has no tokenizer")?;
     let config = EvalConfig {
         task: args.task,
         mode: Mode::Loglik,
@@ -221,7 +224,8 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
     let ours = run::evaluate(&loaded.model, tokenizer, &config, &questions, &[], &device)?;
     let ours_s = started.elapsed().as_secs_f64();
 
-    let requests = std::env::temp_dir().join(format!("pmc-bench-eval-{}.jsonl", std::process::id()));
+    let requests =
+        std::env::temp_dir().join(format!("pmc-bench-eval-{}.jsonl", std::process::id()));
     let lines: Vec<String> = questions
         .iter()
         .map(|q| {
@@ -247,25 +251,47 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
     if !out.status.success() {
         bail!(
             "reference failed (pip install torch transformers gguf): {}",
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut rows: Vec<serde_json::Value> = stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let mut rows: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
     let timing = rows.pop().context("reference printed nothing")?;
     let theirs_s = timing["seconds"].as_f64().context("reference timing")?;
     let mut same_pred = 0;
     let mut worst: f64 = 0.0;
     for (p, r) in ours.iter().zip(&rows) {
-        let lls: Vec<f64> = r["loglik"].as_array().context("loglik")?.iter().filter_map(|v| v.as_f64()).collect();
-        worst = lls.iter().zip(&p.loglik).map(|(a, b)| (a - b).abs()).fold(worst, f64::max);
-        let their_pred = lls.iter().enumerate().fold(None::<(usize, f64)>, |best, (i, &x)| match best {
-            Some((_, b)) if b >= x => best,
-            _ => Some((i, x)),
-        });
+        let lls: Vec<f64> = r["loglik"]
+            .as_array()
+            .context("loglik")?
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
+        worst = lls
+            .iter()
+            .zip(&p.loglik)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f64::max);
+        let their_pred = lls
+            .iter()
+            .enumerate()
+            .fold(None::<(usize, f64)>, |best, (i, &x)| match best {
+                Some((_, b)) if b >= x => best,
+                _ => Some((i, x)),
+            });
         same_pred += usize::from(their_pred.map(|b| b.0) == p.pred);
     }
-    println!("| {} loglik, {} questions | pmc-llama | transformers (lm-eval style) | ratio |", args.task.name(), questions.len());
+    println!(
+        "| {} loglik, {} questions | pmc-llama | transformers (lm-eval style) | ratio |",
+        args.task.name(),
+        questions.len()
+    );
     println!("|---|---|---|---|");
     println!(
         "| questions/s | {:.3} | {:.3} | {:.2} × |",

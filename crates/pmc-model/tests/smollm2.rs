@@ -5,15 +5,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use pmc_model::{GenerationConfig, LoadOptions, Tokenizer, load_model, score_continuations};
-use serde_json::Value;
+mod common;
 
-fn shared() -> Option<PathBuf> {
-    let dir = std::env::var_os("PMC_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    dir.join("README.md").exists().then_some(dir)
-}
+use common::{question_texts, shared};
+use pmc_model::{GenerationConfig, LoadOptions, Tokenizer, load_model, score_continuations};
 
 /// The GGUF file's path, or the reason it is unavailable. Fetched once per test binary: the
 /// script is not safe to run twice at the same time.
@@ -50,47 +45,6 @@ macro_rules! require {
             }
         }
     };
-}
-
-/// Every question text of the shared benchmarks: PubMedQA questions and abstracts, MedQA
-/// questions and options, MedMCQA questions and options.
-fn question_texts(shared: &std::path::Path) -> Vec<String> {
-    let mut texts = Vec::new();
-    let pubmedqa: Value = serde_json::from_str(
-        &std::fs::read_to_string(shared.join("data/pubmedqa/ori_pqal.json")).unwrap(),
-    )
-    .unwrap();
-    for record in pubmedqa.as_object().unwrap().values() {
-        texts.push(record["QUESTION"].as_str().unwrap().to_string());
-        for context in record["CONTEXTS"].as_array().unwrap() {
-            texts.push(context.as_str().unwrap().to_string());
-        }
-    }
-    for file in [
-        "medqa/test_5options.jsonl",
-        "medmcqa/dev.jsonl",
-        "medmcqa/test_nolabels.jsonl",
-    ] {
-        for line in std::fs::read_to_string(shared.join("data").join(file))
-            .unwrap()
-            .lines()
-        {
-            let r: Value = serde_json::from_str(line).unwrap();
-            texts.push(r["question"].as_str().unwrap().to_string());
-            let options: Vec<&Value> = match (&r["options"], &r["choices"]) {
-                (Value::Object(o), _) => o.values().collect(),
-                (_, Value::Array(c)) => c.iter().collect(),
-                _ => Vec::new(),
-            };
-            texts.extend(
-                options
-                    .iter()
-                    .filter_map(|o| o.as_str())
-                    .map(str::to_string),
-            );
-        }
-    }
-    texts
 }
 
 #[test]

@@ -13,7 +13,8 @@ use super::{GgufFile, MetaValue};
 use crate::error::{ModelError, Result};
 use crate::tokenizer::Tokenizer;
 
-/// ggml token types that are special (control) or user-defined added tokens.
+/// ggml token types that become added tokens: unknown and control (special), user-defined.
+const TOKEN_TYPE_UNKNOWN: u64 = 2;
 const TOKEN_TYPE_CONTROL: u64 = 3;
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 
@@ -60,144 +61,207 @@ fn numbers(file: &GgufFile, key: &str, len: usize) -> Result<Option<Vec<f64>>> {
         .map(Some)
 }
 
-/// Builds the tokenizer of a GGUF file.
-pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
-    let path = file.path();
-    let model = file
-        .get("tokenizer.ggml.model")
-        .and_then(MetaValue::as_str)
-        .ok_or_else(|| ModelError::config(path, "tokenizer.ggml.model", "missing"))?;
-    let tokens = strings(file, "tokenizer.ggml.tokens")?;
-    let types = numbers(file, "tokenizer.ggml.token_type", tokens.len())?;
-    let token_id = |key: &str| -> Result<Option<u32>> {
-        match file.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let id = v
-                    .as_u64()
-                    .filter(|&id| (id as usize) < tokens.len())
-                    .ok_or_else(|| {
+/// The tokenizer fields of GGUF metadata (`tokenizer.ggml.*`).
+#[derive(Debug, Clone, Default)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model`: `gpt2` or `llama`.
+    pub model: String,
+    /// Token strings, by id.
+    pub tokens: Vec<String>,
+    /// Sentencepiece scores (`llama`).
+    pub scores: Option<Vec<f64>>,
+    /// ggml token types (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+    pub types: Option<Vec<u64>>,
+    /// BPE merges, `"a b"` (`gpt2`).
+    pub merges: Option<Vec<String>>,
+    /// Special token ids.
+    pub bos: Option<u32>,
+    /// End of sequence.
+    pub eos: Option<u32>,
+    /// Unknown token.
+    pub unk: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`; `None` = the model type's default.
+    pub add_bos: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos: Option<bool>,
+    /// `tokenizer.ggml.add_space_prefix` (sentencepiece's leading `▁`), default true.
+    pub add_space_prefix: Option<bool>,
+}
+
+impl GgufVocab {
+    /// Reads the tokenizer fields of `file`.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self> {
+        let path = file.path();
+        let model = file
+            .get("tokenizer.ggml.model")
+            .and_then(MetaValue::as_str)
+            .ok_or_else(|| ModelError::config(path, "tokenizer.ggml.model", "missing"))?
+            .to_string();
+        let tokens: Vec<String> = strings(file, "tokenizer.ggml.tokens")?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let n = tokens.len();
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            match file.get(key) {
+                None => Ok(None),
+                Some(v) => {
+                    let id = v.as_u64().filter(|&id| (id as usize) < n).ok_or_else(|| {
                         ModelError::config(path, key, "not a token id of this vocabulary")
                     })?;
-                Ok(Some(id as u32))
+                    Ok(Some(id as u32))
+                }
+            }
+        };
+        let flag = |key: &str| file.get(key).and_then(MetaValue::as_bool);
+        Ok(Self {
+            scores: numbers(file, "tokenizer.ggml.scores", n)?,
+            types: numbers(file, "tokenizer.ggml.token_type", n)?
+                .map(|t| t.into_iter().map(|x| x as u64).collect()),
+            merges: match file.get("tokenizer.ggml.merges") {
+                Some(_) => Some(
+                    strings(file, "tokenizer.ggml.merges")?
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                ),
+                None => None,
+            },
+            bos: token_id("tokenizer.ggml.bos_token_id")?,
+            eos: token_id("tokenizer.ggml.eos_token_id")?,
+            unk: token_id("tokenizer.ggml.unknown_token_id")?,
+            add_bos: flag("tokenizer.ggml.add_bos_token"),
+            add_eos: flag("tokenizer.ggml.add_eos_token"),
+            add_space_prefix: flag("tokenizer.ggml.add_space_prefix"),
+            model,
+            tokens,
+        })
+    }
+
+    /// Builds the tokenizer; `source` names the file in errors.
+    pub fn build(&self, source: &std::path::Path) -> Result<Tokenizer> {
+        let path = source;
+        let tokens = &self.tokens;
+        let mut vocab = serde_json::Map::new();
+        for (i, t) in tokens.iter().enumerate() {
+            if vocab.insert(t.clone(), json!(i)).is_some() {
+                return Err(ModelError::config(
+                    path,
+                    "tokenizer.ggml.tokens",
+                    format!("duplicate token {t:?} at id {i}"),
+                ));
             }
         }
-    };
-    let bos = token_id("tokenizer.ggml.bos_token_id")?;
-    let eos = token_id("tokenizer.ggml.eos_token_id")?;
-    let unk = token_id("tokenizer.ggml.unknown_token_id")?;
-
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in tokens.iter().enumerate() {
-        if vocab.insert(t.to_string(), json!(i)).is_some() {
-            return Err(ModelError::config(
-                path,
-                "tokenizer.ggml.tokens",
-                format!("duplicate token {t:?} at id {i}"),
-            ));
-        }
-    }
-    let added_tokens: Vec<Value> = match &types {
-        None => Vec::new(),
-        Some(types) => types
-            .iter()
-            .enumerate()
-            .filter(|(_, ty)| {
-                **ty as u64 == TOKEN_TYPE_CONTROL || **ty as u64 == TOKEN_TYPE_USER_DEFINED
-            })
-            .map(|(i, &ty)| {
-                json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
-                       "rstrip": false, "normalized": false,
-                       "special": ty as u64 == TOKEN_TYPE_CONTROL})
-            })
-            .collect(),
-    };
-
-    let (default_add_bos, document) = match model {
-        "gpt2" => {
-            let merges = strings(file, "tokenizer.ggml.merges")?;
-            let doc = json!({
-                "version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added_tokens,
-                "normalizer": null,
-                "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
-                                  "trim_offsets": true, "use_regex": true},
-                "post_processor": null,
-                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                            "use_regex": true},
-                "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                          "continuing_subword_prefix": "", "end_of_word_suffix": "",
-                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                          "vocab": vocab, "merges": merges},
-            });
-            (false, doc)
-        }
-        "llama" => {
-            let scores =
-                numbers(file, "tokenizer.ggml.scores", tokens.len())?.ok_or_else(|| {
+        let added_tokens: Vec<Value> = match &self.types {
+            None => Vec::new(),
+            Some(types) => types
+                .iter()
+                .enumerate()
+                .filter(|(_, ty)| {
+                    matches!(
+                        **ty,
+                        TOKEN_TYPE_UNKNOWN | TOKEN_TYPE_CONTROL | TOKEN_TYPE_USER_DEFINED
+                    )
+                })
+                .map(|(i, ty)| {
+                    json!({"id": i, "content": tokens[i], "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false,
+                           "special": *ty != TOKEN_TYPE_USER_DEFINED})
+                })
+                .collect(),
+        };
+        let (default_add_bos, document) = match self.model.as_str() {
+            "gpt2" => {
+                let merges = self.merges.as_ref().ok_or_else(|| {
+                    ModelError::config(
+                        path,
+                        "tokenizer.ggml.merges",
+                        "required for gpt2 tokenizers",
+                    )
+                })?;
+                let doc = json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": added_tokens,
+                    "normalizer": null,
+                    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false,
+                                      "trim_offsets": true, "use_regex": true},
+                    "post_processor": null,
+                    "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
+                                "use_regex": true},
+                    "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                              "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                              "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                              "vocab": vocab, "merges": merges},
+                });
+                (false, doc)
+            }
+            "llama" => {
+                let scores = self.scores.as_ref().ok_or_else(|| {
                     ModelError::config(
                         path,
                         "tokenizer.ggml.scores",
                         "required for sentencepiece tokenizers",
                     )
                 })?;
-            let add_space_prefix = file
-                .get("tokenizer.ggml.add_space_prefix")
-                .and_then(MetaValue::as_bool)
-                .unwrap_or(true);
-            let mut normalizers = Vec::new();
-            if add_space_prefix {
-                normalizers.push(json!({"type": "Prepend", "prepend": "▁"}));
+                let prepend = if self.add_space_prefix.unwrap_or(true) {
+                    "first"
+                } else {
+                    "never"
+                };
+                let mut decoders = vec![
+                    json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
+                    json!({"type": "ByteFallback"}),
+                    json!({"type": "Fuse"}),
+                ];
+                if prepend == "first" {
+                    decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+                }
+                let token_refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+                let doc = json!({
+                    "version": "1.0", "truncation": null, "padding": null,
+                    "added_tokens": added_tokens,
+                    "normalizer": null,
+                    "pre_tokenizer": {"type": "Metaspace", "replacement": "▁",
+                                      "prepend_scheme": prepend, "split": false},
+                    "post_processor": null,
+                    "decoder": {"type": "Sequence", "decoders": decoders},
+                    "model": {"type": "BPE", "dropout": null,
+                              "unk_token": self.unk.map(|id| tokens[id as usize].clone()),
+                              "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                              "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                              "vocab": vocab, "merges": sentencepiece_merges(&token_refs, scores)},
+                });
+                (true, doc)
             }
-            normalizers
-                .push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"}));
-            let mut decoders = vec![
-                json!({"type": "Replace", "pattern": {"String": "▁"}, "content": " "}),
-                json!({"type": "ByteFallback"}),
-                json!({"type": "Fuse"}),
-            ];
-            if add_space_prefix {
-                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+            other => {
+                return Err(ModelError::config(
+                    path,
+                    "tokenizer.ggml.model",
+                    format!("tokenizer model `{other}` is not supported (gpt2 and llama are)"),
+                ));
             }
-            let doc = json!({
-                "version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added_tokens,
-                "normalizer": {"type": "Sequence", "normalizers": normalizers},
-                "pre_tokenizer": null,
-                "post_processor": null,
-                "decoder": {"type": "Sequence", "decoders": decoders},
-                "model": {"type": "BPE", "dropout": null,
-                          "unk_token": unk.map(|id| tokens[id as usize]),
-                          "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                          "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                          "vocab": vocab, "merges": sentencepiece_merges(&tokens, &scores)},
-            });
-            (true, doc)
-        }
-        other => {
-            return Err(ModelError::config(
-                path,
-                "tokenizer.ggml.model",
-                format!("tokenizer model `{other}` is not supported (gpt2 and llama are)"),
-            ));
-        }
-    };
-    let inner: tokenizers::Tokenizer = document.to_string().parse().map_err(|e| {
-        ModelError::Tokenizer(format!(
-            "{}: building the tokenizer from GGUF metadata: {e}",
-            path.display()
+        };
+        let inner: tokenizers::Tokenizer = document.to_string().parse().map_err(|e| {
+            ModelError::Tokenizer(format!(
+                "{}: building the tokenizer from GGUF metadata: {e}",
+                path.display()
+            ))
+        })?;
+        let add_bos = self.add_bos.unwrap_or(default_add_bos);
+        let add_eos = self.add_eos.unwrap_or(false);
+        Ok(Tokenizer::new(
+            inner,
+            self.bos,
+            self.eos.into_iter().collect(),
+            add_bos,
+            add_eos,
         ))
-    })?;
-    let flag = |key: &str| file.get(key).and_then(MetaValue::as_bool);
-    let add_bos = flag("tokenizer.ggml.add_bos_token").unwrap_or(default_add_bos);
-    let add_eos = flag("tokenizer.ggml.add_eos_token").unwrap_or(false);
-    Ok(Tokenizer::new(
-        inner,
-        bos,
-        eos.into_iter().collect(),
-        add_bos,
-        add_eos,
-    ))
+    }
+}
+
+/// Builds the tokenizer of a GGUF file.
+pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
+    GgufVocab::from_gguf(file)?.build(file.path())
 }
 
 /// Merges of a sentencepiece BPE vocabulary: every split of a piece into two pieces of the
