@@ -36,6 +36,17 @@ def encode_pair(tok, context, continuation):
 
 
 @torch.no_grad()
+def loglik(model, ctx, cont):
+    """Summed log-probability of `cont` after `ctx` and whether it is all argmax, from one
+    forward over (ctx + cont)[:-1] as lm-evaluation-harness feeds it."""
+    ids = torch.tensor([(ctx + cont)[:-1]])
+    logits = model(ids).logits[0, len(ctx) - 1:].float()
+    logp = torch.log_softmax(logits, -1)
+    target = torch.tensor(cont)
+    return float(logp[torch.arange(len(cont)), target].sum()), bool((logits.argmax(-1) == target).all())
+
+
+@torch.no_grad()
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
@@ -52,12 +63,7 @@ def main():
             ctx, cont = r["context_ids"], r["continuation_ids"]
         else:
             ctx, cont = encode_pair(tok, r["context"], r["continuation"])
-        ids = torch.tensor([(ctx + cont)[:-1]])
-        logits = model(ids).logits[0, len(ctx) - 1:].float()
-        logp = torch.log_softmax(logits, -1)
-        target = torch.tensor(cont)
-        ll = float(logp[torch.arange(len(cont)), target].sum())
-        greedy = bool((logits.argmax(-1) == target).all())
+        ll, greedy = loglik(model, ctx, cont)
         print(json.dumps({"loglik": ll, "greedy": greedy}), flush=True)
 
 

@@ -77,6 +77,23 @@ impl std::str::FromStr for WeightDType {
     }
 }
 
+/// Drops the whole pages of `mmap[offset..offset + len]` from the process's resident set.
+///
+/// A fully read checkpoint would otherwise stay resident twice, as file pages and as
+/// tensors. The page cache keeps the data; touching the range again re-reads it.
+pub(crate) fn release_pages(mmap: &Mmap, offset: usize, len: usize) {
+    const PAGE: usize = 4096;
+    let start = offset.div_ceil(PAGE) * PAGE;
+    let end = (offset + len) / PAGE * PAGE;
+    if end > start {
+        // SAFETY: a read-only file mapping; dropped pages are re-read from the file if needed,
+        // so no data that the program holds is lost.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+}
+
 /// Converts little-endian raw tensor bytes of `from` into bytes of `to`.
 ///
 /// Rounding to bf16/f16 is round-to-nearest-even, as torch's `.to()` does.
@@ -146,28 +163,11 @@ impl MappedFile {
         Ok(mapped)
     }
 
-    /// Drops the mapped pages of `range` (a slice of this mapping) from the process's
-    /// resident set once they have been copied: otherwise a fully read checkpoint stays
-    /// resident twice, as file pages and as tensors. The page cache keeps the data.
+    /// Drops the pages of `range` (a slice of this mapping) from the resident set once they
+    /// have been copied.
     fn release(&self, range: &[u8]) {
-        #[cfg(unix)]
-        {
-            let base = self.mmap.as_ptr() as usize;
-            let page = 4096;
-            let start = (range.as_ptr() as usize - base).div_ceil(page) * page;
-            let end = (range.as_ptr() as usize - base + range.len()) / page * page;
-            if end > start {
-                // SAFETY: the mapping is private to this struct and read-only; dropping
-                // file-backed pages only means they are read again from the file if touched.
-                let _ = unsafe {
-                    self.mmap.unchecked_advise_range(
-                        memmap2::UncheckedAdvice::DontNeed,
-                        start,
-                        end - start,
-                    )
-                };
-            }
-        }
+        let offset = range.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        release_pages(&self.mmap, offset, range.len());
     }
 
     fn parse(&self) -> Result<SafeTensors<'_>> {

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use pmc_model::gguf::{GgmlType, GgufFile, dequant::dequantize};
-use pmc_model::{LoadOptions, load_model, score_continuations};
+mod common;
+
+use common::{ids, score_request};
+use pmc_model::{LoadOptions, load_model};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -228,21 +231,8 @@ fn a_gguf_model_scores_like_the_hf_checkpoint_it_came_from() {
         &std::fs::read_to_string(fixtures().join("gqa_tied/expected.json")).unwrap(),
     )
     .unwrap();
-    let ids = |v: &Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
     for r in expected["requests"].as_array().unwrap() {
-        let got = score_continuations(
-            &loaded.model,
-            &ids(&r["context_ids"]),
-            &[ids(&r["continuation_ids"])],
-            &device,
-        )
-        .unwrap()[0];
+        let got = score_request(&loaded.model, r, &device);
         assert!(
             (got.loglik - r["loglik"].as_f64().unwrap()).abs() <= 1e-3,
             "{} vs {r}",

@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod common;
+
+use common::{ids, score_request};
 use pmc_model::{GenerationConfig, LoadOptions, WeightDType, load_model, score_continuations};
 use serde_json::Value;
 
@@ -24,14 +27,6 @@ fn fixture(name: &str) -> PathBuf {
 fn expected(name: &str) -> Value {
     let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// The parity checks of one fixture on one device; returns the worst |Δloglik|.
@@ -119,13 +114,7 @@ fn bf16_weights_in_memory_stay_close() {
     };
     let loaded = load_model(&fixture("linear_bias"), &options, &device).unwrap();
     for r in expected("linear_bias")["requests"].as_array().unwrap() {
-        let got = score_continuations(
-            &loaded.model,
-            &ids(&r["context_ids"]),
-            &[ids(&r["continuation_ids"])],
-            &device,
-        )
-        .unwrap()[0];
+        let got = score_request(&loaded.model, r, &device);
         let want = r["loglik"].as_f64().unwrap();
         assert!(
             (got.loglik - want).abs() < 0.05 * want.abs().max(1.0),
@@ -136,13 +125,7 @@ fn bf16_weights_in_memory_stay_close() {
     // A bf16 checkpoint held in bf16 is exact.
     let loaded = load_model(&fixture("bf16_sharded_llama3"), &options, &device).unwrap();
     let r = &expected("bf16_sharded_llama3")["requests"][2];
-    let got = score_continuations(
-        &loaded.model,
-        &ids(&r["context_ids"]),
-        &[ids(&r["continuation_ids"])],
-        &device,
-    )
-    .unwrap()[0];
+    let got = score_request(&loaded.model, r, &device);
     assert!((got.loglik - r["loglik"].as_f64().unwrap()).abs() <= TOLERANCE);
 }
 

@@ -349,19 +349,7 @@ impl GgufFile {
     pub fn dequantize(&self, info: &TensorInfo) -> Result<Vec<f32>> {
         let values = dequant::dequantize(info.ggml_type, self.raw(info), info.num_elements())
             .map_err(|m| ModelError::tensor(&self.path, &info.name, m))?;
-        let page = 4096;
-        let start = info.offset.div_ceil(page) * page;
-        let end = (info.offset + info.size) / page * page;
-        if end > start {
-            // SAFETY: read-only file mapping; dropped pages are re-read from the file if needed.
-            let _ = unsafe {
-                self.mmap.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    end - start,
-                )
-            };
-        }
+        crate::checkpoint::release_pages(&self.mmap, info.offset, info.size);
         Ok(values)
     }
 

@@ -1,4 +1,6 @@
-//! Helpers shared by the integration tests that use ../shared.
+//! Helpers shared by the integration tests.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -51,4 +53,24 @@ pub fn question_texts(shared: &std::path::Path) -> Vec<String> {
         }
     }
     texts
+}
+
+/// Token ids of a JSON list.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Scores the `context_ids`/`continuation_ids` request `r` of an `expected.json`.
+pub fn score_request(
+    model: &pmc_model::Llama,
+    r: &Value,
+    device: &pmc_model::burn::prelude::Device,
+) -> pmc_model::Score {
+    let continuation = ids(&r["continuation_ids"]);
+    pmc_model::score_continuations(model, &ids(&r["context_ids"]), &[continuation], device).unwrap()
+        [0]
 }
