@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod loss;
 pub mod model;
 pub mod rope;
 pub mod score;
@@ -36,7 +37,8 @@ pub use checkpoint::{SaveOptions, WeightDType, save_hf};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
-pub use model::{KvCache, Llama};
+pub use loss::causal_lm_loss;
+pub use model::{KvCache, Llama, WeightRef};
 pub use score::{PreparedContext, Score, mean_nll, score_continuations};
 pub use tokenizer::Tokenizer;
 

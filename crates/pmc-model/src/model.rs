@@ -275,7 +275,8 @@ impl Llama {
             n: usize,
         ) -> Result<Param<Tensor<1>>, E> {
             let row = matrix(name, [1, n])?;
-            Ok(Param::from_tensor(row.val().reshape([n])))
+            // Detached: the reshape must not make the parameter a non-leaf of an autodiff graph.
+            Ok(Param::from_tensor(row.val().reshape([n]).detach()))
         }
         fn linear<E>(
             matrix: &mut impl FnMut(&str, [usize; 2]) -> Result<Param<Tensor<2>>, E>,
@@ -439,32 +440,32 @@ pub struct NamedWeight {
     pub value: Tensor<2>,
 }
 
+/// A parameter of the model, as stored: a matrix or a vector.
+#[derive(Debug, Clone, Copy)]
+pub enum WeightRef<'a> {
+    /// A 2-D weight (embeddings, projections).
+    Matrix(&'a Param<Tensor<2>>),
+    /// A 1-D weight (norms, biases).
+    Vector(&'a Param<Tensor<1>>),
+}
+
 impl Llama {
-    /// Every weight under its HF name, in checkpoint order. A tied LM head is not repeated.
-    pub fn named_weights(&self) -> Vec<NamedWeight> {
-        let mut out = Vec::new();
-        let mut matrix = |name: String, p: &Param<Tensor<2>>| {
-            let value = p.val();
-            out.push(NamedWeight {
-                name,
-                shape: value.dims().to_vec(),
-                value,
-            });
-        };
-        let mut all_vectors = Vec::new();
-        let mut vector = |name: String, p: &Param<Tensor<1>>| {
-            all_vectors.push((name, p.val()));
-        };
-        matrix("model.embed_tokens.weight".into(), &self.embed_tokens);
+    /// Calls `f` with every parameter and its HF name, in checkpoint order. A tied LM head is
+    /// not repeated. The one place that knows how fields map to HF names on the way out.
+    pub fn visit_weights(&self, mut f: impl FnMut(String, WeightRef<'_>)) {
+        f(
+            "model.embed_tokens.weight".into(),
+            WeightRef::Matrix(&self.embed_tokens),
+        );
         for (i, layer) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            vector(
+            f(
                 format!("{p}.input_layernorm.weight"),
-                &layer.input_layernorm.weight,
+                WeightRef::Vector(&layer.input_layernorm.weight),
             );
-            vector(
+            f(
                 format!("{p}.post_attention_layernorm.weight"),
-                &layer.post_attention_layernorm.weight,
+                WeightRef::Vector(&layer.post_attention_layernorm.weight),
             );
             let a = &layer.self_attn;
             let m = &layer.mlp;
@@ -477,24 +478,45 @@ impl Llama {
                 ("mlp.up_proj", &m.up_proj),
                 ("mlp.down_proj", &m.down_proj),
             ] {
-                matrix(format!("{p}.{name}.weight"), &lin.weight);
+                f(format!("{p}.{name}.weight"), WeightRef::Matrix(&lin.weight));
                 if let Some(bias) = &lin.bias {
-                    vector(format!("{p}.{name}.bias"), bias);
+                    f(format!("{p}.{name}.bias"), WeightRef::Vector(bias));
                 }
             }
         }
-        vector("model.norm.weight".into(), &self.norm.weight);
+        f(
+            "model.norm.weight".into(),
+            WeightRef::Vector(&self.norm.weight),
+        );
         if let Some(head) = &self.lm_head {
-            matrix("lm_head.weight".into(), head);
+            f("lm_head.weight".into(), WeightRef::Matrix(head));
         }
-        out.extend(all_vectors.into_iter().map(|(name, v)| {
-            let n = v.dims()[0];
-            NamedWeight {
-                name,
-                shape: vec![n],
-                value: v.reshape([1, n]),
+    }
+
+    /// Every weight under its HF name, in checkpoint order, matrices first (vectors are
+    /// viewed as one row).
+    pub fn named_weights(&self) -> Vec<NamedWeight> {
+        let mut matrices = Vec::new();
+        let mut vectors = Vec::new();
+        self.visit_weights(|name, weight| match weight {
+            WeightRef::Matrix(p) => {
+                let value = p.val();
+                matrices.push(NamedWeight {
+                    name,
+                    shape: value.dims().to_vec(),
+                    value,
+                });
             }
-        }));
-        out
+            WeightRef::Vector(p) => {
+                let n = p.dims()[0];
+                vectors.push(NamedWeight {
+                    name,
+                    shape: vec![n],
+                    value: p.val().reshape([1, n]),
+                });
+            }
+        });
+        matrices.extend(vectors);
+        matrices
     }
 }
