@@ -158,9 +158,18 @@ fn answer_extraction_table() {
         ("D", Some(3)),
         ("Radial nerve injury causes wrist drop.", Some(0)),
         // Real SmolLM2-135M-Instruct replies to the PMC-LLaMA prompt on MedQA.
-        ("\nA. Renal papillary necrosis\n\n### Question: The patient has a history of diabetes mellitus and has been", Some(0)),
-        ("\nA 39-year-old woman is brought to the emergency department because of fevers, chills, and left", None),
-        ("\n### Question: A senior orthopedic surgeon is performing a knee replacement surgery.", None),
+        (
+            "\nA. Renal papillary necrosis\n\n### Question: The patient has a history of diabetes mellitus and has been",
+            Some(0),
+        ),
+        (
+            "\nA 39-year-old woman is brought to the emergency department because of fevers, chills, and left",
+            None,
+        ),
+        (
+            "\n### Question: A senior orthopedic surgeon is performing a knee replacement surgery.",
+            None,
+        ),
         // Never guessed.
         ("I am not sure which option is right.", None),
         ("A or B could both be correct", None),
