@@ -6,7 +6,7 @@
 //! activations are always f32, and a low-precision weight is widened one matrix at a time when
 //! it is used.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{silu, softmax};
@@ -237,6 +237,18 @@ struct RopeTables {
     mask: Option<Tensor<2>>,
 }
 
+/// A trainable parameter whose id derives from its HF name (FNV-1a), so a model loaded
+/// from a checkpoint gets the same ids as the model that wrote it, and optimizer state
+/// saved alongside matches its parameters on resume.
+fn named_param<const D: usize>(name: &str, value: Tensor<D>) -> Param<Tensor<D>> {
+    let hash = name
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let param = Param::from_tensor(value);
+    let (_, value, mapper) = param.consume();
+    Param::from_mapped_value(ParamId::from(hash), value, mapper)
+}
+
 /// A LLaMA causal language model (`LlamaForCausalLM`).
 #[derive(Module, Debug)]
 pub struct Llama {
@@ -266,7 +278,7 @@ impl Llama {
         let inter = config.intermediate_size;
 
         let mut matrix = |name: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>, E> {
-            init(name, &shape).map(Param::from_tensor)
+            init(name, &shape).map(|t| named_param(name, t))
         };
         // 1-D tensors travel through `init` as [1, n] rows so one callback serves every shape.
         fn vector<E>(
@@ -276,7 +288,7 @@ impl Llama {
         ) -> Result<Param<Tensor<1>>, E> {
             let row = matrix(name, [1, n])?;
             // Detached: the reshape must not make the parameter a non-leaf of an autodiff graph.
-            Ok(Param::from_tensor(row.val().reshape([n]).detach()))
+            Ok(named_param(name, row.val().reshape([n]).detach()))
         }
         fn linear<E>(
             matrix: &mut impl FnMut(&str, [usize; 2]) -> Result<Param<Tensor<2>>, E>,

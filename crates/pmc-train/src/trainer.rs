@@ -1,0 +1,299 @@
+//! The training loop: micro-batches accumulated to a global batch, global-norm clipping,
+//! AdamW with the cosine schedule, and checkpoints that resume bit for bit.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::ParamId;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use pmc_model::{Llama, LlamaConfig, WeightRef, causal_lm_loss};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+use crate::data::{Cursor, TokenWindows};
+use crate::schedule::CosineSchedule;
+
+/// Optimisation hyper-parameters (PMC-LLaMA: AdamW, lr 2e-5, global batch 128, context 512).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Learning-rate schedule.
+    pub schedule: CosineSchedule,
+    /// AdamW β₁.
+    pub beta1: f32,
+    /// AdamW β₂.
+    pub beta2: f32,
+    /// AdamW ε.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    /// Sequences per forward pass.
+    pub micro_batch: usize,
+    /// Sequences per optimizer step (a multiple of `micro_batch`).
+    pub global_batch: usize,
+    /// Tokens per sequence.
+    pub seq_len: usize,
+    /// Seed of the data order.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// Micro-batches per optimizer step.
+    pub fn accumulation(&self) -> Result<usize, TrainError> {
+        if self.micro_batch == 0 || !self.global_batch.is_multiple_of(self.micro_batch) {
+            return Err(TrainError::Config(format!(
+                "global batch {} is not a multiple of the micro-batch {}",
+                self.global_batch, self.micro_batch
+            )));
+        }
+        Ok(self.global_batch / self.micro_batch)
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        AdamWConfig::new()
+            .with_beta_1(self.beta1)
+            .with_beta_2(self.beta2)
+            .with_epsilon(self.eps)
+            .with_weight_decay(self.weight_decay)
+            .init()
+    }
+}
+
+/// Where training stands; saved with every checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// Tokens consumed.
+    pub tokens: u64,
+    /// Position in the data stream.
+    pub cursor: Cursor,
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepStats {
+    /// The step just taken (1-based).
+    pub step: usize,
+    /// Mean loss over the global batch.
+    pub loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A model, its optimizer and where training stands.
+pub struct Trainer {
+    /// The model being trained (on an autodiff device).
+    pub model: Llama,
+    /// The model's architecture.
+    pub model_config: LlamaConfig,
+    /// Hyper-parameters.
+    pub config: TrainConfig,
+    /// Progress.
+    pub state: TrainState,
+    optimizer: ModuleOptimizer,
+    device: Device,
+}
+
+/// The id and rank of every parameter.
+fn parameters(model: &Llama) -> Vec<(ParamId, usize)> {
+    let mut out = Vec::new();
+    model.visit_weights(|_, w| {
+        out.push(match w {
+            WeightRef::Matrix(p) => (p.id, 2),
+            WeightRef::Vector(p) => (p.id, 1),
+        })
+    });
+    out
+}
+
+fn map_grad(grads: &mut GradientsParams, id: ParamId, rank: usize, f: impl Fn(Tensor<2>) -> Tensor<2>) {
+    // Rank-1 gradients go through a [1, n] view so one closure serves both ranks.
+    match rank {
+        2 => {
+            if let Some(g) = grads.remove::<2>(id) {
+                grads.register(id, f(g));
+            }
+        }
+        _ => {
+            if let Some(g) = grads.remove::<1>(id) {
+                let n = g.dims()[0];
+                grads.register(id, f(g.reshape([1, n])).reshape([n]));
+            }
+        }
+    }
+}
+
+fn grad_sq_norm(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
+    let sq = match rank {
+        2 => grads.get::<2>(id).map(|g| g.square().sum()),
+        _ => grads.get::<1>(id).map(|g| g.square().sum()),
+    };
+    sq.map_or(0.0, |s| s.into_scalar::<f32>() as f64)
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm`, as
+/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
+/// Returns the norm before clipping.
+pub fn clip_global_norm(grads: &mut GradientsParams, params: &[(ParamId, usize)], max_norm: Option<f64>) -> f64 {
+    let norm = params.iter().map(|&(id, r)| grad_sq_norm(grads, id, r)).sum::<f64>().sqrt();
+    if let Some(max_norm) = max_norm {
+        let coef = max_norm / (norm + 1e-6);
+        if coef < 1.0 {
+            for &(id, rank) in params {
+                map_grad(grads, id, rank, |g| g * coef);
+            }
+        }
+    }
+    norm
+}
+
+impl Trainer {
+    /// A trainer for `model` (which must live on an autodiff device) starting at step 0.
+    pub fn new(model: Llama, model_config: LlamaConfig, config: TrainConfig, device: &Device) -> Result<Self, TrainError> {
+        config.accumulation()?;
+        if !device.is_autodiff() {
+            return Err(TrainError::Config("training needs an autodiff device (Device::autodiff())".into()));
+        }
+        Ok(Self {
+            optimizer: config.optimizer(),
+            model,
+            model_config,
+            config,
+            state: TrainState::default(),
+            device: device.clone(),
+        })
+    }
+
+    /// One optimizer step over the next global batch of `data`.
+    pub fn step(&mut self, data: &TokenWindows) -> Result<StepStats, TrainError> {
+        let accumulation = self.config.accumulation()?;
+        let params = parameters(&self.model);
+        let mut total: Option<GradientsParams> = None;
+        let mut loss_sum = 0.0;
+        for _ in 0..accumulation {
+            let (batch, cursor) = data.batch(&self.state.cursor, self.config.micro_batch, &self.device);
+            self.state.cursor = cursor;
+            let loss = causal_lm_loss(&self.model, batch);
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            if !value.is_finite() {
+                return Err(TrainError::NonFinite { step: self.state.step + 1, loss: value });
+            }
+            loss_sum += value;
+            let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            total = Some(match total.take() {
+                None => grads,
+                Some(mut acc) => {
+                    for &(id, rank) in &params {
+                        match rank {
+                            2 => {
+                                if let (Some(a), Some(b)) = (acc.remove::<2>(id), grads.remove::<2>(id)) {
+                                    acc.register(id, a + b);
+                                }
+                            }
+                            _ => {
+                                if let (Some(a), Some(b)) = (acc.remove::<1>(id), grads.remove::<1>(id)) {
+                                    acc.register(id, a + b);
+                                }
+                            }
+                        }
+                    }
+                    acc
+                }
+            });
+        }
+        let mut grads = total.expect("at least one micro-batch");
+        if accumulation > 1 {
+            // The mean over micro-batches equals one batch `accumulation` times larger.
+            let scale = 1.0 / accumulation as f64;
+            for &(id, rank) in &params {
+                map_grad(&mut grads, id, rank, |g| g * scale);
+            }
+        }
+        let grad_norm = clip_global_norm(&mut grads, &params, self.config.max_grad_norm);
+        let lr = self.config.schedule.lr(self.state.step);
+        // Modules are reference-counted handles: the clone is cheap.
+        self.model = self.optimizer.step(lr, self.model.clone(), grads);
+        self.state.step += 1;
+        self.state.tokens += (self.config.global_batch * self.config.seq_len) as u64;
+        Ok(StepStats {
+            step: self.state.step,
+            loss: loss_sum / accumulation as f64,
+            grad_norm,
+            lr,
+        })
+    }
+
+    /// Writes a checkpoint into `dir` atomically: the model in HF layout (what `cargo xtask
+    /// score` and transformers load), `optimizer.bpk`, and `trainer_state.json`. Everything
+    /// goes into `dir.tmp` first, which replaces `dir` only when complete.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), TrainError> {
+        let tmp = dir.with_extension("tmp");
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| TrainError::Io(p.clone(), e)
+        };
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        pmc_model::save_hf(&self.model, &self.model_config, &tmp, Default::default())?;
+        let bytes = self
+            .optimizer
+            .into_bytes()
+            .map_err(|e| TrainError::Checkpoint(tmp.clone(), format!("optimizer state: {e:?}")))?;
+        std::fs::write(tmp.join("optimizer.bpk"), &bytes[..]).map_err(io(&tmp))?;
+        let state = serde_json::json!({"state": self.state, "config": self.config});
+        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(&state).expect("JSON"))
+            .map_err(io(&tmp))?;
+        if dir.exists() {
+            let old = dir.with_extension("old");
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        } else {
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        }
+        Ok(())
+    }
+
+    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
+    pub fn resume(dir: &Path, device: &Device) -> Result<Self, TrainError> {
+        let state_path = dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::Io(state_path.clone(), e))?;
+        let saved: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
+        let parse = |key: &str| saved.get(key).cloned().ok_or_else(|| TrainError::Checkpoint(state_path.clone(), format!("no `{key}`")));
+        let state: TrainState = serde_json::from_value(parse("state")?)
+            .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
+        let config: TrainConfig = serde_json::from_value(parse("config")?)
+            .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
+        let loaded = pmc_model::load_model(dir, &Default::default(), device)?;
+        let optimizer_path = dir.join("optimizer.bpk");
+        let bytes = std::fs::read(&optimizer_path).map_err(|e| TrainError::Io(optimizer_path.clone(), e))?;
+        let optimizer = config
+            .optimizer()
+            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(|e| TrainError::Checkpoint(optimizer_path.clone(), format!("{e:?}")))?;
+        let mut trainer = Self::new(loaded.model, loaded.config, config, device)?;
+        trainer.optimizer = optimizer;
+        trainer.state = state;
+        Ok(trainer)
+    }
+
+    /// Mean next-token loss on `windows` (no gradients kept).
+    pub fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError> {
+        let mut sum = 0.0;
+        for w in windows {
+            sum += pmc_model::mean_nll(&self.model, w, w.len(), &self.device)?;
+        }
+        Ok(sum / windows.len().max(1) as f64)
+    }
+}
+
+/// The checkpoint directory of `step` under `run_dir`.
+pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
+    run_dir.join("checkpoints").join(format!("step-{step:08}"))
+}
