@@ -30,7 +30,7 @@ pub mod tokenizer;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorCreationOptions};
+use burn::tensor::TensorCreationOptions;
 
 pub use burn;
 pub use checkpoint::{SaveOptions, WeightDType, save_hf};
@@ -180,20 +180,37 @@ pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<
 }
 
 /// A model with random weights: N(0, 0.02²) matrices and unit norms, as transformers
-/// initialises LLaMA. `seed` makes it reproducible on a given device.
+/// initialises LLaMA. Each tensor draws from its own generator seeded by `seed` and its name,
+/// so the weights depend on nothing else (not on the backend, not on other threads).
 pub fn init_random(config: &LlamaConfig, dtype: WeightDType, seed: u64, device: &Device) -> Llama {
-    device.seed(seed);
+    use rand::{Rng, SeedableRng};
     let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype.dtype());
     let built: std::result::Result<Llama, std::convert::Infallible> =
         Llama::build(config, |name, shape| {
-            let shape = [shape[0], shape[1]];
-            Ok(if name.ends_with("norm.weight") {
-                Tensor::ones(shape, options.clone())
+            let n = shape[0] * shape[1];
+            let values: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; n]
             } else if name.ends_with(".bias") {
-                Tensor::zeros(shape, options.clone())
+                vec![0.0; n]
             } else {
-                Tensor::random(shape, Distribution::Normal(0.0, 0.02), options.clone())
-            })
+                let name_hash = name.bytes().fold(seed, |h, b| h.rotate_left(5) ^ b as u64);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(name_hash);
+                // Box–Muller: two uniforms give two independent normals.
+                (0..n.div_ceil(2))
+                    .flat_map(|_| {
+                        let u1: f64 = 1.0 - rng.random::<f64>();
+                        let u2: f64 = rng.random::<f64>();
+                        let r = (-2.0 * u1.ln()).sqrt() * 0.02;
+                        let t = 2.0 * std::f64::consts::PI * u2;
+                        [(r * t.cos()) as f32, (r * t.sin()) as f32]
+                    })
+                    .take(n)
+                    .collect()
+            };
+            Ok(Tensor::from_data(
+                TensorData::new(values, [shape[0], shape[1]]),
+                options.clone(),
+            ))
         });
     match built {
         Ok(model) => model,

@@ -241,9 +241,9 @@ struct RopeTables {
 /// from a checkpoint gets the same ids as the model that wrote it, and optimizer state
 /// saved alongside matches its parameters on resume.
 fn named_param<const D: usize>(name: &str, value: Tensor<D>) -> Param<Tensor<D>> {
-    let hash = name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
     let param = Param::from_tensor(value);
     let (_, value, mapper) = param.consume();
     Param::from_mapped_value(ParamId::from(hash), value, mapper)

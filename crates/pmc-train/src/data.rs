@@ -62,14 +62,24 @@ impl TokenWindows {
         let mut ids = Vec::new();
         for _ in 0..n {
             if cursor.position == order.len() {
-                cursor = Cursor { epoch: cursor.epoch + 1, position: 0 };
+                cursor = Cursor {
+                    epoch: cursor.epoch + 1,
+                    position: 0,
+                };
                 order = self.order(cursor.epoch);
             }
-            ids.extend(self.windows[order[cursor.position]].iter().map(|&t| t as i64));
+            ids.extend(
+                self.windows[order[cursor.position]]
+                    .iter()
+                    .map(|&t| t as i64),
+            );
             cursor.position += 1;
         }
         let seq_len = self.windows[0].len();
-        (Tensor::from_data(TensorData::new(ids, [n, seq_len]), device), cursor)
+        (
+            Tensor::from_data(TensorData::new(ids, [n, seq_len]), device),
+            cursor,
+        )
     }
 }
 
@@ -84,7 +94,13 @@ mod tests {
         let device = Device::flex();
         let (first, mid) = data.batch(&Cursor::default(), 4, &device);
         let (rest, end) = data.batch(&mid, 6, &device);
-        assert_eq!(end, Cursor { epoch: 0, position: 10 });
+        assert_eq!(
+            end,
+            Cursor {
+                epoch: 0,
+                position: 10
+            }
+        );
         let mut starts: Vec<i64> = first
             .into_data()
             .iter::<i64>()
@@ -99,7 +115,19 @@ mod tests {
         assert_eq!(again.into_data(), rest2.into_data());
         // The next epoch is another order.
         let (next, c) = data.batch(&end, 10, &device);
-        assert_eq!(c, Cursor { epoch: 1, position: 10 });
-        assert_ne!(next.into_data().iter::<i64>().step_by(10).collect::<Vec<_>>(), starts);
+        assert_eq!(
+            c,
+            Cursor {
+                epoch: 1,
+                position: 10
+            }
+        );
+        assert_ne!(
+            next.into_data()
+                .iter::<i64>()
+                .step_by(10)
+                .collect::<Vec<_>>(),
+            starts
+        );
     }
 }

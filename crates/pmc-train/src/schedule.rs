@@ -22,7 +22,8 @@ impl CosineSchedule {
         if step < self.warmup_steps {
             return self.peak_lr * step as f64 / self.warmup_steps.max(1) as f64;
         }
-        let progress = (step - self.warmup_steps) as f64 / (self.total_steps.saturating_sub(self.warmup_steps)).max(1) as f64;
+        let progress = (step - self.warmup_steps) as f64
+            / (self.total_steps.saturating_sub(self.warmup_steps)).max(1) as f64;
         let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
         self.peak_lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine).max(0.0)
     }
@@ -49,11 +50,23 @@ mod tests {
             9.903113209758098e-07,
             0.0,
         ];
-        let s = CosineSchedule { peak_lr: 2e-5, warmup_steps: 3, total_steps: 10, min_lr_ratio: 0.0 };
+        let s = CosineSchedule {
+            peak_lr: 2e-5,
+            warmup_steps: 3,
+            total_steps: 10,
+            min_lr_ratio: 0.0,
+        };
         for (step, want) in reference.iter().enumerate() {
-            assert!((s.lr(step) - want).abs() < 1e-18, "step {step}: {} vs {want}", s.lr(step));
+            assert!(
+                (s.lr(step) - want).abs() < 1e-18,
+                "step {step}: {} vs {want}",
+                s.lr(step)
+            );
         }
-        let floor = CosineSchedule { min_lr_ratio: 0.1, ..s };
+        let floor = CosineSchedule {
+            min_lr_ratio: 0.1,
+            ..s
+        };
         assert!((floor.lr(10) - 2e-6).abs() < 1e-18);
     }
 }

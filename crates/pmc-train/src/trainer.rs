@@ -110,7 +110,12 @@ fn parameters(model: &Llama) -> Vec<(ParamId, usize)> {
     out
 }
 
-fn map_grad(grads: &mut GradientsParams, id: ParamId, rank: usize, f: impl Fn(Tensor<2>) -> Tensor<2>) {
+fn map_grad(
+    grads: &mut GradientsParams,
+    id: ParamId,
+    rank: usize,
+    f: impl Fn(Tensor<2>) -> Tensor<2>,
+) {
     // Rank-1 gradients go through a [1, n] view so one closure serves both ranks.
     match rank {
         2 => {
@@ -138,8 +143,16 @@ fn grad_sq_norm(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
 /// Scales all gradients so their global L2 norm is at most `max_norm`, as
 /// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
 /// Returns the norm before clipping.
-pub fn clip_global_norm(grads: &mut GradientsParams, params: &[(ParamId, usize)], max_norm: Option<f64>) -> f64 {
-    let norm = params.iter().map(|&(id, r)| grad_sq_norm(grads, id, r)).sum::<f64>().sqrt();
+pub fn clip_global_norm(
+    grads: &mut GradientsParams,
+    params: &[(ParamId, usize)],
+    max_norm: Option<f64>,
+) -> f64 {
+    let norm = params
+        .iter()
+        .map(|&(id, r)| grad_sq_norm(grads, id, r))
+        .sum::<f64>()
+        .sqrt();
     if let Some(max_norm) = max_norm {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
@@ -153,10 +166,17 @@ pub fn clip_global_norm(grads: &mut GradientsParams, params: &[(ParamId, usize)]
 
 impl Trainer {
     /// A trainer for `model` (which must live on an autodiff device) starting at step 0.
-    pub fn new(model: Llama, model_config: LlamaConfig, config: TrainConfig, device: &Device) -> Result<Self, TrainError> {
+    pub fn new(
+        model: Llama,
+        model_config: LlamaConfig,
+        config: TrainConfig,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
         config.accumulation()?;
         if !device.is_autodiff() {
-            return Err(TrainError::Config("training needs an autodiff device (Device::autodiff())".into()));
+            return Err(TrainError::Config(
+                "training needs an autodiff device (Device::autodiff())".into(),
+            ));
         }
         Ok(Self {
             optimizer: config.optimizer(),
@@ -175,12 +195,16 @@ impl Trainer {
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
         for _ in 0..accumulation {
-            let (batch, cursor) = data.batch(&self.state.cursor, self.config.micro_batch, &self.device);
+            let (batch, cursor) =
+                data.batch(&self.state.cursor, self.config.micro_batch, &self.device);
             self.state.cursor = cursor;
             let loss = causal_lm_loss(&self.model, batch);
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
-                return Err(TrainError::NonFinite { step: self.state.step + 1, loss: value });
+                return Err(TrainError::NonFinite {
+                    step: self.state.step + 1,
+                    loss: value,
+                });
             }
             loss_sum += value;
             let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
@@ -190,12 +214,16 @@ impl Trainer {
                     for &(id, rank) in &params {
                         match rank {
                             2 => {
-                                if let (Some(a), Some(b)) = (acc.remove::<2>(id), grads.remove::<2>(id)) {
+                                if let (Some(a), Some(b)) =
+                                    (acc.remove::<2>(id), grads.remove::<2>(id))
+                                {
                                     acc.register(id, a + b);
                                 }
                             }
                             _ => {
-                                if let (Some(a), Some(b)) = (acc.remove::<1>(id), grads.remove::<1>(id)) {
+                                if let (Some(a), Some(b)) =
+                                    (acc.remove::<1>(id), grads.remove::<1>(id))
+                                {
                                     acc.register(id, a + b);
                                 }
                             }
@@ -246,8 +274,11 @@ impl Trainer {
             .map_err(|e| TrainError::Checkpoint(tmp.clone(), format!("optimizer state: {e:?}")))?;
         std::fs::write(tmp.join("optimizer.bpk"), &bytes[..]).map_err(io(&tmp))?;
         let state = serde_json::json!({"state": self.state, "config": self.config});
-        std::fs::write(tmp.join("trainer_state.json"), serde_json::to_vec_pretty(&state).expect("JSON"))
-            .map_err(io(&tmp))?;
+        std::fs::write(
+            tmp.join("trainer_state.json"),
+            serde_json::to_vec_pretty(&state).expect("JSON"),
+        )
+        .map_err(io(&tmp))?;
         if dir.exists() {
             let old = dir.with_extension("old");
             std::fs::rename(dir, &old).map_err(io(dir))?;
@@ -262,17 +293,24 @@ impl Trainer {
     /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
     pub fn resume(dir: &Path, device: &Device) -> Result<Self, TrainError> {
         let state_path = dir.join("trainer_state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::Io(state_path.clone(), e))?;
+        let text = std::fs::read_to_string(&state_path)
+            .map_err(|e| TrainError::Io(state_path.clone(), e))?;
         let saved: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
-        let parse = |key: &str| saved.get(key).cloned().ok_or_else(|| TrainError::Checkpoint(state_path.clone(), format!("no `{key}`")));
+        let parse = |key: &str| {
+            saved
+                .get(key)
+                .cloned()
+                .ok_or_else(|| TrainError::Checkpoint(state_path.clone(), format!("no `{key}`")))
+        };
         let state: TrainState = serde_json::from_value(parse("state")?)
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
         let config: TrainConfig = serde_json::from_value(parse("config")?)
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
         let loaded = pmc_model::load_model(dir, &Default::default(), device)?;
         let optimizer_path = dir.join("optimizer.bpk");
-        let bytes = std::fs::read(&optimizer_path).map_err(|e| TrainError::Io(optimizer_path.clone(), e))?;
+        let bytes = std::fs::read(&optimizer_path)
+            .map_err(|e| TrainError::Io(optimizer_path.clone(), e))?;
         let optimizer = config
             .optimizer()
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))

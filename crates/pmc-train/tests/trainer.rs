@@ -18,7 +18,12 @@ fn tiny_config() -> LlamaConfig {
 
 fn train_config(micro_batch: usize, global_batch: usize) -> TrainConfig {
     TrainConfig {
-        schedule: CosineSchedule { peak_lr: 3e-3, warmup_steps: 2, total_steps: 40, min_lr_ratio: 0.1 },
+        schedule: CosineSchedule {
+            peak_lr: 3e-3,
+            warmup_steps: 2,
+            total_steps: 40,
+            min_lr_ratio: 0.1,
+        },
         beta1: 0.9,
         beta2: 0.95,
         eps: 1e-8,
@@ -34,7 +39,9 @@ fn train_config(micro_batch: usize, global_batch: usize) -> TrainConfig {
 /// A learnable stream: counting sequences modulo the vocabulary, with a different start per
 /// window.
 fn data(seq_len: usize) -> TokenWindows {
-    let tokens: Vec<u32> = (0..64 * seq_len).map(|i| ((i / seq_len * 7 + i) % 64) as u32).collect();
+    let tokens: Vec<u32> = (0..64 * seq_len)
+        .map(|i| ((i / seq_len * 7 + i) % 64) as u32)
+        .collect();
     TokenWindows::new(&tokens, seq_len, 11)
 }
 
@@ -59,14 +66,21 @@ fn clipping_matches_torch() {
     // grads become [1.1538460, 1.5384614] and [4.6153841].
     let device = Device::flex();
     let mut grads = GradientsParams::new();
-    let (a, b) = (burn::module::ParamId::from(1u64), burn::module::ParamId::from(2u64));
+    let (a, b) = (
+        burn::module::ParamId::from(1u64),
+        burn::module::ParamId::from(2u64),
+    );
     grads.register(a, Tensor::<1>::from_floats([3.0, 4.0], &device));
     grads.register(b, Tensor::<2>::from_floats([[12.0]], &device));
     let norm = clip_global_norm(&mut grads, &[(a, 1), (b, 2)], Some(5.0));
     assert!((norm - 13.0).abs() < 1e-6);
     let ga: Vec<f32> = grads.get::<1>(a).unwrap().into_data().try_to_vec().unwrap();
     let gb: Vec<f32> = grads.get::<2>(b).unwrap().into_data().try_to_vec().unwrap();
-    for (got, want) in ga.iter().chain(&gb).zip([1.153846025466919f32, 1.538461446762085, 4.615384101867676]) {
+    for (got, want) in
+        ga.iter()
+            .chain(&gb)
+            .zip([1.153846025466919f32, 1.538461446762085, 4.615384101867676])
+    {
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
     // Under the limit nothing changes.
@@ -81,7 +95,12 @@ fn accumulation_equals_a_larger_batch() {
     let mut four = trainer(1, 4);
     let s1 = one.step(&d).unwrap();
     let s4 = four.step(&d).unwrap();
-    assert!((s1.loss - s4.loss).abs() < 1e-5, "{} vs {}", s1.loss, s4.loss);
+    assert!(
+        (s1.loss - s4.loss).abs() < 1e-5,
+        "{} vs {}",
+        s1.loss,
+        s4.loss
+    );
     assert!((s1.grad_norm - s4.grad_norm).abs() < 1e-4 * s1.grad_norm);
     // Step 0 runs at lr 0 (warmup); compare after the second step.
     one.step(&d).unwrap();
