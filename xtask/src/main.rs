@@ -3,6 +3,7 @@
 mod bench;
 mod commands;
 mod eval;
+mod pretrain;
 
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Continued pretraining (the main job): with no arguments, a tiny model on the bundled
+    /// biomedical sample, showing held-out perplexity before and after.
+    Pretrain(pretrain::PretrainArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
@@ -44,6 +48,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Pretrain(args) => pretrain::pretrain(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
         Command::Convert(args) => commands::convert(args),

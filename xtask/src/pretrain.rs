@@ -1,0 +1,228 @@
+//! `pretrain`: continued pretraining (or training from a size preset) on text.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use pmc_train::run::{self, RunOptions};
+use pmc_train::{CosineSchedule, TokenWindows, Trainer};
+
+#[derive(Args, Debug)]
+pub struct PretrainArgs {
+    /// The model to continue from: an HF directory or a .gguf file. Without it, a fresh
+    /// model of `--preset` is trained with a BPE tokenizer learnt on the corpus.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// Size of a fresh model: tiny, small or 7b.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Vocabulary of the tokenizer trained for a fresh model.
+    #[arg(long, default_value_t = 2048)]
+    pub vocab_size: usize,
+    /// Training text: .txt (a document per line) or .jsonl ({"text": ...}) files.
+    #[arg(long, num_args = 1.., default_values = ["datasets/pmc-sample/train.txt"])]
+    pub corpus: Vec<PathBuf>,
+    /// Held-out text; by default the bundled sample's valid.txt with the bundled corpus, else
+    /// the last 5 % of the corpus's documents.
+    #[arg(long, num_args = 1..)]
+    pub valid: Vec<PathBuf>,
+    /// Optimizer steps in total.
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub micro_batch: usize,
+    /// Sequences per optimizer step (gradient accumulation fills the rest).
+    #[arg(long, default_value_t = 16)]
+    pub global_batch: usize,
+    /// Peak learning rate (PMC-LLaMA used 2e-5 for continued pretraining of 7B/13B).
+    #[arg(long, default_value_t = 3e-3)]
+    pub lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 20)]
+    pub warmup: usize,
+    /// Final learning rate as a fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Global gradient-norm clipping (0 disables it).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Seed of initialisation and data order.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run directory: metrics.jsonl, run_config.json, tokenizer, checkpoints/.
+    #[arg(long, default_value = "runs/pretrain")]
+    pub out: PathBuf,
+    /// Continue from this checkpoint directory (runs/.../checkpoints/step-N).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Log every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    /// Held-out perplexity every N steps (0: before and after only).
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    /// Checkpoint every N steps and at the end.
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+}
+
+fn bundled(path: &Path) -> bool {
+    path == Path::new("datasets/pmc-sample/train.txt")
+}
+
+pub fn pretrain(args: PretrainArgs) -> Result<()> {
+    let device = pmc_model::default_device().autodiff();
+    let mut docs = run::read_documents(&args.corpus)?;
+    let valid_paths = if args.valid.is_empty() && args.corpus.len() == 1 && bundled(&args.corpus[0])
+    {
+        vec![PathBuf::from("datasets/pmc-sample/valid.txt")]
+    } else {
+        args.valid.clone()
+    };
+    let valid_docs = if valid_paths.is_empty() {
+        let n = (docs.len() / 20).max(1);
+        if docs.len() < 2 {
+            bail!(
+                "the corpus has {} document(s); at least 2 are needed to hold one out",
+                docs.len()
+            );
+        }
+        docs.split_off(docs.len() - n)
+    } else {
+        run::read_documents(&valid_paths)?
+    };
+
+    let (mut trainer, tokenizer) = match &args.resume {
+        Some(ckpt) => {
+            let trainer = Trainer::resume(ckpt, &device)?;
+            let tokenizer = pmc_model::Tokenizer::from_dir(
+                ckpt,
+                trainer.model_config.bos_token_id,
+                &trainer.model_config.eos_token_ids,
+            )
+            .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
+            eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
+            (trainer, tokenizer)
+        }
+        None => {
+            let config = pmc_train::TrainConfig {
+                schedule: CosineSchedule {
+                    peak_lr: args.lr,
+                    warmup_steps: args.warmup,
+                    total_steps: args.steps,
+                    min_lr_ratio: args.min_lr_ratio,
+                },
+                weight_decay: args.weight_decay,
+                max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+                micro_batch: args.micro_batch,
+                global_batch: args.global_batch,
+                seed: args.seed,
+                ..run::default_train_config(args.seq_len)
+            };
+            let (model, model_config, tokenizer) = match &args.base {
+                Some(base) => {
+                    let loaded = pmc_model::load_model(base, &Default::default(), &device)?;
+                    let tokenizer = loaded
+                        .tokenizer
+                        .with_context(|| format!("{} has no tokenizer", base.display()))?;
+                    (loaded.model, loaded.config, tokenizer)
+                }
+                None => {
+                    eprintln!(
+                        "training a {}-token BPE tokenizer on {} documents",
+                        args.vocab_size,
+                        docs.len()
+                    );
+                    let tokenizer = run::train_bpe(&docs, args.vocab_size)?;
+                    let vocab = tokenizer.inner().get_vocab_size(true);
+                    let config = run::preset(&args.preset, vocab)?;
+                    (
+                        run::fresh_model(&config, args.seed, &device),
+                        config,
+                        tokenizer,
+                    )
+                }
+            };
+            eprintln!(
+                "model: {} — {:.2} M parameters, {} layers, hidden {}",
+                args.base
+                    .as_ref()
+                    .map_or(format!("fresh `{}`", args.preset), |b| b
+                        .display()
+                        .to_string()),
+                model_config.num_parameters() as f64 / 1e6,
+                model_config.num_hidden_layers,
+                model_config.hidden_size
+            );
+            (
+                Trainer::new(model, model_config, config, &device)?,
+                tokenizer,
+            )
+        }
+    };
+    let seq_len = trainer.config.seq_len;
+    let train = TokenWindows::new(
+        &run::tokenize(&tokenizer, &docs)?,
+        seq_len,
+        trainer.config.seed,
+    );
+    let valid = TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0);
+    if train.is_empty() || valid.is_empty() {
+        bail!("not enough text for one {seq_len}-token window in the training or held-out split");
+    }
+    eprintln!(
+        "data: {} training windows, {} held-out windows of {seq_len} tokens; global batch {} sequences",
+        train.len(),
+        valid.len(),
+        trainer.config.global_batch
+    );
+    let run_dir = match &args.resume {
+        Some(ckpt) => ckpt
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or(args.out.clone()),
+        None => args.out.clone(),
+    };
+    run::save_run_config(
+        &run_dir,
+        &serde_json::json!({"train": trainer.config, "model": trainer.model_config.to_json(),
+            "corpus": args.corpus, "valid": valid_paths, "base": args.base, "steps": args.steps}),
+    )?;
+    let options = RunOptions {
+        steps: args.steps,
+        log_every: args.log_every,
+        eval_every: args.eval_every,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep,
+        max_eval_windows: 64,
+    };
+    // Every checkpoint carries the tokenizer, so it is a complete HF model directory.
+    let summary = run::run_with(&mut trainer, &train, &valid, &options, &run_dir, |dir| {
+        tokenizer.save(dir).map_err(pmc_train::TrainError::Model)
+    })?;
+    println!("\n| | held-out perplexity |\n|---|---|");
+    println!(
+        "| before | {:.2} |\n| after | {:.2} |",
+        summary.ppl_before, summary.ppl_after
+    );
+    println!(
+        "\n{} steps, {} tokens in {:.0} s ({:.0} tokens/s); run directory {}",
+        summary.steps,
+        summary.tokens,
+        summary.seconds,
+        summary.tokens as f64 / summary.seconds,
+        run_dir.display()
+    );
+    Ok(())
+}
