@@ -240,3 +240,131 @@ fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Optio
         }
     }
 }
+
+#[derive(Args, Debug)]
+pub struct BenchTrainArgs {
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Timed steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// Skip the PyTorch reference.
+    #[arg(long)]
+    pub no_reference: bool,
+}
+
+/// Training tokens/s of the 33.7 M-parameter reference config (vocab 8192, hidden 512,
+/// intermediate 1376, 8 layers, 8 heads) against PyTorch eager in the same invocation.
+pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config_json = json!({
+        "vocab_size": 8192, "hidden_size": 512, "intermediate_size": 1376,
+        "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "tie_word_embeddings": false,
+    });
+    let config = LlamaConfig::from_json(&config_json, Path::new("<bench-train config>"))?;
+    let params = config.num_parameters() as f64;
+    println!(
+        "bench-train: {:.1} M parameters, batch {} × {} tokens, AdamW, {threads} threads",
+        params / 1e6,
+        args.batch,
+        args.seq_len
+    );
+
+    let device = pmc_model::default_device().autodiff();
+    let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
+    let train_config = pmc_train::TrainConfig {
+        micro_batch: args.batch,
+        global_batch: args.batch,
+        ..pmc_train::run::default_train_config(args.seq_len)
+    };
+    let mut trainer = pmc_train::Trainer::new(model, config.clone(), train_config, &device)?;
+    let tokens: Vec<u32> = (0..args.batch * args.seq_len * (args.steps + 1))
+        .map(|i| ((i * 2_654_435_761) % config.vocab_size) as u32)
+        .collect();
+    let data = pmc_train::TokenWindows::new(&tokens, args.seq_len, 0);
+    trainer.step(&data)?; // warm-up
+    reset_peak_rss();
+    let started = Instant::now();
+    for _ in 0..args.steps {
+        trainer.step(&data)?;
+    }
+    let ours = (args.steps * args.batch * args.seq_len) as f64 / started.elapsed().as_secs_f64();
+    let ours_rss = peak_rss().unwrap_or(0) as f64;
+
+    let reference = if args.no_reference {
+        None
+    } else {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_train.py");
+        let payload = json!({"config": config_json, "threads": threads, "batch": args.batch,
+                             "seq_len": args.seq_len, "steps": args.steps});
+        match Command::new("python3")
+            .arg(&script)
+            .arg(payload.to_string())
+            .output()
+        {
+            Ok(out) if out.status.success() => {
+                let v: Value = serde_json::from_str(
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .last()
+                        .unwrap_or(""),
+                )?;
+                Some((
+                    v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+                    v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN),
+                ))
+            }
+            Ok(out) => {
+                println!(
+                    "reference skipped: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                );
+                None
+            }
+            Err(e) => {
+                println!("reference skipped (python3: {e})");
+                None
+            }
+        }
+    };
+    // 6 FLOPs per parameter per token (forward 2, backward 4), the usual estimate.
+    let gflops = |tps: f64| 6.0 * params * tps / 1e9;
+    println!("\n| metric | pmc-llama (burn flex) | PyTorch eager | ratio |\n|---|---|---|---|");
+    match reference {
+        Some((tps, rss)) => {
+            println!(
+                "| training tokens/s | {ours:.1} | {tps:.1} | {:.2} × |",
+                ours / tps
+            );
+            println!(
+                "| achieved GFLOP/s (6·N·tokens) | {:.1} | {:.1} | |",
+                gflops(ours),
+                gflops(tps)
+            );
+            println!(
+                "| peak RSS | {} | {} | {:.2} × |",
+                gib(ours_rss),
+                gib(rss),
+                ours_rss / rss
+            );
+        }
+        None => {
+            println!("| training tokens/s | {ours:.1} | n/a | |");
+            println!(
+                "| achieved GFLOP/s (6·N·tokens) | {:.1} | n/a | |",
+                gflops(ours)
+            );
+            println!("| peak RSS | {} | n/a | |", gib(ours_rss));
+        }
+    }
+    Ok(())
+}

@@ -32,6 +32,8 @@ enum Command {
     Compare(eval::CompareArgs),
     /// Loglik-mode questions/s and agreement against transformers scoring the lm-eval way.
     BenchEval(eval::BenchEvalArgs),
+    /// Training tokens/s of the 33.7 M reference config against PyTorch eager.
+    BenchTrain(bench::BenchTrainArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
@@ -56,6 +58,7 @@ fn main() {
         Command::Compare(args) => eval::compare(args),
         Command::BenchEval(args) => eval::bench_eval(args),
         Command::BenchModel(args) => bench::bench_model(args),
+        Command::BenchTrain(args) => bench::bench_train(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
