@@ -207,6 +207,14 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         keep_checkpoints: args.keep,
         max_eval_windows: 64,
     };
+    // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
+    ctrlc::set_handler(|| {
+        if run::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
     // Every checkpoint carries the tokenizer, so it is a complete HF model directory.
     let summary = run::run_with(&mut trainer, &train, &valid, &options, &run_dir, |dir| {
         tokenizer.save(dir).map_err(pmc_train::TrainError::Model)

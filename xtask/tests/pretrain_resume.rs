@@ -12,9 +12,27 @@ fn pretrain(out: &Path, extra: &[&str]) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
     cmd.current_dir(&root).args([
-        "pretrain", "--steps", STEPS, "--seq-len", "32", "--micro-batch", "2", "--global-batch", "4",
-        "--vocab-size", "400", "--warmup", "2", "--checkpoint-every", "2", "--keep", "10",
-        "--eval-every", "0", "--log-every", "100",
+        "pretrain",
+        "--steps",
+        STEPS,
+        "--seq-len",
+        "32",
+        "--micro-batch",
+        "2",
+        "--global-batch",
+        "4",
+        "--vocab-size",
+        "400",
+        "--warmup",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--keep",
+        "10",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "100",
     ]);
     cmd.arg("--out").arg(out).args(extra);
     cmd
@@ -24,7 +42,11 @@ fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
     let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-") && !n.contains('.')))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
+        })
         .collect();
     all.sort();
     all.pop()
@@ -35,26 +57,51 @@ fn killed_run_resumes_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (straight, killed) = (dir.path().join("straight"), dir.path().join("killed"));
     let status = pretrain(&straight, &[]).output().unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 
     // Kill the second run at a random moment after its first checkpoint.
-    let mut child = pretrain(&killed, &[]).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = pretrain(&killed, &[])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while latest_checkpoint(&killed).is_none() {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     std::thread::sleep(Duration::from_millis((nanos % 400) as u64));
     child.kill().unwrap();
     child.wait().unwrap();
     let resume_from = latest_checkpoint(&killed).unwrap();
     println!("killed; resuming from {}", resume_from.display());
 
-    let status = pretrain(&killed, &["--resume", resume_from.to_str().unwrap()]).output().unwrap();
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    let last = format!("checkpoints/step-{:08}/model.safetensors", STEPS.parse::<usize>().unwrap());
+    let status = pretrain(&killed, &["--resume", resume_from.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let last = format!(
+        "checkpoints/step-{:08}/model.safetensors",
+        STEPS.parse::<usize>().unwrap()
+    );
     let a = std::fs::read(straight.join(&last)).unwrap();
     let b = std::fs::read(killed.join(&last)).unwrap();
-    assert!(a == b, "weights after resume differ from the uninterrupted run");
+    assert!(
+        a == b,
+        "weights after resume differ from the uninterrupted run"
+    );
 }

@@ -131,6 +131,10 @@ pub struct RunOptions {
     pub max_eval_windows: usize,
 }
 
+/// Set (for example by a Ctrl-C handler) to stop a run after the current step with a
+/// checkpoint.
+pub static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Perplexity summary of a finished run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
@@ -233,10 +237,21 @@ pub fn run_with(
                 ))
             );
         }
-        if stats.step.is_multiple_of(options.checkpoint_every.max(1)) || stats.step == options.steps
+        let stopping = STOP.load(std::sync::atomic::Ordering::SeqCst);
+        if stats.step.is_multiple_of(options.checkpoint_every.max(1))
+            || stats.step == options.steps
+            || stopping
         {
             let dir = save_and_prune(trainer, run_dir, options.keep_checkpoints)?;
             after_checkpoint(&dir)?;
+            if stopping {
+                eprintln!(
+                    "interrupted: checkpoint {} written; continue with --resume {}",
+                    dir.display(),
+                    dir.display()
+                );
+                break;
+            }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
