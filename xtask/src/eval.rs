@@ -116,7 +116,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &predictions,
         &args.model.model.display().to_string(),
         &data_file,
-        &pmc_bench::sha256_file(&data_file)?,
+        &data_hash(args.task, &data_file)?,
         started.elapsed().as_secs_f64(),
     );
     run::write_outputs(&args.out, &predictions, &results)?;
@@ -304,4 +304,17 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
         rows.len()
     );
     Ok(())
+}
+
+/// SHA-256 of the data a run used; PubMedQA's test split also depends on its ground-truth file.
+fn data_hash(task: Task, data_file: &std::path::Path) -> Result<String> {
+    let main = pmc_bench::sha256_file(data_file)?;
+    if task == Task::PubMedQa {
+        let truth = data_file.with_file_name("test_ground_truth.json");
+        return Ok(format!(
+            "{main} + test_ground_truth.json {}",
+            pmc_bench::sha256_file(&truth)?
+        ));
+    }
+    Ok(main)
 }
