@@ -3,6 +3,7 @@
 //! uninterrupted run.
 
 use std::path::{Path, PathBuf};
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -39,17 +40,7 @@ fn pretrain(out: &Path, extra: &[&str]) -> Command {
 }
 
 fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
-    let mut all: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints"))
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
-        })
-        .collect();
-    all.sort();
-    all.pop()
+    pmc_train::run::list_checkpoints(run).ok()?.pop()
 }
 
 #[test]

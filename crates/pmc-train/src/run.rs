@@ -276,9 +276,23 @@ fn save_and_prune(trainer: &Trainer, run_dir: &Path, keep: usize) -> Result<Path
     std::fs::create_dir_all(dir.parent().expect("checkpoints/"))
         .map_err(|e| TrainError::Io(dir.clone(), e))?;
     trainer.save_checkpoint(&dir)?;
-    let parent = dir.parent().expect("checkpoints/");
-    let mut all: Vec<PathBuf> = std::fs::read_dir(parent)
-        .map_err(|e| TrainError::Io(parent.to_path_buf(), e))?
+    let mut all = list_checkpoints(run_dir)?;
+    while all.len() > keep.max(1) {
+        let old = all.remove(0);
+        std::fs::remove_dir_all(&old).map_err(|e| TrainError::Io(old.clone(), e))?;
+    }
+    Ok(dir)
+}
+
+/// The complete checkpoints of a run, oldest first (`step-N.tmp`/`.old` directories of an
+/// interrupted save are not checkpoints).
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
+    let parent = run_dir.join("checkpoints");
+    if !parent.exists() {
+        return Ok(Vec::new());
+    }
+    let mut all: Vec<PathBuf> = std::fs::read_dir(&parent)
+        .map_err(|e| TrainError::Io(parent.clone(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -287,11 +301,7 @@ fn save_and_prune(trainer: &Trainer, run_dir: &Path, keep: usize) -> Result<Path
         })
         .collect();
     all.sort();
-    while all.len() > keep.max(1) {
-        let old = all.remove(0);
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::Io(old.clone(), e))?;
-    }
-    Ok(dir)
+    Ok(all)
 }
 
 /// A fresh model of `config` for training from scratch (f32, seeded).
