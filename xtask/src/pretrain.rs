@@ -171,11 +171,36 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         }
     };
     let seq_len = trainer.config.seq_len;
-    let train = TokenWindows::new(
-        &run::tokenize(&tokenizer, &docs)?,
-        seq_len,
-        trainer.config.seed,
+    let train_tokens = run::tokenize(&tokenizer, &docs)?;
+    // What the data cursor indexes into: a resumed run must see the same token stream.
+    let fingerprint = format!(
+        "{:016x}-{}-{seq_len}",
+        train_tokens
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64)
+                .wrapping_mul(0x0100_0000_01b3)),
+        train_tokens.len()
     );
+    if let Some(ckpt) = &args.resume {
+        let path = ckpt.join("data.json");
+        let saved: serde_json::Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .with_context(|| {
+                format!(
+                    "{}: missing or unreadable; cannot check the data matches",
+                    path.display()
+                )
+            })?;
+        if saved["fingerprint"].as_str() != Some(fingerprint.as_str()) {
+            bail!(
+                "{}: this checkpoint was trained on other data (fingerprint {}, now {fingerprint}); resume with the same --corpus",
+                ckpt.display(),
+                saved["fingerprint"]
+            );
+        }
+    }
+    let train = TokenWindows::new(&train_tokens, seq_len, trainer.config.seed);
     let valid = TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0);
     if train.is_empty() || valid.is_empty() {
         bail!("not enough text for one {seq_len}-token window in the training or held-out split");
@@ -217,7 +242,10 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     .context("installing the Ctrl-C handler")?;
     // Every checkpoint carries the tokenizer, so it is a complete HF model directory.
     let summary = run::run_with(&mut trainer, &train, &valid, &options, &run_dir, |dir| {
-        tokenizer.save(dir).map_err(pmc_train::TrainError::Model)
+        tokenizer.save(dir).map_err(pmc_train::TrainError::Model)?;
+        let path = dir.join("data.json");
+        let data = serde_json::json!({"fingerprint": fingerprint, "corpus": args.corpus});
+        std::fs::write(&path, data.to_string()).map_err(|e| pmc_train::TrainError::Io(path, e))
     })?;
     println!("\n| | held-out perplexity |\n|---|---|");
     println!(

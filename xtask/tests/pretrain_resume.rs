@@ -96,3 +96,38 @@ fn killed_run_resumes_bit_exactly() {
         "weights after resume differ from the uninterrupted run"
     );
 }
+
+#[test]
+fn resuming_on_other_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let status = pretrain(&run, &[]).output().unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let ckpt = latest_checkpoint(&run).unwrap();
+    let other = dir.path().join("other.txt");
+    std::fs::write(
+        &other,
+        "Aspirin irreversibly inhibits cyclooxygenase.\n".repeat(400),
+    )
+    .unwrap();
+    let out = pretrain(
+        &run,
+        &[
+            "--resume",
+            ckpt.to_str().unwrap(),
+            "--corpus",
+            other.to_str().unwrap(),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("other data"),
+        "{stderr}"
+    );
+}

@@ -6,6 +6,7 @@
 //! data cursor, counters) from which a run resumes bit for bit.
 
 pub mod data;
+pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -262,6 +262,9 @@ pub fn run_with(
         json!({"step": trainer.state.step, "val_loss": ppl_after.ln(), "val_ppl": ppl_after})
     )
     .map_err(io(&metrics_path))?;
+    drop(metrics);
+    let chart = crate::plot::write_curves(run_dir)?;
+    eprintln!("curves: {}", chart.display());
     Ok(RunSummary {
         ppl_before,
         ppl_after,
