@@ -154,3 +154,25 @@ fn resume_is_bit_exact() {
         assert_eq!(xb, yb, "weights differ after resume");
     }
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_error() {
+    let d = data(16);
+    let mut t = trainer(4, 4);
+    t.config.schedule = CosineSchedule {
+        peak_lr: 1e6,
+        warmup_steps: 0,
+        total_steps: 10,
+        min_lr_ratio: 1.0,
+    };
+    t.config.max_grad_norm = None;
+    let err = (0..20)
+        .find_map(|_| t.step(&d).err())
+        .expect("the loss should blow up");
+    let message = err.to_string();
+    assert!(
+        matches!(err, pmc_train::TrainError::NonFinite { .. })
+            && message.contains("last checkpoint is intact"),
+        "{message}"
+    );
+}
