@@ -21,6 +21,7 @@ struct Cli {
 enum Command {
     /// Continued pretraining (the main job): with no arguments, a tiny model on the bundled
     /// biomedical sample, showing held-out perplexity before and after.
+    #[command(args_override_self = true)]
     Pretrain(pretrain::PretrainArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
     Score(commands::ScoreArgs),
@@ -48,7 +49,13 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli = match pretrain::expand_config(std::env::args().collect()) {
+        Ok(args) => Cli::parse_from(args),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Pretrain(args) => pretrain::pretrain(args),
         Command::Score(args) => commands::score(args),

@@ -7,8 +7,60 @@ use clap::Args;
 use pmc_train::run::{self, RunOptions};
 use pmc_train::{CosineSchedule, TokenWindows, Trainer};
 
+/// `pretrain --config FILE.toml ...`: the file's keys (the option names, `-` or `_`) become
+/// options placed before the command line's own, so anything given on the command line
+/// overrides the file.
+pub fn expand_config(args: Vec<String>) -> Result<Vec<String>> {
+    let Some(sub) = args.iter().position(|a| a == "pretrain") else {
+        return Ok(args);
+    };
+    let Some(flag) = args.iter().position(|a| a == "--config") else {
+        return Ok(args);
+    };
+    let path = args.get(flag + 1).context("--config needs a file")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("{path}"))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{path}: invalid TOML"))?;
+    let mut from_file = Vec::new();
+    for (key, value) in table {
+        let option = format!("--{}", key.replace('_', "-"));
+        let values: Vec<String> = match value {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<Result<_>>()?,
+            toml::Value::Boolean(true) => Vec::new(),
+            toml::Value::Boolean(false) => continue,
+            other => vec![scalar(&other)?],
+        };
+        from_file.push(option);
+        from_file.extend(values);
+    }
+    let mut out: Vec<String> = args[..=sub].to_vec();
+    out.extend(from_file);
+    out.extend(
+        args[sub + 1..]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| sub + 1 + i != flag && sub + 1 + i != flag + 1)
+            .map(|(_, a)| a.clone()),
+    );
+    Ok(out)
+}
+
+fn scalar(value: &toml::Value) -> Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("unsupported value in the config file: {other}"),
+    })
+}
+
 #[derive(Args, Debug)]
 pub struct PretrainArgs {
+    /// A TOML file of options (keys as the option names); command-line options override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The model to continue from: an HF directory or a .gguf file. Without it, a fresh
     /// model of `--preset` is trained with a BPE tokenizer learnt on the corpus.
     #[arg(long)]
