@@ -18,7 +18,7 @@ pub fn expand_config(args: Vec<String>) -> Result<Vec<String>> {
         return Ok(args);
     };
     let path = args.get(flag + 1).context("--config needs a file")?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("{path}"))?;
+    let text = std::fs::read_to_string(path).with_context(|| path.clone())?;
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("{path}: invalid TOML"))?;
