@@ -314,3 +314,45 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_options_come_first_so_the_command_line_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(
+            &file,
+            "steps = 200\nlr = 2e-5\ncorpus = [\"a.txt\", \"b.txt\"]\n",
+        )
+        .unwrap();
+        let args: Vec<String> = [
+            "xtask",
+            "pretrain",
+            "--config",
+            file.to_str().unwrap(),
+            "--steps",
+            "5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let out = expand_config(args).unwrap();
+        assert_eq!(
+            out,
+            [
+                "xtask", "pretrain", "--corpus", "a.txt", "b.txt", "--lr", "0.00002", "--steps",
+                "200", "--steps", "5"
+            ]
+        );
+        let err = expand_config(vec![
+            "xtask".into(),
+            "pretrain".into(),
+            "--config".into(),
+            "/nonexistent.toml".into(),
+        ]);
+        assert!(format!("{:#}", err.unwrap_err()).contains("/nonexistent.toml"));
+    }
+}
