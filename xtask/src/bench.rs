@@ -65,6 +65,28 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// Runs `xtask/python/SCRIPT` with `args` and returns the JSON objects it printed, one per
+/// stdout line. A failure carries the last line of its stderr (usually the missing package).
+pub fn run_python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Result<Vec<Value>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = Command::new("python3")
+        .arg(&path)
+        .args(args)
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!("{script}: {}", stderr.lines().last().unwrap_or("failed"));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("{script} printed {l:?}")))
+        .collect()
+}
+
 fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
 }
@@ -196,28 +218,13 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
 /// Runs `xtask/python/bench_model.py`; `None` (with the reason printed) when PyTorch or
 /// transformers is not installed.
 fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Option<Figures> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_model.py");
     let payload = json!({
         "config": config, "threads": threads, "seq_len": args.seq_len, "rows": args.rows,
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "gguf": args.gguf,
     });
     let result = (|| -> Result<Figures> {
-        let out = Command::new("python3")
-            .arg(&script)
-            .arg(payload.to_string())
-            .output()
-            .context("running python3")?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            );
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: Value = serde_json::from_str(stdout.lines().last().unwrap_or(""))?;
+        let lines = run_python_reference("bench_model.py", &[payload.to_string().as_ref()])?;
+        let v = lines.last().context("bench_model.py printed nothing")?;
         let num = |k: &str| {
             v[k].as_f64()
                 .with_context(|| format!("reference did not report {k}"))
@@ -300,38 +307,17 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let reference = if args.no_reference {
         None
     } else {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/bench_train.py");
         let payload = json!({"config": config_json, "threads": threads, "batch": args.batch,
                              "seq_len": args.seq_len, "steps": args.steps});
-        match Command::new("python3")
-            .arg(&script)
-            .arg(payload.to_string())
-            .output()
-        {
-            Ok(out) if out.status.success() => {
-                let v: Value = serde_json::from_str(
-                    String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .last()
-                        .unwrap_or(""),
-                )?;
-                Some((
+        match run_python_reference("bench_train.py", &[payload.to_string().as_ref()]) {
+            Ok(lines) => lines.last().map(|v| {
+                (
                     v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
                     v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN),
-                ))
-            }
-            Ok(out) => {
-                println!(
-                    "reference skipped: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                        .lines()
-                        .last()
-                        .unwrap_or("")
-                );
-                None
-            }
+                )
+            }),
             Err(e) => {
-                println!("reference skipped (python3: {e})");
+                println!("reference skipped (pip install torch transformers to enable it): {e:#}");
                 None
             }
         }

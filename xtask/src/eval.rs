@@ -238,30 +238,19 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
         })
         .collect();
     std::fs::write(&requests, lines.join("\n") + "\n")?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/eval_reference.py");
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let out = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(&args.model)
-        .arg(&requests)
-        .arg(threads.to_string())
-        .output()
-        .context("running python3")?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let reference = crate::bench::run_python_reference(
+        "eval_reference.py",
+        &[
+            args.model.as_os_str(),
+            requests.as_os_str(),
+            threads.as_ref(),
+        ],
+    );
     let _ = std::fs::remove_file(&requests);
-    if !out.status.success() {
-        bail!(
-            "reference failed (pip install torch transformers gguf): {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let mut rows: Vec<serde_json::Value> = stdout
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let mut rows = reference.context("reference failed (pip install torch transformers gguf)")?;
     let timing = rows.pop().context("reference printed nothing")?;
     let theirs_s = timing["seconds"].as_f64().context("reference timing")?;
     let mut same_pred = 0;
