@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use pmc_model::{GenerationConfig, LoadOptions, LoadedModel, PreparedContext, WeightDType};
+use pmc_model::{ContextCache, GenerationConfig, LoadOptions, LoadedModel, WeightDType};
 use serde_json::Value;
 
 /// Where the model comes from and how it is held.
@@ -122,15 +122,11 @@ pub fn score(args: ScoreArgs) -> Result<()> {
     let mut out = stdout.lock();
     // Consecutive requests with the same context (the options of one question) share one
     // context pass.
-    let mut prepared: Option<(Vec<u32>, PreparedContext)> = None;
+    let mut contexts = ContextCache::default();
     for (line, request) in &requests {
-        let reuse = matches!(&prepared, Some((ctx, _)) if *ctx == request.context);
-        if !reuse {
-            let ctx = PreparedContext::new(&loaded.model, &request.context, &device)
-                .with_context(|| format!("{}: line {line}", args.input.display()))?;
-            prepared = Some((request.context.clone(), ctx));
-        }
-        let (_, ctx) = prepared.as_ref().expect("prepared above");
+        let ctx = contexts
+            .prepare(&loaded.model, &request.context, &device)
+            .with_context(|| format!("{}: line {line}", args.input.display()))?;
         let score = ctx
             .score(&loaded.model, &request.continuation)
             .with_context(|| format!("{}: line {line}", args.input.display()))?;

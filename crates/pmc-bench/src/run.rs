@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use pmc_model::burn::prelude::Device;
-use pmc_model::{GenerationConfig, Llama, PreparedContext, Tokenizer};
+use pmc_model::{ContextCache, GenerationConfig, Llama, Tokenizer};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
@@ -109,21 +109,14 @@ pub fn score_question(
 ) -> Result<Prediction, BenchError> {
     let context = prompt::with_shots(task, q, shots);
     let choices = prompt::lm_eval_choices(task, q);
-    let mut prepared: Option<(Vec<u32>, PreparedContext)> = None;
+    let mut contexts = ContextCache::default();
     let mut loglik = Vec::with_capacity(choices.len());
     for choice in &choices {
         let (ctx_ids, cont_ids) =
             tokenizer.encode_pair(&context, &format!("{TARGET_DELIMITER}{choice}"))?;
         // The context's tokens are the same for every choice unless a merge crosses the
         // boundary; then that choice gets its own context pass.
-        let reuse = matches!(&prepared, Some((ids, _)) if *ids == ctx_ids);
-        if !reuse {
-            prepared = Some((
-                ctx_ids.clone(),
-                PreparedContext::new(model, &ctx_ids, device)?,
-            ));
-        }
-        let (_, ctx) = prepared.as_ref().expect("prepared above");
+        let ctx = contexts.prepare(model, &ctx_ids, device)?;
         loglik.push(ctx.score(model, &cont_ids)?.loglik);
     }
     let pred = argmax(loglik.iter().copied());

@@ -39,7 +39,7 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
 pub use loss::causal_lm_loss;
 pub use model::{KvCache, Llama, WeightRef};
-pub use score::{PreparedContext, Score, mean_nll, score_continuations};
+pub use score::{ContextCache, PreparedContext, Score, mean_nll, score_continuations};
 pub use tokenizer::Tokenizer;
 
 /// The device computations run on: `flex` (CPU) by default. With the `wgpu` feature,

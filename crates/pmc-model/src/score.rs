@@ -125,6 +125,28 @@ impl PreparedContext {
     }
 }
 
+/// The most recently prepared context: consecutive requests with the same context (the
+/// options of one question) share one context pass.
+#[derive(Default)]
+pub struct ContextCache {
+    last: Option<PreparedContext>,
+}
+
+impl ContextCache {
+    /// The prepared `context`, reusing the previous one when the tokens are the same.
+    pub fn prepare(
+        &mut self,
+        model: &Llama,
+        context: &[u32],
+        device: &Device,
+    ) -> Result<&PreparedContext> {
+        if !matches!(&self.last, Some(p) if p.context == context) {
+            self.last = Some(PreparedContext::new(model, context, device)?);
+        }
+        Ok(self.last.as_ref().expect("prepared above"))
+    }
+}
+
 /// Scores each continuation after `context`, running the context once.
 ///
 /// ```no_run
