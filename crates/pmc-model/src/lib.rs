@@ -155,11 +155,18 @@ pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<
         if let Some(heads) = heads {
             values = gguf::unpermute_rows(&values, heads, shape[1]);
         }
-        let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
-        drop(values);
-        let bytes = checkpoint::convert_bytes(&bytes, safetensors::Dtype::F32, target)
+        // f32 values become the tensor as they are; other dtypes are narrowed from them.
+        let data = if target == WeightDType::F32 {
+            TensorData::new(values, shape.to_vec())
+        } else {
+            let bytes = checkpoint::convert_bytes(
+                bytemuck::cast_slice(&values),
+                safetensors::Dtype::F32,
+                target,
+            )
             .map_err(|m| ModelError::tensor(path, &gguf_name, m))?;
-        let data = TensorData::from_bytes_vec(bytes, shape.to_vec(), target.dtype());
+            TensorData::from_bytes_vec(bytes, shape.to_vec(), target.dtype())
+        };
         Ok(Tensor::from_data(
             data,
             TensorCreationOptions::new(device.clone()).with_dtype(target.dtype()),
