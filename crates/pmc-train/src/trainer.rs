@@ -110,25 +110,36 @@ fn parameters(model: &Llama) -> Vec<(ParamId, usize)> {
     out
 }
 
+/// Removes the gradient of `id`, viewing a rank-1 gradient as one row so one code path
+/// serves both ranks; [`put_grad`] puts it back in its own shape.
+fn take_grad(grads: &mut GradientsParams, id: ParamId, rank: usize) -> Option<Tensor<2>> {
+    match rank {
+        2 => grads.remove::<2>(id),
+        _ => grads.remove::<1>(id).map(|g| {
+            let n = g.dims()[0];
+            g.reshape([1, n])
+        }),
+    }
+}
+
+fn put_grad(grads: &mut GradientsParams, id: ParamId, rank: usize, g: Tensor<2>) {
+    match rank {
+        2 => grads.register(id, g),
+        _ => {
+            let n = g.dims()[1];
+            grads.register(id, g.reshape([n]));
+        }
+    }
+}
+
 fn map_grad(
     grads: &mut GradientsParams,
     id: ParamId,
     rank: usize,
     f: impl Fn(Tensor<2>) -> Tensor<2>,
 ) {
-    // Rank-1 gradients go through a [1, n] view so one closure serves both ranks.
-    match rank {
-        2 => {
-            if let Some(g) = grads.remove::<2>(id) {
-                grads.register(id, f(g));
-            }
-        }
-        _ => {
-            if let Some(g) = grads.remove::<1>(id) {
-                let n = g.dims()[0];
-                grads.register(id, f(g.reshape([1, n])).reshape([n]));
-            }
-        }
+    if let Some(g) = take_grad(grads, id, rank) {
+        put_grad(grads, id, rank, f(g));
     }
 }
 
@@ -212,21 +223,11 @@ impl Trainer {
                 None => grads,
                 Some(mut acc) => {
                     for &(id, rank) in &params {
-                        match rank {
-                            2 => {
-                                if let (Some(a), Some(b)) =
-                                    (acc.remove::<2>(id), grads.remove::<2>(id))
-                                {
-                                    acc.register(id, a + b);
-                                }
-                            }
-                            _ => {
-                                if let (Some(a), Some(b)) =
-                                    (acc.remove::<1>(id), grads.remove::<1>(id))
-                                {
-                                    acc.register(id, a + b);
-                                }
-                            }
+                        if let (Some(a), Some(b)) = (
+                            take_grad(&mut acc, id, rank),
+                            take_grad(&mut grads, id, rank),
+                        ) {
+                            put_grad(&mut acc, id, rank, a + b);
                         }
                     }
                     acc
