@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::module::ParamId;
+use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use pmc_model::{Llama, LlamaConfig, WeightRef, causal_lm_loss};
@@ -324,9 +324,12 @@ impl Trainer {
 
     /// Mean next-token loss on `windows` (no gradients kept).
     pub fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError> {
+        // Off the autodiff device: evaluation records no graph.
+        let model = self.model.valid();
+        let device = self.device.clone().inner();
         let mut sum = 0.0;
         for w in windows {
-            sum += pmc_model::mean_nll(&self.model, w, w.len(), &self.device)?;
+            sum += pmc_model::mean_nll(&model, w, w.len(), &device)?;
         }
         Ok(sum / windows.len().max(1) as f64)
     }
