@@ -16,10 +16,13 @@ pub struct Cursor {
 }
 
 /// Non-overlapping windows of `seq_len` tokens over a token stream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TokenWindows {
     windows: Vec<Vec<u32>>,
     seed: u64,
+    /// The order of the epoch last read: shuffling every window is too much work to redo
+    /// for each micro-batch.
+    order_cache: std::sync::Mutex<Option<(u64, std::sync::Arc<Vec<usize>>)>>,
 }
 
 impl TokenWindows {
@@ -28,6 +31,7 @@ impl TokenWindows {
         Self {
             windows: tokens.chunks_exact(seq_len).map(<[u32]>::to_vec).collect(),
             seed,
+            order_cache: std::sync::Mutex::new(None),
         }
     }
 
@@ -46,11 +50,20 @@ impl TokenWindows {
         &self.windows
     }
 
-    /// The order of epoch `epoch`: a permutation seeded by (seed, epoch).
-    fn order(&self, epoch: u64) -> Vec<usize> {
+    /// The order of epoch `epoch`: a permutation seeded by (seed, epoch), computed once per
+    /// epoch.
+    fn order(&self, epoch: u64) -> std::sync::Arc<Vec<usize>> {
+        let mut cache = self.order_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, order)) = cache.as_ref()
+            && *cached == epoch
+        {
+            return order.clone();
+        }
         let mut order: Vec<usize> = (0..self.windows.len()).collect();
         let mut rng = StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         order.shuffle(&mut rng);
+        let order = std::sync::Arc::new(order);
+        *cache = Some((epoch, order.clone()));
         order
     }
 
