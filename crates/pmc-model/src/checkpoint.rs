@@ -11,7 +11,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorCreationOptions};
 use half::{bf16, f16};
 use memmap2::Mmap;
-use safetensors::tensor::{Dtype as StDtype, SafeTensors, View};
+use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, TensorInfo, View};
 use serde_json::{Value, json};
 
 use crate::config::{CheckpointDType, LlamaConfig};
@@ -143,10 +143,13 @@ pub fn convert_bytes(
     Ok(out)
 }
 
-/// A memory-mapped safetensors file.
+/// A memory-mapped safetensors file whose header is parsed once, when it is opened.
 struct MappedFile {
     path: PathBuf,
     mmap: Mmap,
+    /// Where tensor data starts (after the length prefix and the JSON header).
+    data_start: usize,
+    metadata: Metadata,
 }
 
 impl MappedFile {
@@ -155,28 +158,32 @@ impl MappedFile {
         // SAFETY: the mapping is read-only; a checkpoint rewritten while it is being loaded
         // is outside what any loader can guard against.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
-        let mapped = Self {
-            path: path.to_path_buf(),
-            mmap,
-        };
-        mapped.parse()?; // validate the header once, up front
-        Ok(mapped)
-    }
-
-    /// Drops the pages of `range` (a slice of this mapping) from the resident set once they
-    /// have been copied.
-    fn release(&self, range: &[u8]) {
-        let offset = range.as_ptr() as usize - self.mmap.as_ptr() as usize;
-        release_pages(&self.mmap, offset, range.len());
-    }
-
-    fn parse(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.mmap).map_err(|e| {
+        // Validates the header and that the file holds every byte it promises.
+        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
             ModelError::checkpoint(
-                &self.path,
+                path,
                 format!("not a valid safetensors file (truncated or corrupt?): {e}"),
             )
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            mmap,
+            // The header follows its little-endian u64 length.
+            data_start: 8 + header_len,
+            metadata,
         })
+    }
+
+    /// The bytes of a tensor of this file.
+    fn data(&self, info: &TensorInfo) -> &[u8] {
+        let (start, end) = info.data_offsets;
+        &self.mmap[self.data_start + start..self.data_start + end]
+    }
+
+    /// Drops the pages of a tensor from the resident set once they have been copied.
+    fn release(&self, info: &TensorInfo) {
+        let (start, end) = info.data_offsets;
+        release_pages(&self.mmap, self.data_start + start, end - start);
     }
 }
 
@@ -228,7 +235,7 @@ impl SafetensorsCheckpoint {
             }
             // The index may lie; trust the files themselves for what they contain.
             for (tensor, &id) in &location {
-                if files[id].parse()?.tensor(tensor).is_err() {
+                if files[id].metadata.info(tensor).is_none() {
                     return Err(ModelError::tensor(
                         &files[id].path,
                         tensor,
@@ -241,8 +248,8 @@ impl SafetensorsCheckpoint {
             }
         } else if single.exists() {
             let file = MappedFile::open(&single)?;
-            for name in file.parse()?.names() {
-                location.insert(name.to_string(), 0);
+            for name in file.metadata.tensors().into_keys() {
+                location.insert(name, 0);
             }
             files.push(file);
         } else {
@@ -277,25 +284,24 @@ impl SafetensorsCheckpoint {
             .get(name)
             .ok_or_else(|| ModelError::tensor(&self.dir, name, "missing from the checkpoint"))?;
         let file = &self.files[id];
-        let st = file.parse()?;
-        let view = st
-            .tensor(name)
-            .map_err(|e| ModelError::tensor(&file.path, name, e.to_string()))?;
-        let ok = view.shape() == shape || (shape[0] == 1 && view.shape() == [shape[1]]);
+        let info = file
+            .metadata
+            .info(name)
+            .ok_or_else(|| ModelError::tensor(&file.path, name, "missing from this file"))?;
+        let ok = info.shape == shape || (shape[0] == 1 && info.shape == [shape[1]]);
         if !ok {
             return Err(ModelError::tensor(
                 &file.path,
                 name,
                 format!(
                     "shape {:?}, expected {:?} from config.json",
-                    view.shape(),
-                    shape
+                    info.shape, shape
                 ),
             ));
         }
-        let bytes = convert_bytes(view.data(), view.dtype(), dtype)
+        let bytes = convert_bytes(file.data(info), info.dtype, dtype)
             .map_err(|m| ModelError::tensor(&file.path, name, m))?;
-        file.release(view.data());
+        file.release(info);
         let data = TensorData::from_bytes_vec(bytes, shape.to_vec(), dtype.dtype());
         Ok(Tensor::from_data(
             data,
