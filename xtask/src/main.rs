@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod corpus;
 mod eval;
 mod pretrain;
 
@@ -23,6 +24,9 @@ enum Command {
     /// biomedical sample, showing held-out perplexity before and after.
     #[command(args_override_self = true)]
     Pretrain(pretrain::PretrainArgs),
+    /// Papers (JATS, S2ORC, JSONL; files, directories, .tar.gz) → clean text and packed
+    /// token shards in parquet, with a manifest accounting for every record.
+    PrepareCorpus(corpus::PrepareCorpusArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
@@ -58,6 +62,7 @@ fn main() {
     };
     let result = match cli.command {
         Command::Pretrain(args) => pretrain::pretrain(args),
+        Command::PrepareCorpus(args) => corpus::prepare_corpus(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
         Command::Convert(args) => commands::convert(args),
