@@ -27,6 +27,9 @@ enum Command {
     /// Papers (JATS, S2ORC, JSONL; files, directories, .tar.gz) → clean text and packed
     /// token shards in parquet, with a manifest accounting for every record.
     PrepareCorpus(corpus::PrepareCorpusArgs),
+    /// prepare-corpus MB/s against a Python reference pipeline, tokenization against raw
+    /// encode_batch, and peak RSS with the input replicated.
+    BenchCorpus(corpus::BenchCorpusArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
@@ -63,6 +66,7 @@ fn main() {
     let result = match cli.command {
         Command::Pretrain(args) => pretrain::pretrain(args),
         Command::PrepareCorpus(args) => corpus::prepare_corpus(args),
+        Command::BenchCorpus(args) => corpus::bench_corpus(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
         Command::Convert(args) => commands::convert(args),

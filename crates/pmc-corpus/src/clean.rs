@@ -298,7 +298,12 @@ pub fn render_paragraph(paragraph: &Paragraph, options: &CleanOptions) -> String
                         }
                         out.push_str(marker);
                     }
-                    Citations::Remove => {}
+                    Citations::Remove => {
+                        // "ciliate [1]—an" → "ciliate—an", not "ciliate —an".
+                        if after[skip_after..].starts_with(|c: char| ".,;:!?)]—–".contains(c)) {
+                            out.truncate(out.trim_end().len());
+                        }
+                    }
                     Citations::Keep => unreachable!("handled above"),
                 }
                 if let Some(Span::Text(t)) = spans.get(end) {

@@ -35,7 +35,7 @@ impl Fingerprint {
         let words: Vec<u64> = text
             .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
-            .map(|w| hash_word(&w.to_lowercase()))
+            .map(hash_word_folded)
             .collect();
         let mut hasher = Sha256::new();
         for w in &words {
@@ -60,12 +60,21 @@ impl Fingerprint {
     }
 }
 
-fn hash_word(word: &str) -> u64 {
-    // FNV-1a, then a finaliser so that similar words spread over the whole range.
+/// FNV-1a of the word's lower-cased UTF-8 (without allocating), then a finaliser so that
+/// similar words spread over the whole range.
+fn hash_word_folded(word: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in word.bytes() {
+    let mut feed = |b: u8| {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    if word.is_ascii() {
+        word.bytes().for_each(|b| feed(b.to_ascii_lowercase()));
+    } else {
+        let mut buf = [0u8; 4];
+        for c in word.chars().flat_map(char::to_lowercase) {
+            c.encode_utf8(&mut buf).bytes().for_each(&mut feed);
+        }
     }
     splitmix(h)
 }
@@ -78,45 +87,42 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 fn minhash(words: &[u64]) -> Vec<u32> {
-    let mut signature = vec![u32::MAX; PERMUTATIONS];
-    if words.is_empty() {
-        return signature;
-    }
+    let mut signature = [u32::MAX; PERMUTATIONS];
     let shingles = words.len().saturating_sub(SHINGLE_WORDS - 1).max(1);
-    let mut seen = HashSet::with_capacity(shingles);
-    for start in 0..shingles {
+    for start in 0..shingles.min(words.len()) {
         let end = (start + SHINGLE_WORDS).min(words.len());
-        let shingle = words[start..end]
-            .iter()
-            .fold(0u64, |acc, &w| splitmix(acc.rotate_left(17) ^ w));
-        if !seen.insert(shingle) {
-            continue;
-        }
-        // Permutation i is splitmix(shingle ^ seed_i): independent, cheap, deterministic.
-        for (i, slot) in signature.iter_mut().enumerate() {
-            let h = (splitmix(shingle ^ PERMUTATION_SEEDS[i]) >> 32) as u32;
-            if h < *slot {
-                *slot = h;
-            }
+        let shingle = splitmix(
+            words[start..end]
+                .iter()
+                .fold(0u64, |acc, &w| acc.rotate_left(17) ^ w),
+        );
+        // Permutation i: the high half of a·x + b (mod 2^64) with odd a — a multiply-add per
+        // permutation on an already mixed hash. Repeated shingles leave the minima unchanged.
+        for ((slot, &a), &b) in signature.iter_mut().zip(&PERMUTATION_A).zip(&PERMUTATION_B) {
+            let h = (shingle.wrapping_mul(a).wrapping_add(b) >> 32) as u32;
+            *slot = (*slot).min(h);
         }
     }
-    signature
+    signature.to_vec()
 }
 
-const PERMUTATION_SEEDS: [u64; PERMUTATIONS] = {
+const fn seeds(mut state: u64, odd: bool) -> [u64; PERMUTATIONS] {
     let mut seeds = [0u64; PERMUTATIONS];
     let mut i = 0;
-    let mut state: u64 = 0x5eed_0fc0_ffee;
     while i < PERMUTATIONS {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        seeds[i] = z ^ (z >> 31);
+        z ^= z >> 31;
+        seeds[i] = if odd { z | 1 } else { z };
         i += 1;
     }
     seeds
-};
+}
+
+const PERMUTATION_A: [u64; PERMUTATIONS] = seeds(0x5eed_0fc0_ffee, true);
+const PERMUTATION_B: [u64; PERMUTATIONS] = seeds(0xb1a5_ed5e_ed00, false);
 
 /// The running index of kept documents.
 pub struct Deduplicator {

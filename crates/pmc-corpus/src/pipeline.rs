@@ -75,7 +75,7 @@ impl PrepareConfig {
             clean,
             shard_sequences: 16_384,
             shard_documents: 10_000,
-            batch_records: 256,
+            batch_records: 64,
             valid_fraction: 0.0,
         }
     }
@@ -319,7 +319,7 @@ pub fn prepare(
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    let events = spawn_reader(files, config.batch_records * 2);
+    let events = spawn_reader(files, config.batch_records);
 
     let mut dropped = DropLog::create(&out.join("dropped.jsonl"))?;
     let mut counts = DocumentCounts::default();
