@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use pmc_train::run::{self, RunOptions};
-use pmc_train::{CosineSchedule, TokenWindows, Trainer};
+use pmc_train::{CorpusShards, CosineSchedule, TokenWindows, Trainer, TrainingData};
 
 /// `pretrain --config FILE.toml ...`: the file's keys (the option names, `-` or `_`) become
 /// options placed before the command line's own, so anything given on the command line
@@ -132,8 +132,46 @@ fn bundled(path: &Path) -> bool {
     path == Path::new("datasets/pmc-sample/train.txt")
 }
 
-pub fn pretrain(args: PretrainArgs) -> Result<()> {
-    let device = pmc_model::default_device().autodiff();
+/// Where the training text comes from.
+enum Source {
+    /// Text files, tokenized here.
+    Text {
+        docs: Vec<String>,
+        valid_docs: Vec<String>,
+        valid_paths: Vec<PathBuf>,
+    },
+    /// A directory prepared by `prepare-corpus` (token shards and their tokenizer).
+    Shards {
+        dir: PathBuf,
+        manifest: Box<pmc_corpus::Manifest>,
+    },
+}
+
+fn read_source(args: &PretrainArgs) -> Result<Source> {
+    let prepared: Vec<&PathBuf> = args
+        .corpus
+        .iter()
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    if let Some(dir) = prepared.first() {
+        if args.corpus.len() > 1 {
+            bail!(
+                "--corpus takes one prepared corpus directory ({}) or text files, not both",
+                dir.display()
+            );
+        }
+        let manifest = pmc_corpus::read_manifest(dir)?;
+        return Ok(Source::Shards {
+            dir: dir.to_path_buf(),
+            manifest: Box::new(manifest),
+        });
+    }
+    if let Some(dir) = args.corpus.iter().find(|p| p.is_dir()) {
+        bail!(
+            "{}: a directory without manifest.json; prepare it with `cargo xtask prepare-corpus`",
+            dir.display()
+        );
+    }
     let mut docs = run::read_documents(&args.corpus)?;
     let valid_paths = if args.valid.is_empty() && args.corpus.len() == 1 && bundled(&args.corpus[0])
     {
@@ -153,7 +191,71 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     } else {
         run::read_documents(&valid_paths)?
     };
+    Ok(Source::Text {
+        docs,
+        valid_docs,
+        valid_paths,
+    })
+}
 
+/// The tokenizer a prepared corpus was tokenized with, with its EOS.
+fn corpus_tokenizer(dir: &Path, manifest: &pmc_corpus::Manifest) -> Result<pmc_model::Tokenizer> {
+    let path = dir.join(&manifest.tokenizer_file);
+    let inner = tokenizers::Tokenizer::from_file(&path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(pmc_model::Tokenizer::new(
+        inner,
+        None,
+        vec![manifest.eos_id],
+        false,
+        false,
+    ))
+}
+
+/// Refuse a base model whose tokenizer is not the one the corpus was tokenized with: the ids
+/// would mean other tokens.
+fn check_same_tokenizer(
+    base: &pmc_model::Tokenizer,
+    corpus: &pmc_model::Tokenizer,
+    dir: &Path,
+) -> Result<()> {
+    let probe =
+        "Metformin lowers hepatic glucose output; HbA1c fell by 1.2 % (p < 0.001) in 12 weeks.";
+    let ids = |t: &pmc_model::Tokenizer| -> Result<Vec<u32>> {
+        Ok(t.inner()
+            .encode(probe, false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .get_ids()
+            .to_vec())
+    };
+    if base.inner().get_vocab_size(true) != corpus.inner().get_vocab_size(true)
+        || ids(base)? != ids(corpus)?
+    {
+        bail!(
+            "{} was tokenized with another tokenizer than the base model's; prepare it with the model's tokenizer.json",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+pub fn pretrain(args: PretrainArgs) -> Result<()> {
+    let device = pmc_model::default_device().autodiff();
+    let source = read_source(&args)?;
+    let seq_len = match &source {
+        Source::Shards { manifest, dir } => {
+            if args.seq_len != manifest.seq_len {
+                eprintln!(
+                    "note: {} is packed in {}-token sequences; training at that length (--seq-len {} ignored)",
+                    dir.display(),
+                    manifest.seq_len,
+                    args.seq_len
+                );
+            }
+            manifest.seq_len
+        }
+        Source::Text { .. } => args.seq_len,
+    };
     let (mut trainer, tokenizer) = match &args.resume {
         Some(ckpt) => {
             let trainer = Trainer::resume(ckpt, &device)?;
@@ -179,7 +281,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 micro_batch: args.micro_batch,
                 global_batch: args.global_batch,
                 seed: args.seed,
-                ..run::default_train_config(args.seq_len)
+                ..run::default_train_config(seq_len)
             };
             let (model, model_config, tokenizer) = match &args.base {
                 Some(base) => {
@@ -187,15 +289,33 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     let tokenizer = loaded
                         .tokenizer
                         .with_context(|| format!("{} has no tokenizer", base.display()))?;
+                    if let Source::Shards { dir, manifest } = &source {
+                        check_same_tokenizer(&tokenizer, &corpus_tokenizer(dir, manifest)?, dir)?;
+                    }
                     (loaded.model, loaded.config, tokenizer)
                 }
+                None if matches!(source, Source::Shards { .. }) => {
+                    let Source::Shards { dir, manifest } = &source else {
+                        unreachable!()
+                    };
+                    let tokenizer = corpus_tokenizer(dir, manifest)?;
+                    let config = run::preset(&args.preset, manifest.vocab_size)?;
+                    (
+                        run::fresh_model(&config, args.seed, &device),
+                        config,
+                        tokenizer,
+                    )
+                }
                 None => {
+                    let Source::Text { docs, .. } = &source else {
+                        unreachable!()
+                    };
                     eprintln!(
                         "training a {}-token BPE tokenizer on {} documents",
                         args.vocab_size,
                         docs.len()
                     );
-                    let tokenizer = run::train_bpe(&docs, args.vocab_size)?;
+                    let tokenizer = run::train_bpe(docs, args.vocab_size)?;
                     let vocab = tokenizer.inner().get_vocab_size(true);
                     let config = run::preset(&args.preset, vocab)?;
                     (
@@ -222,17 +342,56 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
             )
         }
     };
-    let seq_len = trainer.config.seq_len;
-    let train_tokens = run::tokenize(&tokenizer, &docs)?;
-    // What the data cursor indexes into: a resumed run must see the same token stream.
-    let fingerprint = format!(
-        "{:016x}-{}-{seq_len}",
-        train_tokens
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64)
-                .wrapping_mul(0x0100_0000_01b3)),
-        train_tokens.len()
-    );
+    // The training stream, the held-out sequences, and a fingerprint of what the data
+    // cursor indexes into: a resumed run must see the same stream.
+    let (train, held_out, fingerprint): (Box<dyn TrainingData>, Vec<Vec<u32>>, String) =
+        match &source {
+            Source::Text {
+                docs, valid_docs, ..
+            } => {
+                let train_tokens = run::tokenize(&tokenizer, docs)?;
+                let fingerprint = format!(
+                    "{:016x}-{}-{seq_len}",
+                    train_tokens
+                        .iter()
+                        .fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64)
+                            .wrapping_mul(0x0100_0000_01b3)),
+                    train_tokens.len()
+                );
+                let train = TokenWindows::new(&train_tokens, seq_len, trainer.config.seed);
+                let valid = TokenWindows::new(&run::tokenize(&tokenizer, valid_docs)?, seq_len, 0);
+                (Box::new(train), valid.windows().to_vec(), fingerprint)
+            }
+            Source::Shards { dir, manifest } => {
+                let train = CorpusShards::open(dir, trainer.config.seed)?;
+                let mut held_out = CorpusShards::held_out(dir, 64)?;
+                if held_out.is_empty() && !args.valid.is_empty() {
+                    let valid_docs = run::read_documents(&args.valid)?;
+                    held_out =
+                        TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0)
+                            .windows()
+                            .to_vec();
+                }
+                if held_out.is_empty() {
+                    bail!(
+                        "{} has no validation split: prepare it with --valid-fraction, or pass --valid FILES",
+                        dir.display()
+                    );
+                }
+                let shards: Vec<String> = manifest
+                    .token_shards
+                    .iter()
+                    .map(|s| format!("{}:{}", s.file, s.rows))
+                    .collect();
+                let fingerprint = format!(
+                    "shards-{}-{}-{}",
+                    manifest.tokenizer_sha256,
+                    manifest.sequences,
+                    shards.join(",")
+                );
+                (Box::new(train), held_out, fingerprint)
+            }
+        };
     if let Some(ckpt) = &args.resume {
         let path = ckpt.join("data.json");
         let saved: serde_json::Value = std::fs::read_to_string(&path)
@@ -252,17 +411,19 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
             );
         }
     }
-    let train = TokenWindows::new(&train_tokens, seq_len, trainer.config.seed);
-    let valid = TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0);
-    if train.is_empty() || valid.is_empty() {
+    if train.sequences() == 0 || held_out.is_empty() {
         bail!("not enough text for one {seq_len}-token window in the training or held-out split");
     }
     eprintln!(
-        "data: {} training windows, {} held-out windows of {seq_len} tokens; global batch {} sequences",
-        train.len(),
-        valid.len(),
+        "data: {} training sequences, {} held-out sequences of {seq_len} tokens; global batch {} sequences",
+        train.sequences(),
+        held_out.len(),
         trainer.config.global_batch
     );
+    let valid_paths = match &source {
+        Source::Text { valid_paths, .. } => valid_paths.clone(),
+        Source::Shards { .. } => args.valid.clone(),
+    };
     let run_dir = match &args.resume {
         Some(ckpt) => ckpt
             .parent()
@@ -293,12 +454,19 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
     // Every checkpoint carries the tokenizer, so it is a complete HF model directory.
-    let summary = run::run_with(&mut trainer, &train, &valid, &options, &run_dir, |dir| {
-        tokenizer.save(dir).map_err(pmc_train::TrainError::Model)?;
-        let path = dir.join("data.json");
-        let data = serde_json::json!({"fingerprint": fingerprint, "corpus": args.corpus});
-        std::fs::write(&path, data.to_string()).map_err(|e| pmc_train::TrainError::Io(path, e))
-    })?;
+    let summary = run::run_with(
+        &mut trainer,
+        train.as_ref(),
+        &held_out,
+        &options,
+        &run_dir,
+        |dir| {
+            tokenizer.save(dir).map_err(pmc_train::TrainError::Model)?;
+            let path = dir.join("data.json");
+            let data = serde_json::json!({"fingerprint": fingerprint, "corpus": args.corpus});
+            std::fs::write(&path, data.to_string()).map_err(|e| pmc_train::TrainError::Io(path, e))
+        },
+    )?;
     println!("\n| | held-out perplexity |\n|---|---|");
     println!(
         "| before | {:.2} |\n| after | {:.2} |",

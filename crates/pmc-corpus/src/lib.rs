@@ -42,7 +42,7 @@ pub use paper::{Block, License, Metadata, Paper, Paragraph, Span};
 pub use pipeline::{
     Manifest, PrepareConfig, Progress, Stage, TokenizerSource, prepare, read_manifest,
 };
-pub use reader::{Cursor, StreamOptions, TokenCorpus};
+pub use reader::{Cursor, SequenceStream, Split, StreamOptions, TokenCorpus};
 pub use shards::Sequence;
 
 /// Errors of the corpus pipeline. Per-document problems are not errors: those documents are

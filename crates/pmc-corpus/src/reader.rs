@@ -8,6 +8,7 @@
 //! seen exactly once per epoch across all ranks.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -33,8 +34,14 @@ struct RowGroup {
     rows: usize,
 }
 
-/// The token shards of a prepared corpus directory, checked against the manifest.
+/// The token shards of a prepared corpus directory, checked against the manifest. Cheap to
+/// clone (the index is shared).
+#[derive(Clone)]
 pub struct TokenCorpus {
+    inner: Arc<CorpusIndex>,
+}
+
+struct CorpusIndex {
     manifest: Manifest,
     shards: Vec<PathBuf>,
     groups: Vec<RowGroup>,
@@ -103,26 +110,29 @@ impl TokenCorpus {
             shards.push(path);
         }
         let sequences = groups.iter().map(|g| g.rows as u64).sum();
-        Ok(TokenCorpus {
+        let index = CorpusIndex {
             manifest,
             shards,
             groups,
             sequences,
+        };
+        Ok(TokenCorpus {
+            inner: Arc::new(index),
         })
     }
 
     pub fn manifest(&self) -> &Manifest {
-        &self.manifest
+        &self.inner.manifest
     }
 
     /// Sequences in this split.
     pub fn sequences(&self) -> u64 {
-        self.sequences
+        self.inner.sequences
     }
 
     /// Sequences a rank receives per epoch.
     pub fn sequences_for_rank(&self, rank: usize, world: usize) -> u64 {
-        let n = self.sequences;
+        let n = self.inner.sequences;
         let (world, rank) = (world as u64, rank as u64);
         n / world + u64::from(rank < n % world)
     }
@@ -132,20 +142,20 @@ impl TokenCorpus {
         &self,
         options: StreamOptions,
         cursor: Cursor,
-    ) -> Result<SequenceStream<'_>, CorpusError> {
+    ) -> Result<SequenceStream, CorpusError> {
         if options.world == 0 || options.rank >= options.world {
             return Err(CorpusError::Config(format!(
                 "rank {} is not below world size {}",
                 options.rank, options.world
             )));
         }
-        if self.sequences == 0 {
+        if self.inner.sequences == 0 {
             return Err(CorpusError::Config(
                 "the corpus split has no sequences".into(),
             ));
         }
         Ok(SequenceStream {
-            corpus: self,
+            corpus: self.inner.clone(),
             options,
             cursor,
             epoch_plan: None,
@@ -171,8 +181,8 @@ struct LoadedWindow {
 }
 
 /// An endless, resumable stream of one rank's sequences (epoch after epoch).
-pub struct SequenceStream<'a> {
-    corpus: &'a TokenCorpus,
+pub struct SequenceStream {
+    corpus: Arc<CorpusIndex>,
     options: StreamOptions,
     cursor: Cursor,
     epoch_plan: Option<EpochPlan>,
@@ -187,7 +197,7 @@ fn rng_for(seed: u64, epoch: u64, window: u64) -> StdRng {
     StdRng::seed_from_u64(mix)
 }
 
-impl SequenceStream<'_> {
+impl SequenceStream {
     /// Where the stream stands now (save this; the next sequence is the one after it).
     pub fn cursor(&self) -> Cursor {
         self.cursor

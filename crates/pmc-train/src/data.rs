@@ -1,10 +1,16 @@
-//! Training data until pmc-corpus lands: a token stream cut into fixed-length windows, read
-//! in a seeded random order per epoch, with a cursor that resumes exactly.
+//! Training data: anything that yields `[n, seq_len]` batches after a resumable cursor.
+//!
+//! Two sources: [`CorpusShards`], the packed parquet shards of `pmc-corpus` (the real
+//! pipeline), and [`TokenWindows`], an in-memory token stream cut into windows (for text
+//! files and tests). Both read in a seeded order per epoch and resume exactly from a
+//! [`Cursor`].
 
 use burn::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
 
 /// A position in the stream: which epoch and how many windows of it were consumed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +19,21 @@ pub struct Cursor {
     pub epoch: u64,
     /// Windows of this epoch already consumed.
     pub position: usize,
+}
+
+/// A source of training sequences.
+pub trait TrainingData {
+    /// The `n` sequences after `cursor` as a `[n, seq_len]` batch, and the cursor after them.
+    fn batch(
+        &self,
+        cursor: &Cursor,
+        n: usize,
+        device: &Device,
+    ) -> Result<(Tensor<2, Int>, Cursor), TrainError>;
+    /// Sequences per epoch.
+    fn sequences(&self) -> usize;
+    /// Tokens per sequence.
+    fn seq_len(&self) -> usize;
 }
 
 /// Non-overlapping windows of `seq_len` tokens over a token stream.
@@ -68,7 +89,12 @@ impl TokenWindows {
     }
 
     /// The `n` windows after `cursor` as a `[n, seq_len]` batch, and the cursor after them.
-    pub fn batch(&self, cursor: &Cursor, n: usize, device: &Device) -> (Tensor<2, Int>, Cursor) {
+    pub fn windows_batch(
+        &self,
+        cursor: &Cursor,
+        n: usize,
+        device: &Device,
+    ) -> (Tensor<2, Int>, Cursor) {
         assert!(!self.windows.is_empty(), "no training windows");
         let mut cursor = *cursor;
         let mut order = self.order(cursor.epoch);
@@ -96,6 +122,135 @@ impl TokenWindows {
     }
 }
 
+impl TrainingData for TokenWindows {
+    fn batch(
+        &self,
+        cursor: &Cursor,
+        n: usize,
+        device: &Device,
+    ) -> Result<(Tensor<2, Int>, Cursor), TrainError> {
+        if self.windows.is_empty() {
+            return Err(TrainError::Config("no training windows".into()));
+        }
+        Ok(self.windows_batch(cursor, n, device))
+    }
+
+    fn sequences(&self) -> usize {
+        self.windows.len()
+    }
+
+    fn seq_len(&self) -> usize {
+        self.windows.first().map_or(0, Vec::len)
+    }
+}
+
+/// The training split of a corpus prepared by `pmc-corpus` (`manifest.json` + token shards),
+/// streamed with its seeded two-level shuffle; the cursor maps one to one onto the corpus
+/// reader's, so a resumed run reads the identical sequence stream.
+pub struct CorpusShards {
+    corpus: pmc_corpus::TokenCorpus,
+    options: pmc_corpus::StreamOptions,
+    /// The open stream and the cursor it stands at; reopened when asked for another cursor.
+    stream: std::sync::Mutex<Option<pmc_corpus::SequenceStream>>,
+}
+
+impl CorpusShards {
+    /// Open the training split of the corpus in `dir`, shuffled with `seed`.
+    pub fn open(dir: &std::path::Path, seed: u64) -> Result<Self, TrainError> {
+        let corpus = pmc_corpus::TokenCorpus::open(dir, pmc_corpus::Split::Train)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let options = pmc_corpus::StreamOptions {
+            seed,
+            ..Default::default()
+        };
+        Ok(CorpusShards {
+            corpus,
+            options,
+            stream: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn manifest(&self) -> &pmc_corpus::Manifest {
+        self.corpus.manifest()
+    }
+
+    /// Up to `max` sequences of the corpus's validation split, in file order (empty when the
+    /// corpus was prepared without one).
+    pub fn held_out(dir: &std::path::Path, max: usize) -> Result<Vec<Vec<u32>>, TrainError> {
+        let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
+        let valid = pmc_corpus::TokenCorpus::open(dir, pmc_corpus::Split::Valid).map_err(err)?;
+        if valid.sequences() == 0 {
+            return Ok(Vec::new());
+        }
+        let options = pmc_corpus::StreamOptions {
+            shuffle: false,
+            ..Default::default()
+        };
+        let mut stream = valid
+            .stream(options, pmc_corpus::Cursor::default())
+            .map_err(err)?;
+        let n = (valid.sequences() as usize).min(max);
+        (0..n)
+            .map(|_| stream.next_sequence().map(|s| s.input_ids).map_err(err))
+            .collect()
+    }
+}
+
+impl TrainingData for CorpusShards {
+    fn batch(
+        &self,
+        cursor: &Cursor,
+        n: usize,
+        device: &Device,
+    ) -> Result<(Tensor<2, Int>, Cursor), TrainError> {
+        let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
+        let wanted = pmc_corpus::Cursor {
+            epoch: cursor.epoch,
+            consumed: cursor.position as u64,
+        };
+        let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|s| s.cursor() != wanted) {
+            *guard = Some(self.corpus.stream(self.options, wanted).map_err(err)?);
+        }
+        let stream = guard.as_mut().expect("opened above");
+        let mut ids = Vec::with_capacity(n * self.seq_len());
+        for _ in 0..n {
+            ids.extend(
+                stream
+                    .next_sequence()
+                    .map_err(err)?
+                    .input_ids
+                    .iter()
+                    .map(|&t| i64::from(t)),
+            );
+        }
+        // A position at the epoch's end is the next epoch's start: normalise like the reader.
+        let mut after = stream.cursor();
+        if after.consumed >= self.corpus.sequences() {
+            after = pmc_corpus::Cursor {
+                epoch: after.epoch + 1,
+                consumed: 0,
+            };
+        }
+        let next = Cursor {
+            epoch: after.epoch,
+            position: after.consumed as usize,
+        };
+        Ok((
+            Tensor::from_data(TensorData::new(ids, [n, self.seq_len()]), device),
+            next,
+        ))
+    }
+
+    fn sequences(&self) -> usize {
+        self.corpus.sequences() as usize
+    }
+
+    fn seq_len(&self) -> usize {
+        self.corpus.manifest().seq_len
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,8 +260,8 @@ mod tests {
         let tokens: Vec<u32> = (0..100).collect();
         let data = TokenWindows::new(&tokens, 10, 7);
         let device = Device::flex();
-        let (first, mid) = data.batch(&Cursor::default(), 4, &device);
-        let (rest, end) = data.batch(&mid, 6, &device);
+        let (first, mid) = data.windows_batch(&Cursor::default(), 4, &device);
+        let (rest, end) = data.windows_batch(&mid, 6, &device);
         assert_eq!(
             end,
             Cursor {
@@ -123,11 +278,11 @@ mod tests {
         starts.sort();
         assert_eq!(starts, (0..10).map(|i| i * 10).collect::<Vec<_>>());
         // Resuming from `mid` gives what came after it the first time.
-        let (again, _) = data.batch(&mid, 6, &device);
-        let (rest2, _) = data.batch(&mid, 6, &device);
+        let (again, _) = data.windows_batch(&mid, 6, &device);
+        let (rest2, _) = data.windows_batch(&mid, 6, &device);
         assert_eq!(again.into_data(), rest2.into_data());
         // The next epoch is another order.
-        let (next, c) = data.batch(&end, 10, &device);
+        let (next, c) = data.windows_batch(&end, 10, &device);
         assert_eq!(
             c,
             Cursor {

@@ -13,7 +13,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use data::{Cursor, TokenWindows};
+pub use data::{CorpusShards, Cursor, TokenWindows, TrainingData};
 pub use schedule::CosineSchedule;
 pub use trainer::{StepStats, TrainConfig, TrainState, Trainer, checkpoint_dir, clip_global_norm};
 

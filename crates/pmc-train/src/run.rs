@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::TrainError;
-use crate::data::TokenWindows;
+use crate::data::TrainingData;
 use crate::trainer::{TrainConfig, Trainer, checkpoint_dir};
 
 /// Model sizes for training from scratch. `vocab_size` comes from the tokenizer.
@@ -150,27 +150,23 @@ pub struct RunSummary {
     pub seconds: f64,
 }
 
-fn eval_windows(valid: &TokenWindows, max: usize) -> Vec<Vec<u32>> {
-    valid.windows().iter().take(max).cloned().collect()
-}
-
 /// Trains until `options.steps` optimizer steps are done, logging into `run_dir`.
 pub fn run(
     trainer: &mut Trainer,
-    train: &TokenWindows,
-    valid: &TokenWindows,
+    train: &dyn TrainingData,
+    held_out: &[Vec<u32>],
     options: &RunOptions,
     run_dir: &Path,
 ) -> Result<RunSummary, TrainError> {
-    run_with(trainer, train, valid, options, run_dir, |_| Ok(()))
+    run_with(trainer, train, held_out, options, run_dir, |_| Ok(()))
 }
 
 /// As [`run`], calling `after_checkpoint(dir)` on each checkpoint written (to add files
 /// such as the tokenizer).
 pub fn run_with(
     trainer: &mut Trainer,
-    train: &TokenWindows,
-    valid: &TokenWindows,
+    train: &dyn TrainingData,
+    held_out: &[Vec<u32>],
     options: &RunOptions,
     run_dir: &Path,
     after_checkpoint: impl Fn(&Path) -> Result<(), TrainError>,
@@ -186,8 +182,8 @@ pub fn run_with(
         .append(true)
         .open(&metrics_path)
         .map_err(io(&metrics_path))?;
-    let held_out = eval_windows(valid, options.max_eval_windows);
-    let ppl_before = trainer.eval_loss(&held_out)?.exp();
+    let held_out = &held_out[..held_out.len().min(options.max_eval_windows)];
+    let ppl_before = trainer.eval_loss(held_out)?.exp();
     eprintln!(
         "held-out perplexity at step {}: {ppl_before:.2}",
         trainer.state.step
@@ -212,7 +208,7 @@ pub fn run_with(
                               "tokens": trainer.state.tokens});
         let evaluate = options.eval_every > 0 && stats.step.is_multiple_of(options.eval_every);
         if evaluate {
-            let val_loss = trainer.eval_loss(&held_out)?;
+            let val_loss = trainer.eval_loss(held_out)?;
             line["val_loss"] = json!(val_loss);
             line["val_ppl"] = json!(val_loss.exp());
         }
@@ -255,7 +251,7 @@ pub fn run_with(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let ppl_after = trainer.eval_loss(&held_out)?.exp();
+    let ppl_after = trainer.eval_loss(held_out)?.exp();
     writeln!(
         metrics,
         "{}",

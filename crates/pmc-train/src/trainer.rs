@@ -10,7 +10,7 @@ use pmc_model::{Llama, LlamaConfig, WeightRef, causal_lm_loss};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::data::{Cursor, TokenWindows};
+use crate::data::{Cursor, TrainingData};
 use crate::schedule::CosineSchedule;
 
 /// Optimisation hyper-parameters (PMC-LLaMA: AdamW, lr 2e-5, global batch 128, context 512).
@@ -200,14 +200,14 @@ impl Trainer {
     }
 
     /// One optimizer step over the next global batch of `data`.
-    pub fn step(&mut self, data: &TokenWindows) -> Result<StepStats, TrainError> {
+    pub fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
         let accumulation = self.config.accumulation()?;
         let params = parameters(&self.model);
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
         for _ in 0..accumulation {
             let (batch, cursor) =
-                data.batch(&self.state.cursor, self.config.micro_batch, &self.device);
+                data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
             self.state.cursor = cursor;
             let loss = causal_lm_loss(&self.model, batch);
             let value = loss.clone().into_scalar::<f32>() as f64;

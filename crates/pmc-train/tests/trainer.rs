@@ -4,7 +4,10 @@
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use pmc_model::{LlamaConfig, WeightDType, init_random};
-use pmc_train::{CosineSchedule, TokenWindows, TrainConfig, Trainer, clip_global_norm};
+use pmc_train::{
+    CorpusShards, CosineSchedule, TokenWindows, TrainConfig, Trainer, TrainingData,
+    clip_global_norm,
+};
 
 fn tiny_config() -> LlamaConfig {
     LlamaConfig::from_json(
@@ -125,26 +128,30 @@ fn loss_falls() {
     assert!(last < first - 1.0, "loss {first} -> {last}");
 }
 
-#[test]
-fn resume_is_bit_exact() {
-    let d = data(16);
-    let mut straight = trainer(2, 4);
-    for _ in 0..6 {
-        straight.step(&d).unwrap();
+/// Trains `total` steps straight, and `stop` steps + checkpoint + resume + the rest; the
+/// final weights and states must be bit-identical.
+fn assert_resume_bit_exact(
+    d: &dyn TrainingData,
+    make: impl Fn() -> Trainer,
+    stop: usize,
+    total: usize,
+) {
+    let mut straight = make();
+    for _ in 0..total {
+        straight.step(d).unwrap();
     }
-
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join("step-3");
-    let mut first = trainer(2, 4);
-    for _ in 0..3 {
-        first.step(&d).unwrap();
+    let ckpt = dir.path().join(format!("step-{stop}"));
+    let mut first = make();
+    for _ in 0..stop {
+        first.step(d).unwrap();
     }
     first.save_checkpoint(&ckpt).unwrap();
     drop(first);
     let mut resumed = Trainer::resume(&ckpt, &Device::flex().autodiff()).unwrap();
-    assert_eq!(resumed.state.step, 3);
-    for _ in 0..3 {
-        resumed.step(&d).unwrap();
+    assert_eq!(resumed.state.step, stop);
+    for _ in stop..total {
+        resumed.step(d).unwrap();
     }
     assert_eq!(resumed.state, straight.state);
     let (a, b) = (weights(&resumed), weights(&straight));
@@ -153,6 +160,50 @@ fn resume_is_bit_exact() {
         let yb: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
         assert_eq!(xb, yb, "weights differ after resume");
     }
+}
+
+#[test]
+fn resume_is_bit_exact() {
+    assert_resume_bit_exact(&data(16), || trainer(2, 4), 3, 6);
+}
+
+/// The same on packed parquet shards from pmc-corpus, across an epoch boundary.
+#[test]
+fn resume_on_corpus_shards_is_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs: String = (0..6)
+        .map(|i| {
+            let text: Vec<String> = (0..10)
+                .map(|j| format!("cell{} gene{}", (i * 7 + j) % 13, (i + j * 3) % 11))
+                .collect();
+            serde_json::json!({"id": format!("doc{i}"), "text": text.join(" ")}).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(dir.path().join("docs.jsonl"), docs).unwrap();
+    let mut config = pmc_corpus::PrepareConfig::new(
+        vec![dir.path().join("docs.jsonl")],
+        dir.path().join("corpus"),
+        pmc_corpus::TokenizerSource::Train { vocab_size: 300 },
+        pmc_corpus::Preset::Plain.options(),
+    );
+    config.seq_len = 16;
+    config.shard_sequences = 8;
+    let manifest = pmc_corpus::prepare(&config, |_| {}).unwrap();
+    let shards = CorpusShards::open(&dir.path().join("corpus"), 5).unwrap();
+    let sequences = shards.sequences();
+    assert!(
+        manifest.token_shards.len() >= 2 && sequences < 48,
+        "{sequences} sequences"
+    );
+    let make = || {
+        let device = Device::flex().autodiff();
+        let mut model_config = tiny_config();
+        model_config.vocab_size = manifest.vocab_size;
+        let model = init_random(&model_config, WeightDType::F32, 42, &device);
+        Trainer::new(model, model_config, train_config(2, 4), &device).unwrap()
+    };
+    // 12 steps of 4 sequences pass the end of an epoch.
+    assert_resume_bit_exact(&shards, make, 7, 12);
 }
 
 #[test]
