@@ -37,8 +37,8 @@ pub use checkpoint::{SaveOptions, WeightDType, save_hf};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
-pub use loss::causal_lm_loss;
-pub use model::{KvCache, Llama, WeightRef};
+pub use loss::{causal_lm_loss, masked_causal_lm_loss};
+pub use model::{KvCache, Linear, Llama, LowRank, WeightRef};
 pub use score::{ContextCache, PreparedContext, Score, mean_nll, score_continuations};
 pub use tokenizer::Tokenizer;
 

@@ -34,21 +34,64 @@ pub struct Linear {
     pub weight: Param<Tensor<2>>,
     /// `[out_features]`, when the layer has a bias.
     pub bias: Option<Param<Tensor<1>>>,
+    /// A low-rank adapter added to the output (LoRA), when one is attached.
+    pub lora: Option<LowRank>,
 }
 
 impl Linear {
-    /// `x @ weight.T + bias` over the last dimension of `x`.
+    /// `x @ weight.T + bias (+ scale · x @ A.T @ B.T)` over the last dimension of `x`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d_in] = x.dims();
         let w = widen(&self.weight);
         let d_out = w.dims()[0];
+        let x = x.reshape([b * t, d_in]);
         // A 2-D product lets the backend read the transposed weight in place.
-        let y = x.reshape([b * t, d_in]).matmul(w.transpose());
+        let y = x.clone().matmul(w.transpose());
         let y = match &self.bias {
             Some(bias) => y + widen(bias).unsqueeze::<2>(),
             None => y,
         };
+        let y = match &self.lora {
+            Some(lora) => y + lora.forward(x),
+            None => y,
+        };
         y.reshape([b, t, d_out])
+    }
+}
+
+/// A LoRA adapter of a [`Linear`]: `scale · (x Aᵀ) Bᵀ`, with HF PEFT's shapes (`lora_A`
+/// `[r, in]`, `lora_B` `[out, r]`). The format, targeting and training live in `pmc-peft`.
+#[derive(Module, Debug)]
+pub struct LowRank {
+    /// `lora_A.weight`, `[r, in_features]`.
+    pub a: Param<Tensor<2>>,
+    /// `lora_B.weight`, `[out_features, r]`.
+    pub b: Param<Tensor<2>>,
+    /// `lora_alpha / r` (or `/ √r` with rsLoRA).
+    pub scale: f64,
+}
+
+impl LowRank {
+    /// Builds an adapter whose parameter ids derive from `module` (the HF module name), so
+    /// optimizer state saved with a checkpoint finds its parameters again.
+    pub fn new(module: &str, a: Tensor<2>, b: Tensor<2>, scale: f64) -> Self {
+        LowRank {
+            a: named_param(&format!("{module}.lora_A.weight"), a),
+            b: named_param(&format!("{module}.lora_B.weight"), b),
+            scale,
+        }
+    }
+
+    /// `scale · x Aᵀ Bᵀ` for `x` of `[rows, in_features]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        x.matmul(widen(&self.a).transpose())
+            .matmul(widen(&self.b).transpose())
+            * self.scale
+    }
+
+    /// `scale · B A`, the update this adapter makes to the weight (`[out, in]`).
+    pub fn delta(&self) -> Tensor<2> {
+        widen(&self.b).matmul(widen(&self.a)) * self.scale
     }
 }
 
@@ -304,6 +347,7 @@ impl Llama {
                 } else {
                     None
                 },
+                lora: None,
             })
         }
         let norm = |matrix: &mut _, name: &str| -> Result<RmsNorm, E> {
@@ -413,6 +457,7 @@ impl Llama {
         Linear {
             weight: head.clone(),
             bias: None,
+            lora: None,
         }
         .forward(hidden)
     }
@@ -462,6 +507,26 @@ pub enum WeightRef<'a> {
 }
 
 impl Llama {
+    /// Calls `f` with each projection (`q_proj` … `down_proj`) and its HF module name
+    /// (`model.layers.0.self_attn.q_proj`), for attaching or removing adapters.
+    pub fn visit_linears_mut(&mut self, mut f: impl FnMut(&str, &mut Linear)) {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                f(&format!("model.layers.{i}.{name}"), lin);
+            }
+        }
+    }
+
     /// Calls `f` with every parameter and its HF name, in checkpoint order. A tied LM head is
     /// not repeated. The one place that knows how fields map to HF names on the way out.
     pub fn visit_weights(&self, mut f: impl FnMut(String, WeightRef<'_>)) {
