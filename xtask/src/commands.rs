@@ -3,7 +3,7 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use pmc_model::{ContextCache, GenerationConfig, LoadOptions, LoadedModel, WeightDType};
 use serde_json::Value;
@@ -24,14 +24,15 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self, device: &pmc_model::burn::prelude::Device) -> Result<LoadedModel> {
-        if let Some(adapter) = &self.adapter {
-            bail!(
-                "--adapter {}: LoRA adapters are not supported yet (pmc-peft has not landed); merge the adapter into the base model with HF PEFT and pass the merged directory to --model",
-                adapter.display()
-            );
-        }
         let options = LoadOptions { dtype: self.dtype };
-        Ok(pmc_model::load_model(&self.model, &options, device)?)
+        let mut loaded = pmc_model::load_model(&self.model, &options, device)?;
+        if let Some(adapter) = &self.adapter {
+            // Applied at every forward, not merged: the base weights stay as loaded.
+            let adapter = pmc_peft::load_adapter(&mut loaded.model, adapter, device)
+                .with_context(|| format!("--adapter {}", adapter.display()))?;
+            tracing::info!("LoRA adapter on {} modules", adapter.modules.len());
+        }
+        Ok(loaded)
     }
 }
 
@@ -235,5 +236,32 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
         args.dtype,
         args.gguf.display()
     );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The base model (HF directory or .gguf) and the adapter to fold in (`--adapter`).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The HF directory to write (config, safetensors, tokenizer).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `merge`: fold a LoRA adapter into its base model and save a plain HF checkpoint.
+pub fn merge(args: MergeArgs) -> Result<()> {
+    let Some(adapter) = &args.model.adapter else {
+        anyhow::bail!("merge needs --adapter DIR");
+    };
+    let device = pmc_model::default_device();
+    let mut loaded = args.model.load(&device)?;
+    pmc_peft::merge(&mut loaded.model);
+    let save = pmc_model::SaveOptions { dtype: args.model.dtype, ..Default::default() };
+    pmc_model::save_hf(&loaded.model, &loaded.config, &args.out, save)?;
+    if let Some(tokenizer) = &loaded.tokenizer {
+        tokenizer.save(&args.out)?;
+    }
+    eprintln!("wrote {} ({} merged into {})", args.out.display(), adapter.display(), args.model.model.display());
     Ok(())
 }

@@ -111,10 +111,15 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         &shots,
         &device,
     )?;
+    // The model as results.json names it: the base and, when one is applied, the adapter.
+    let model_name = match &args.model.adapter {
+        Some(adapter) => format!("{} + adapter {}", args.model.model.display(), adapter.display()),
+        None => args.model.model.display().to_string(),
+    };
     let results = run::results_json(
         &config,
         &predictions,
-        &args.model.model.display().to_string(),
+        &model_name,
         &data_file,
         &data_hash(args.task, &data_file)?,
         started.elapsed().as_secs_f64(),

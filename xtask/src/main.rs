@@ -30,6 +30,8 @@ enum Command {
     /// prepare-corpus MB/s against a Python reference pipeline, tokenization against raw
     /// encode_batch, and peak RSS with the input replicated.
     BenchCorpus(corpus::BenchCorpusArgs),
+    /// Fold a LoRA adapter (HF PEFT format) into its base model and save an HF checkpoint.
+    Merge(commands::MergeArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
@@ -67,6 +69,7 @@ fn main() {
         Command::Pretrain(args) => pretrain::pretrain(args),
         Command::PrepareCorpus(args) => corpus::prepare_corpus(args),
         Command::BenchCorpus(args) => corpus::bench_corpus(args),
+        Command::Merge(args) => commands::merge(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
         Command::Convert(args) => commands::convert(args),
