@@ -257,11 +257,19 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     let device = pmc_model::default_device();
     let mut loaded = args.model.load(&device)?;
     pmc_peft::merge(&mut loaded.model);
-    let save = pmc_model::SaveOptions { dtype: args.model.dtype, ..Default::default() };
+    let save = pmc_model::SaveOptions {
+        dtype: args.model.dtype,
+        ..Default::default()
+    };
     pmc_model::save_hf(&loaded.model, &loaded.config, &args.out, save)?;
     if let Some(tokenizer) = &loaded.tokenizer {
         tokenizer.save(&args.out)?;
     }
-    eprintln!("wrote {} ({} merged into {})", args.out.display(), adapter.display(), args.model.model.display());
+    eprintln!(
+        "wrote {} ({} merged into {})",
+        args.out.display(),
+        adapter.display(),
+        args.model.model.display()
+    );
     Ok(())
 }

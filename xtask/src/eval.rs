@@ -113,7 +113,11 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     )?;
     // The model as results.json names it: the base and, when one is applied, the adapter.
     let model_name = match &args.model.adapter {
-        Some(adapter) => format!("{} + adapter {}", args.model.model.display(), adapter.display()),
+        Some(adapter) => format!(
+            "{} + adapter {}",
+            args.model.model.display(),
+            adapter.display()
+        ),
         None => args.model.model.display().to_string(),
     };
     let results = run::results_json(

@@ -508,7 +508,25 @@ pub enum WeightRef<'a> {
 
 impl Llama {
     /// Calls `f` with each projection (`q_proj` … `down_proj`) and its HF module name
-    /// (`model.layers.0.self_attn.q_proj`), for attaching or removing adapters.
+    /// (`model.layers.0.self_attn.q_proj`).
+    pub fn visit_linears(&self, mut f: impl FnMut(&str, &Linear)) {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                f(&format!("model.layers.{i}.{name}"), lin);
+            }
+        }
+    }
+
+    /// As [`Llama::visit_linears`], mutably, for attaching or removing adapters.
     pub fn visit_linears_mut(&mut self, mut f: impl FnMut(&str, &mut Linear)) {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let a = &mut layer.self_attn;

@@ -214,6 +214,21 @@ impl Adapter {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        self.write_files(&tmp)?;
+        if dir.exists() {
+            let old = dir.with_extension("old");
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        } else {
+            std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        }
+        Ok(())
+    }
+
+    /// Write `adapter_config.json` and `adapter_model.safetensors` into the existing `dir`
+    /// (for a caller that makes the whole directory atomic itself, like a checkpoint).
+    pub fn write_files(&self, tmp: &Path) -> Result<(), PeftError> {
         let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (module, w) in &self.modules {
             for (which, t) in [("lora_A", &w.a), ("lora_B", &w.b)] {
@@ -244,23 +259,15 @@ impl Adapter {
             message: e.to_string(),
         })?;
         let config = serde_json::to_string_pretty(&self.config.to_json()).expect("JSON");
-        std::fs::write(tmp.join(CONFIG_FILE), config).map_err(io(&tmp))?;
-        if dir.exists() {
-            let old = dir.with_extension("old");
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        } else {
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        }
-        Ok(())
+        let config_path = tmp.join(CONFIG_FILE);
+        std::fs::write(&config_path, config).map_err(|e| PeftError::Io(config_path, e))
     }
 
     /// The adapter as trained: its config with the current A and B of every module
     /// attached to `model`.
-    pub fn from_model(model: &mut Llama, config: AdapterConfig) -> Self {
+    pub fn from_model(model: &Llama, config: AdapterConfig) -> Self {
         let mut modules = BTreeMap::new();
-        model.visit_linears_mut(|name, lin| {
+        model.visit_linears(|name, lin| {
             if let Some(l) = &lin.lora {
                 modules.insert(
                     name.to_string(),

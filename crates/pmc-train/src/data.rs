@@ -21,15 +21,42 @@ pub struct Cursor {
     pub position: usize,
 }
 
+/// A micro-batch: token ids and, for instruction data and padded rows, which tokens are
+/// targets of the loss (`None`: every token after the first).
+pub struct Batch {
+    /// `[n, len]`.
+    pub tokens: Tensor<2, Int>,
+    /// `[n, len]`, 1.0 where the token is predicted and counted in the loss.
+    pub target_mask: Option<Tensor<2>>,
+}
+
+impl Batch {
+    /// A batch of packed sequences: every token is a target.
+    pub fn packed(tokens: Tensor<2, Int>) -> Self {
+        Batch {
+            tokens,
+            target_mask: None,
+        }
+    }
+}
+
+/// The order in which an epoch reads `n` items: a permutation seeded by (seed, epoch).
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    order.shuffle(&mut rng);
+    order
+}
+
 /// A source of training sequences.
 pub trait TrainingData {
-    /// The `n` sequences after `cursor` as a `[n, seq_len]` batch, and the cursor after them.
+    /// The `n` sequences after `cursor` as a `[n, len]` batch, and the cursor after them.
     fn batch(
         &self,
         cursor: &Cursor,
         n: usize,
         device: &Device,
-    ) -> Result<(Tensor<2, Int>, Cursor), TrainError>;
+    ) -> Result<(Batch, Cursor), TrainError>;
     /// Sequences per epoch.
     fn sequences(&self) -> usize;
     /// Tokens per sequence.
@@ -71,8 +98,7 @@ impl TokenWindows {
         &self.windows
     }
 
-    /// The order of epoch `epoch`: a permutation seeded by (seed, epoch), computed once per
-    /// epoch.
+    /// The order of epoch `epoch`, computed once per epoch.
     fn order(&self, epoch: u64) -> std::sync::Arc<Vec<usize>> {
         let mut cache = self.order_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((cached, order)) = cache.as_ref()
@@ -80,10 +106,7 @@ impl TokenWindows {
         {
             return order.clone();
         }
-        let mut order: Vec<usize> = (0..self.windows.len()).collect();
-        let mut rng = StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        order.shuffle(&mut rng);
-        let order = std::sync::Arc::new(order);
+        let order = std::sync::Arc::new(epoch_order(self.windows.len(), self.seed, epoch));
         *cache = Some((epoch, order.clone()));
         order
     }
@@ -128,11 +151,12 @@ impl TrainingData for TokenWindows {
         cursor: &Cursor,
         n: usize,
         device: &Device,
-    ) -> Result<(Tensor<2, Int>, Cursor), TrainError> {
+    ) -> Result<(Batch, Cursor), TrainError> {
         if self.windows.is_empty() {
             return Err(TrainError::Config("no training windows".into()));
         }
-        Ok(self.windows_batch(cursor, n, device))
+        let (tokens, next) = self.windows_batch(cursor, n, device);
+        Ok((Batch::packed(tokens), next))
     }
 
     fn sequences(&self) -> usize {
@@ -202,7 +226,7 @@ impl TrainingData for CorpusShards {
         cursor: &Cursor,
         n: usize,
         device: &Device,
-    ) -> Result<(Tensor<2, Int>, Cursor), TrainError> {
+    ) -> Result<(Batch, Cursor), TrainError> {
         let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
         let wanted = pmc_corpus::Cursor {
             epoch: cursor.epoch,
@@ -236,10 +260,8 @@ impl TrainingData for CorpusShards {
             epoch: after.epoch,
             position: after.consumed as usize,
         };
-        Ok((
-            Tensor::from_data(TensorData::new(ids, [n, self.seq_len()]), device),
-            next,
-        ))
+        let tokens = Tensor::from_data(TensorData::new(ids, [n, self.seq_len()]), device);
+        Ok((Batch::packed(tokens), next))
     }
 
     fn sequences(&self) -> usize {

@@ -9,13 +9,17 @@ pub mod data;
 pub mod plot;
 pub mod run;
 pub mod schedule;
+pub mod sft;
 pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use data::{CorpusShards, Cursor, TokenWindows, TrainingData};
+pub use data::{Batch, CorpusShards, Cursor, TokenWindows, TrainingData};
 pub use schedule::CosineSchedule;
-pub use trainer::{StepStats, TrainConfig, TrainState, Trainer, checkpoint_dir, clip_global_norm};
+pub use sft::{Example, SftData, Template};
+pub use trainer::{
+    LoraRun, StepStats, TrainConfig, TrainState, Trainer, checkpoint_dir, clip_global_norm,
+};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]

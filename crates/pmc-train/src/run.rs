@@ -197,12 +197,12 @@ pub fn run_with(
 
     let first_step = trainer.state.step;
     let started = Instant::now();
-    let tokens_per_step = (trainer.config.global_batch * trainer.config.seq_len) as f64;
+    let first_tokens = trainer.state.tokens;
     while trainer.state.step < options.steps {
         let stats = trainer.step(train)?;
         let done = stats.step - first_step;
         let elapsed = started.elapsed().as_secs_f64();
-        let tokens_per_s = done as f64 * tokens_per_step / elapsed;
+        let tokens_per_s = (trainer.state.tokens - first_tokens) as f64 / elapsed;
         let mut line = json!({"step": stats.step, "loss": stats.loss, "lr": stats.lr,
                               "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
                               "tokens": trainer.state.tokens});
@@ -265,7 +265,7 @@ pub fn run_with(
         ppl_before,
         ppl_after,
         steps: trainer.state.step - first_step,
-        tokens: ((trainer.state.step - first_step) as f64 * tokens_per_step) as u64,
+        tokens: trainer.state.tokens - first_tokens,
         seconds,
     })
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use pmc_model::{Llama, LlamaConfig, WeightRef, causal_lm_loss};
+use pmc_model::{Llama, LlamaConfig, WeightRef, causal_lm_loss, masked_causal_lm_loss};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -94,11 +94,14 @@ pub struct Trainer {
     pub config: TrainConfig,
     /// Progress.
     pub state: TrainState,
+    /// Set for LoRA fine-tuning: checkpoints then hold the adapter only.
+    pub lora: Option<LoraRun>,
     optimizer: ModuleOptimizer,
     device: Device,
 }
 
-/// The id and rank of every parameter.
+/// The id and rank of every parameter, adapters included (frozen ones simply have no
+/// gradient).
 fn parameters(model: &Llama) -> Vec<(ParamId, usize)> {
     let mut out = Vec::new();
     model.visit_weights(|_, w| {
@@ -107,7 +110,21 @@ fn parameters(model: &Llama) -> Vec<(ParamId, usize)> {
             WeightRef::Vector(p) => (p.id, 1),
         })
     });
+    model.visit_linears(|_, lin| {
+        if let Some(lora) = &lin.lora {
+            out.extend([(lora.a.id, 2), (lora.b.id, 2)]);
+        }
+    });
     out
+}
+
+/// What a LoRA run's checkpoints hold instead of the whole model: the adapter, and the base
+/// model it applies to (recorded so that a resume can load it again).
+#[derive(Debug, Clone)]
+pub struct LoraRun {
+    pub config: pmc_peft::AdapterConfig,
+    /// The base model's path (HF directory or GGUF file).
+    pub base: PathBuf,
 }
 
 /// Removes the gradient of `id`, viewing a rank-1 gradient as one row so one code path
@@ -195,6 +212,7 @@ impl Trainer {
             model_config,
             config,
             state: TrainState::default(),
+            lora: None,
             device: device.clone(),
         })
     }
@@ -205,11 +223,16 @@ impl Trainer {
         let params = parameters(&self.model);
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
+        let mut tokens = 0u64;
         for _ in 0..accumulation {
             let (batch, cursor) =
                 data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
             self.state.cursor = cursor;
-            let loss = causal_lm_loss(&self.model, batch);
+            tokens += batch.tokens.dims().iter().product::<usize>() as u64;
+            let loss = match batch.target_mask {
+                Some(mask) => masked_causal_lm_loss(&self.model, batch.tokens, mask),
+                None => causal_lm_loss(&self.model, batch.tokens),
+            };
             let value = loss.clone().into_scalar::<f32>() as f64;
             if !value.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -247,7 +270,7 @@ impl Trainer {
         // Modules are reference-counted handles: the clone is cheap.
         self.model = self.optimizer.step(lr, self.model.clone(), grads);
         self.state.step += 1;
-        self.state.tokens += (self.config.global_batch * self.config.seq_len) as u64;
+        self.state.tokens += tokens;
         Ok(StepStats {
             step: self.state.step,
             loss: loss_sum / accumulation as f64,
@@ -268,13 +291,24 @@ impl Trainer {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
-        pmc_model::save_hf(&self.model, &self.model_config, &tmp, Default::default())?;
+        match &self.lora {
+            Some(lora) => {
+                std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+                pmc_peft::Adapter::from_model(&self.model, lora.config.clone())
+                    .write_files(&tmp)
+                    .map_err(|e| TrainError::Checkpoint(tmp.clone(), e.to_string()))?;
+            }
+            None => pmc_model::save_hf(&self.model, &self.model_config, &tmp, Default::default())?,
+        }
         let bytes = self
             .optimizer
             .into_bytes()
             .map_err(|e| TrainError::Checkpoint(tmp.clone(), format!("optimizer state: {e:?}")))?;
         std::fs::write(tmp.join("optimizer.bpk"), &bytes[..]).map_err(io(&tmp))?;
-        let state = serde_json::json!({"state": self.state, "config": self.config});
+        let mut state = serde_json::json!({"state": self.state, "config": self.config});
+        if let Some(lora) = &self.lora {
+            state["lora_base"] = serde_json::json!(lora.base);
+        }
         std::fs::write(
             tmp.join("trainer_state.json"),
             serde_json::to_vec_pretty(&state).expect("JSON"),
@@ -308,7 +342,32 @@ impl Trainer {
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
         let config: TrainConfig = serde_json::from_value(parse("config")?)
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
-        let loaded = pmc_model::load_model(dir, &Default::default(), device)?;
+        // A LoRA checkpoint holds the adapter; the base model comes from where it was.
+        let lora_base = saved
+            .get("lora_base")
+            .and_then(|v| v.as_str())
+            .map(PathBuf::from);
+        let (model, model_config, lora) = match lora_base {
+            Some(base) => {
+                let loaded = pmc_model::load_model(&base, &Default::default(), device)?;
+                let adapter = pmc_peft::Adapter::read(dir, device)
+                    .map_err(|e| TrainError::Checkpoint(dir.to_path_buf(), e.to_string()))?;
+                let model = pmc_peft::prepare_for_training(loaded.model, &adapter)
+                    .map_err(|e| TrainError::Checkpoint(dir.to_path_buf(), e.to_string()))?;
+                (
+                    model,
+                    loaded.config,
+                    Some(LoraRun {
+                        config: adapter.config,
+                        base,
+                    }),
+                )
+            }
+            None => {
+                let loaded = pmc_model::load_model(dir, &Default::default(), device)?;
+                (loaded.model, loaded.config, None)
+            }
+        };
         let optimizer_path = dir.join("optimizer.bpk");
         let bytes = std::fs::read(&optimizer_path)
             .map_err(|e| TrainError::Io(optimizer_path.clone(), e))?;
@@ -316,9 +375,10 @@ impl Trainer {
             .optimizer()
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
             .map_err(|e| TrainError::Checkpoint(optimizer_path.clone(), format!("{e:?}")))?;
-        let mut trainer = Self::new(loaded.model, loaded.config, config, device)?;
+        let mut trainer = Self::new(model, model_config, config, device)?;
         trainer.optimizer = optimizer;
         trainer.state = state;
+        trainer.lora = lora;
         Ok(trainer)
     }
 

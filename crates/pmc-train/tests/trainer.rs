@@ -55,12 +55,22 @@ fn trainer(micro: usize, global: usize) -> Trainer {
     Trainer::new(model, config, train_config(micro, global), &device).unwrap()
 }
 
+/// Every weight of the model, adapters included.
 fn weights(t: &Trainer) -> Vec<Vec<f32>> {
-    t.model
+    let values = |x: Tensor<2>| x.to_data().convert::<f32>().try_to_vec().unwrap();
+    let mut out: Vec<Vec<f32>> = t
+        .model
         .named_weights()
         .into_iter()
-        .map(|w| w.value.to_data().convert::<f32>().try_to_vec().unwrap())
-        .collect()
+        .map(|w| values(w.value))
+        .collect();
+    t.model.visit_linears(|_, lin| {
+        if let Some(l) = &lin.lora {
+            out.push(values(l.a.val()));
+            out.push(values(l.b.val()));
+        }
+    });
+    out
 }
 
 #[test]
@@ -225,5 +235,154 @@ fn a_diverging_run_stops_with_a_clear_error() {
         matches!(err, pmc_train::TrainError::NonFinite { .. })
             && message.contains("last checkpoint is intact"),
         "{message}"
+    );
+}
+
+/// LoRA: checkpoints hold the adapter only, a resumed run ends bit-identical, and the base
+/// weights never move.
+#[test]
+fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
+    let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pmc-model/tests/fixtures/gqa_tied");
+    let make = || {
+        let device = Device::flex().autodiff();
+        let loaded = pmc_model::load_model(&base_dir, &Default::default(), &device).unwrap();
+        let mut model = loaded.model;
+        let config = pmc_peft::AdapterConfig::new(
+            4,
+            8.0,
+            pmc_peft::TargetModules::Names(vec![
+                "q_proj".into(),
+                "v_proj".into(),
+                "down_proj".into(),
+            ]),
+        );
+        let adapter = pmc_peft::Adapter::init(&mut model, config.clone(), 9, &device).unwrap();
+        let model = pmc_peft::prepare_for_training(model, &adapter).unwrap();
+        let mut trainer = Trainer::new(model, loaded.config, train_config(2, 4), &device).unwrap();
+        trainer.lora = Some(pmc_train::trainer::LoraRun {
+            config,
+            base: base_dir.clone(),
+        });
+        trainer
+    };
+    let before = make();
+    let base_before: Vec<Vec<f32>> = weights(&before)
+        .into_iter()
+        .take(before.model.named_weights().len())
+        .collect();
+    assert_resume_bit_exact(&data(16), make, 3, 6);
+
+    let mut t = before;
+    for _ in 0..4 {
+        t.step(&data(16)).unwrap();
+    }
+    let after = weights(&t);
+    let n_base = base_before.len();
+    assert_eq!(
+        &after[..n_base],
+        &base_before[..],
+        "a frozen base weight changed"
+    );
+    assert!(
+        after[n_base..].iter().any(|w| w.iter().any(|&v| v != 0.0)),
+        "the adapter did not train"
+    );
+    // The checkpoint is a PEFT adapter directory, not a model.
+    let dir = tempfile::tempdir().unwrap();
+    t.save_checkpoint(&dir.path().join("ckpt")).unwrap();
+    assert!(dir.path().join("ckpt/adapter_model.safetensors").exists());
+    assert!(!dir.path().join("ckpt/model.safetensors").exists());
+}
+
+/// Instruction data: the loss mask covers exactly the response and its EOS, never the prompt
+/// or the padding; the masked loss equals the mean over those positions computed by hand.
+#[test]
+fn instruction_batches_mask_prompt_and_padding() {
+    use pmc_train::{Example, SftData, Template};
+    let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../pmc-model/tests/fixtures/gqa_tied");
+    let device = Device::flex();
+    let loaded = pmc_model::load_model(&base_dir, &Default::default(), &device).unwrap();
+    let tokenizer = loaded.tokenizer.unwrap();
+    let examples = vec![
+        Example {
+            instruction: "Answer yes or no.".into(),
+            input: "Is aspirin an NSAID?".into(),
+            output: "yes".into(),
+        },
+        Example {
+            instruction: "Name the organ.".into(),
+            input: String::new(),
+            output: "the liver, which filters blood".into(),
+        },
+    ];
+    let data = SftData::new(&tokenizer, &examples, Template::PmcLlama, 512, 0).unwrap();
+    let (batch, _) = data
+        .batch(&pmc_train::Cursor::default(), 2, &device)
+        .unwrap();
+    let mask = batch
+        .target_mask
+        .clone()
+        .unwrap()
+        .to_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let ids = batch
+        .tokens
+        .to_data()
+        .convert::<i64>()
+        .try_to_vec::<i64>()
+        .unwrap();
+    let len = batch.tokens.dims()[1];
+    let eos = tokenizer.eos_ids[0] as i64;
+    for row in 0..2 {
+        let m = &mask[row * len..(row + 1) * len];
+        let r = &ids[row * len..(row + 1) * len];
+        let first = m.iter().position(|&v| v == 1.0).unwrap();
+        let last = m.iter().rposition(|&v| v == 1.0).unwrap();
+        assert!(
+            m[first..=last].iter().all(|&v| v == 1.0),
+            "the response is one contiguous span"
+        );
+        assert_eq!(r[last], eos, "the last target is EOS");
+        let prompt = tokenizer
+            .decode(&r[..first].iter().map(|&t| t as u32).collect::<Vec<_>>())
+            .unwrap();
+        assert!(prompt.contains("### Response:"), "{prompt:?}");
+        let response = tokenizer
+            .decode(&r[first..last].iter().map(|&t| t as u32).collect::<Vec<_>>())
+            .unwrap();
+        assert!(
+            ["yes", "the liver, which filters blood"].contains(&response.trim()),
+            "{response:?}"
+        );
+    }
+    // The masked loss is the mean of -log p over the target positions only.
+    let model = loaded.model;
+    let loss =
+        pmc_model::masked_causal_lm_loss(&model, batch.tokens.clone(), batch.target_mask.unwrap())
+            .into_scalar::<f32>() as f64;
+    let mut sum = 0.0;
+    let mut count = 0;
+    for row in 0..2 {
+        let r: Vec<u32> = ids[row * len..(row + 1) * len]
+            .iter()
+            .map(|&t| t as u32)
+            .collect();
+        for j in 1..len {
+            if mask[row * len + j] == 1.0 {
+                sum -= pmc_model::score_continuations(&model, &r[..j], &[vec![r[j]]], &device)
+                    .unwrap()[0]
+                    .loglik;
+                count += 1;
+            }
+        }
+    }
+    let manual = sum / count as f64;
+    assert!(
+        (loss - manual).abs() < 1e-4,
+        "masked loss {loss} vs {manual}"
     );
 }
