@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod corpus;
 mod eval;
+mod finetune;
 mod pretrain;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +31,8 @@ enum Command {
     /// prepare-corpus MB/s against a Python reference pipeline, tokenization against raw
     /// encode_batch, and peak RSS with the input replicated.
     BenchCorpus(corpus::BenchCorpusArgs),
+    /// Full or LoRA fine-tuning on instruction data (a JSONL file or a task's training pool).
+    Finetune(finetune::FinetuneArgs),
     /// Fold a LoRA adapter (HF PEFT format) into its base model and save an HF checkpoint.
     Merge(commands::MergeArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
@@ -69,6 +72,7 @@ fn main() {
         Command::Pretrain(args) => pretrain::pretrain(args),
         Command::PrepareCorpus(args) => corpus::prepare_corpus(args),
         Command::BenchCorpus(args) => corpus::bench_corpus(args),
+        Command::Finetune(args) => finetune::finetune(args),
         Command::Merge(args) => commands::merge(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),

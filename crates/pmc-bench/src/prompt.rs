@@ -87,14 +87,14 @@ pub fn with_shots(task: Task, q: &Question, shots: &[Question]) -> String {
     s
 }
 
-/// PMC-LLaMA's Alpaca-style prompt.
-pub const PMC_LLAMA_TEMPLATE: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:";
+/// PMC-LLaMA's Alpaca-style prompt (shared with instruction tuning in `pmc-train`).
+pub use pmc_train::sft::PMC_LLAMA_TEMPLATE;
 /// PMC-LLaMA's instruction for multiple-choice questions.
 pub const PMC_LLAMA_INSTRUCTION: &str = "You're a doctor, kindly address the medical queries according to the patient's account. Answer with the best option directly.";
 
-/// The PMC-LLaMA prompt of a question: `###Question: … ###Options: A. … B. …`. PubMedQA's
+/// The PMC-LLaMA input of a question: `###Question: … ###Options: A. … B. …`. PubMedQA's
 /// abstract goes before the question, its options are yes/no/maybe as A/B/C.
-pub fn pmc_llama_prompt(task: Task, q: &Question) -> String {
+pub fn pmc_llama_input(task: Task, q: &Question) -> String {
     let mut input = String::new();
     if task == Task::PubMedQa {
         input.push_str(&format!("###Context: {} ", q.contexts.join(" ")));
@@ -103,9 +103,22 @@ pub fn pmc_llama_prompt(task: Task, q: &Question) -> String {
     for (i, o) in q.options.iter().enumerate() {
         input.push_str(&format!(" {}. {o}", letter(i)));
     }
-    PMC_LLAMA_TEMPLATE
-        .replace("{instruction}", PMC_LLAMA_INSTRUCTION)
-        .replace("{input}", &input)
+    input
+}
+
+/// The PMC-LLaMA prompt of a question (its template, instruction and input).
+pub fn pmc_llama_prompt(task: Task, q: &Question) -> String {
+    pmc_train::Template::PmcLlama.prompt(&instruction_example(task, q))
+}
+
+/// A question as an instruction-tuning example in PMC-LLaMA's format: the prompt of
+/// [`pmc_llama_prompt`] and the answer `OPTION X IS CORRECT.`, the form its regex reads.
+pub fn instruction_example(task: Task, q: &Question) -> pmc_train::Example {
+    pmc_train::Example {
+        instruction: PMC_LLAMA_INSTRUCTION.to_string(),
+        input: pmc_llama_input(task, q),
+        output: format!("OPTION {} IS CORRECT.", letter(q.gold)),
+    }
 }
 
 /// The option a generated answer names, or `None` when it names none unambiguously.

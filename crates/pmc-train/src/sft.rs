@@ -159,6 +159,11 @@ impl SftData {
         })
     }
 
+    /// Token ids of example `i` (prompt, response, EOS).
+    pub fn example_ids(&self, i: usize) -> &[u32] {
+        &self.examples[i].0
+    }
+
     /// Tokens of the longest example.
     pub fn longest(&self) -> usize {
         self.examples

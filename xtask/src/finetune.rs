@@ -1,0 +1,323 @@
+//! `finetune`: full or LoRA fine-tuning on instruction data (a JSONL file, or a benchmark
+//! task's training pool in PMC-LLaMA's format), with the trainer's loop, checkpoints and resume.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use pmc_bench::data::{self, Split, Task};
+use pmc_model::burn::prelude::*;
+use pmc_train::run::{self, RunOptions};
+use pmc_train::{CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig, Trainer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Low-rank adapters on the chosen projections; the base stays frozen.
+    Lora,
+    /// Every weight trained.
+    Full,
+}
+
+#[derive(Args, Debug)]
+pub struct FinetuneArgs {
+    /// lora or full.
+    #[arg(long, value_enum, default_value = "lora")]
+    pub method: Method,
+    /// The base model: an HF directory or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Instruction data: JSONL of {"instruction", "input", "output"} or {"prompt", "response"}.
+    #[arg(long, conflicts_with = "task")]
+    pub data: Option<PathBuf>,
+    /// Build the instruction data from a task's training pool instead (PubMedQA: the 500
+    /// labelled questions outside the official test set; MedQA/MedMCQA: their train files).
+    #[arg(long)]
+    pub task: Option<Task>,
+    /// Where the task's files are (laid out like ../shared/data).
+    #[arg(long, default_value = "../shared/data")]
+    pub data_dir: PathBuf,
+    /// Train on a seeded fraction of the examples (the paper's data-efficient setting).
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    /// Prompt template: pmc-llama (Alpaca-style) or plain.
+    #[arg(long, default_value = "pmc-llama")]
+    pub template: String,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    pub r: usize,
+    /// LoRA alpha (scale = alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Projections to adapt (comma-separated), or all-linear.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub targets: Vec<String>,
+    /// rsLoRA scaling (alpha / √r).
+    #[arg(long)]
+    pub rslora: bool,
+    /// Peak learning rate (default: 2e-4 for LoRA, 2e-5 for full).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Optimizer steps (default: one epoch over the examples).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 8)]
+    pub global_batch: usize,
+    /// Longest example in tokens (longer prompts lose their beginning).
+    #[arg(long, default_value_t = 512)]
+    pub max_len: usize,
+    #[arg(long, default_value_t = 0.03)]
+    pub warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Run directory: metrics.jsonl, checkpoints/, and the result (adapter/ or model/).
+    #[arg(long, default_value = "runs/finetune")]
+    pub out: PathBuf,
+    /// Continue from a checkpoint directory of this run.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    #[arg(long, default_value_t = 50)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value_t = 2)]
+    pub keep: usize,
+}
+
+fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
+    let mut examples = match (&args.data, args.task) {
+        (Some(path), None) => pmc_train::sft::read_examples(path)?,
+        (None, Some(task)) => {
+            let questions = data::load(task, Split::Train, &args.data_dir).with_context(|| {
+                format!(
+                    "{}'s training pool under {}",
+                    task.name(),
+                    args.data_dir.display()
+                )
+            })?;
+            questions
+                .iter()
+                .map(|q| pmc_bench::prompt::instruction_example(task, q))
+                .collect()
+        }
+        _ => bail!("give --data FILE.jsonl or --task pubmedqa|medqa|medmcqa"),
+    };
+    if !(args.fraction > 0.0 && args.fraction <= 1.0) {
+        bail!("--fraction must be in (0, 1], got {}", args.fraction);
+    }
+    if args.fraction < 1.0 {
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        let keep = ((examples.len() as f64 * args.fraction).round() as usize).max(1);
+        examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
+        examples.truncate(keep);
+    }
+    Ok(examples)
+}
+
+pub fn finetune(args: FinetuneArgs) -> Result<()> {
+    let device = pmc_model::default_device().autodiff();
+    let Some(template) = Template::parse(&args.template) else {
+        bail!(
+            "unknown --template {:?} (pmc-llama or plain)",
+            args.template
+        );
+    };
+    let mut examples = examples(&args)?;
+    // A few examples held out for the loss before and after (never trained on).
+    let held_out_examples = examples
+        .split_off(examples.len() - (examples.len() / 20).clamp(1, 16).min(examples.len() - 1));
+    if examples.is_empty() {
+        bail!("need at least two examples (one is held out)");
+    }
+
+    let (mut trainer, tokenizer) = match &args.resume {
+        Some(ckpt) => {
+            let trainer = Trainer::resume(ckpt, &device)?;
+            let tokenizer_dir = match &trainer.lora {
+                Some(lora) => lora.base.clone(),
+                None => ckpt.clone(),
+            };
+            let tokenizer = pmc_model::load_model(
+                &tokenizer_dir,
+                &Default::default(),
+                &pmc_model::default_device(),
+            )?
+            .tokenizer
+            .context("no tokenizer")?;
+            eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
+            (trainer, tokenizer)
+        }
+        None => {
+            let loaded = pmc_model::load_model(&args.model, &Default::default(), &device)?;
+            let tokenizer = loaded
+                .tokenizer
+                .with_context(|| format!("{} has no tokenizer", args.model.display()))?;
+            let steps = args
+                .steps
+                .unwrap_or_else(|| examples.len().div_ceil(args.global_batch));
+            let lr = args.lr.unwrap_or(match args.method {
+                Method::Lora => 2e-4,
+                Method::Full => 2e-5,
+            });
+            let config = TrainConfig {
+                schedule: CosineSchedule {
+                    peak_lr: lr,
+                    warmup_steps: (steps as f64 * args.warmup_ratio).round() as usize,
+                    total_steps: steps,
+                    min_lr_ratio: 0.0,
+                },
+                weight_decay: args.weight_decay,
+                max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+                micro_batch: args.micro_batch,
+                global_batch: args.global_batch,
+                seed: args.seed,
+                ..run::default_train_config(args.max_len)
+            };
+            let mut model = loaded.model;
+            let lora = match args.method {
+                Method::Full => None,
+                Method::Lora => {
+                    let targets = if args.targets == ["all-linear"] {
+                        pmc_peft::TargetModules::AllLinear
+                    } else {
+                        pmc_peft::TargetModules::Names(args.targets.clone())
+                    };
+                    let mut adapter_config =
+                        pmc_peft::AdapterConfig::new(args.r, args.alpha, targets);
+                    adapter_config.use_rslora = args.rslora;
+                    adapter_config.base_model_name_or_path = Some(args.model.display().to_string());
+                    let adapter = pmc_peft::Adapter::init(
+                        &mut model,
+                        adapter_config.clone(),
+                        args.seed,
+                        &device,
+                    )?;
+                    model = pmc_peft::prepare_for_training(model, &adapter)?;
+                    Some(LoraRun {
+                        config: adapter_config,
+                        base: std::fs::canonicalize(&args.model)?,
+                    })
+                }
+            };
+            let mut trainer = Trainer::new(model, loaded.config, config, &device)?;
+            trainer.lora = lora;
+            (trainer, tokenizer)
+        }
+    };
+    let total = pmc_model::LlamaConfig::num_parameters(&trainer.model_config);
+    let trainable = pmc_peft::trainable_parameters(&trainer.model);
+    eprintln!(
+        "{:?} fine-tuning: {trainable} trainable parameters of {total} ({:.3} %)",
+        args.method,
+        100.0 * trainable as f64 / total as f64
+    );
+    let data = SftData::new(
+        &tokenizer,
+        &examples,
+        template,
+        args.max_len,
+        trainer.config.seed,
+    )?;
+    if data.truncated > 0 {
+        eprintln!(
+            "note: {} of {} prompts were cut to fit --max-len {}",
+            data.truncated,
+            examples.len(),
+            args.max_len
+        );
+    }
+    let held = SftData::new(&tokenizer, &held_out_examples, template, args.max_len, 0)?;
+    let held_out: Vec<Vec<u32>> = (0..held_out_examples.len())
+        .map(|i| held.example_ids(i).to_vec())
+        .collect();
+    eprintln!(
+        "data: {} examples (longest {} tokens), {} held out; global batch {}",
+        examples.len(),
+        data.longest(),
+        held_out.len(),
+        trainer.config.global_batch
+    );
+    let run_dir = match &args.resume {
+        Some(ckpt) => ckpt
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or(args.out.clone()),
+        None => args.out.clone(),
+    };
+    run::save_run_config(
+        &run_dir,
+        &serde_json::json!({"train": trainer.config, "method": format!("{:?}", args.method), "base": args.model,
+            "data": args.data, "task": args.task.map(|t| t.name()), "fraction": args.fraction, "template": args.template,
+            "lora": trainer.lora.as_ref().map(|l| l.config.to_json())}),
+    )?;
+    let options = RunOptions {
+        steps: trainer.config.schedule.total_steps,
+        log_every: args.log_every,
+        eval_every: 0,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep,
+        max_eval_windows: 16,
+    };
+    ctrlc::set_handler(|| {
+        if run::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
+    })
+    .context("installing the Ctrl-C handler")?;
+    let is_lora = trainer.lora.is_some();
+    let summary = run::run_with(&mut trainer, &data, &held_out, &options, &run_dir, |dir| {
+        if !is_lora {
+            tokenizer.save(dir).map_err(pmc_train::TrainError::Model)?;
+        }
+        Ok(())
+    })?;
+    // The result beside the checkpoints: the adapter (PEFT format) or the whole model.
+    let result = match &trainer.lora {
+        Some(lora) => {
+            let dir = run_dir.join("adapter");
+            pmc_peft::Adapter::from_model(&trainer.model, lora.config.clone()).save(&dir)?;
+            dir
+        }
+        None => {
+            let dir = run_dir.join("model");
+            pmc_model::save_hf(
+                &trainer.model.valid(),
+                &trainer.model_config,
+                &dir,
+                Default::default(),
+            )?;
+            tokenizer.save(&dir)?;
+            dir
+        }
+    };
+    println!("\n| | held-out loss (prompt + response) |\n|---|---|");
+    println!(
+        "| before | {:.4} |\n| after | {:.4} |",
+        summary.ppl_before.ln(),
+        summary.ppl_after.ln()
+    );
+    println!(
+        "\n{} steps, {} tokens in {:.0} s ({:.0} tokens/s); {} written",
+        summary.steps,
+        summary.tokens,
+        summary.seconds,
+        summary.tokens as f64 / summary.seconds,
+        result.display()
+    );
+    if let Some(rss) = crate::bench::peak_rss() {
+        println!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
