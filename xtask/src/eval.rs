@@ -316,3 +316,73 @@ fn data_hash(task: Task, data_file: &std::path::Path) -> Result<String> {
     }
     Ok(main)
 }
+
+#[derive(Args, Debug)]
+pub struct ContaminationArgs {
+    /// A corpus prepared by `prepare-corpus` (its text shards are read).
+    #[arg(long)]
+    pub corpus: PathBuf,
+    /// pubmedqa, medqa or medmcqa.
+    #[arg(long)]
+    pub task: Task,
+    /// A directory laid out like ../shared/data, or the task's file itself.
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Write the contaminated items (id, split, corpus documents) as JSONL here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `contamination`: the share of a benchmark's items whose text shares a word 13-gram with
+/// the pretraining corpus, for the evaluation split and the training pool.
+pub fn contamination(args: ContaminationArgs) -> Result<()> {
+    use pmc_bench::contamination::{ContaminationIndex, NGRAM};
+    let manifest = pmc_corpus::read_manifest(&args.corpus)?;
+    let mut splits = Vec::new();
+    for split in [Split::Eval, Split::Train] {
+        match data::load(args.task, split, &args.data) {
+            Ok(questions) => splits.push((split, ContaminationIndex::new(args.task, &questions))),
+            Err(e) if split == Split::Train => eprintln!("note: no training pool ({e})"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // question index per split → the corpus documents that contain one of its n-grams
+    let mut found: Vec<std::collections::BTreeMap<u32, Vec<String>>> =
+        vec![Default::default(); splits.len()];
+    let mut documents = 0usize;
+    for shard in &manifest.text_shards {
+        for (doc_id, text) in pmc_corpus::shards::read_text_shard(&args.corpus.join(&shard.file))? {
+            documents += 1;
+            for (k, (_, index)) in splits.iter().enumerate() {
+                for hit in index.hits(&text) {
+                    found[k].entry(hit).or_default().push(doc_id.clone());
+                }
+            }
+        }
+    }
+    println!(
+        "{} against {} ({documents} documents), word {NGRAM}-grams\n",
+        args.task.name(),
+        args.corpus.display()
+    );
+    println!("| split | items | contaminated | share |");
+    println!("|---|---:|---:|---:|");
+    let mut lines = Vec::new();
+    for ((split, index), hits) in splits.iter().zip(&found) {
+        println!(
+            "| {split:?} | {} | {} | {:.2} % |",
+            index.len(),
+            hits.len(),
+            100.0 * hits.len() as f64 / index.len().max(1) as f64
+        );
+        for (item, docs) in hits {
+            lines.push(serde_json::json!({"id": index.id(*item), "split": format!("{split:?}"), "documents": docs}).to_string());
+        }
+    }
+    if let Some(out) = &args.out {
+        std::fs::write(out, lines.join("\n") + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}

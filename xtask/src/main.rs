@@ -33,6 +33,10 @@ enum Command {
     BenchCorpus(corpus::BenchCorpusArgs),
     /// Full or LoRA fine-tuning on instruction data (a JSONL file or a task's training pool).
     Finetune(finetune::FinetuneArgs),
+    /// LoRA against full fine-tuning: trainable parameters, tokens/s and peak RSS.
+    BenchFinetune(finetune::BenchFinetuneArgs),
+    /// Share of a benchmark's items sharing a word 13-gram with a prepared corpus.
+    Contamination(eval::ContaminationArgs),
     /// Fold a LoRA adapter (HF PEFT format) into its base model and save an HF checkpoint.
     Merge(commands::MergeArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
@@ -73,6 +77,8 @@ fn main() {
         Command::PrepareCorpus(args) => corpus::prepare_corpus(args),
         Command::BenchCorpus(args) => corpus::bench_corpus(args),
         Command::Finetune(args) => finetune::finetune(args),
+        Command::BenchFinetune(args) => finetune::bench_finetune(args),
+        Command::Contamination(args) => eval::contamination(args),
         Command::Merge(args) => commands::merge(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),

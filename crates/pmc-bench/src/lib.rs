@@ -4,6 +4,7 @@
 //! scored by log-likelihood with lm-evaluation-harness's templates or by generation with
 //! PMC-LLaMA's prompt, reported with confidence intervals and paired tests.
 
+pub mod contamination;
 pub mod data;
 pub mod metrics;
 pub mod prompt;

@@ -339,7 +339,8 @@ fn parse_s2orc_2023(record: &Value, source: &str) -> Result<Paper, JsonRecordErr
     let cites_within = |(s, e): (usize, usize)| -> Vec<(usize, usize)> {
         bibrefs
             .iter()
-            .filter(|&&(bs, be)| bs >= s && be <= e)
+            // A reversed span (end before start) is malformed: ignored, never subtracted.
+            .filter(|&&(bs, be)| bs >= s && be <= e && bs <= be)
             .map(|&(bs, be)| (bs - s, be - s))
             .collect()
     };
@@ -407,6 +408,15 @@ mod tests {
             panic!("{:?}", paper.body)
         };
         assert_eq!(p.0[1], Span::Citation("[1]".into()));
+    }
+
+    #[test]
+    fn reversed_annotation_spans_are_ignored() {
+        // Found by the fuzzer: a bibref ending before it starts.
+        let record = serde_json::json!({"content": {"text": "abcdefghij",
+            "annotations": {"paragraph": "[{\"start\":2,\"end\":9}]", "bibref": "[{\"start\":5,\"end\":1}]"}}});
+        let paper = parse_json_record(record.to_string().as_bytes(), "f").unwrap();
+        assert_eq!(paper.body.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! Benchmark contamination: which questions share a word 13-gram with a pretraining corpus.
+//!
+//! The benchmark's n-grams are few (a split is at most a few MB of text), the corpus's many,
+//! so the benchmark side is indexed and the corpus streamed past it, document by document.
+//! Words are lower-cased alphanumeric runs, as in GPT-3's and the Llama papers' checks.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::data::{Question, Task};
+
+/// The n-gram length of the check (13, as GPT-3's contamination analysis).
+pub const NGRAM: usize = 13;
+
+fn words(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            // FNV-1a of the lower-cased word.
+            w.chars()
+                .flat_map(char::to_lowercase)
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
+                    let mut buf = [0u8; 4];
+                    c.encode_utf8(&mut buf)
+                        .bytes()
+                        .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+                })
+        })
+        .collect()
+}
+
+fn word_ngrams(words: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    words.windows(NGRAM).map(|w| {
+        w.iter().fold(0u64, |acc, &x| {
+            (acc.rotate_left(7) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        })
+    })
+}
+
+/// The text of a question that is checked: the question, PubMedQA's abstract, the options.
+pub fn item_text(task: Task, q: &Question) -> String {
+    let mut parts = vec![q.question.clone()];
+    if task == Task::PubMedQa {
+        parts.extend(q.contexts.iter().cloned());
+    }
+    parts.extend(
+        q.options
+            .iter()
+            .filter(|o| o.split_whitespace().count() > 2)
+            .cloned(),
+    );
+    parts.join("\n")
+}
+
+/// Index of the benchmark's n-grams → the questions that contain them.
+pub struct ContaminationIndex {
+    ngrams: HashMap<u64, Vec<u32>>,
+    ids: Vec<String>,
+    /// Questions too short to hold one n-gram (never counted as contaminated).
+    pub too_short: usize,
+}
+
+impl ContaminationIndex {
+    pub fn new(task: Task, questions: &[Question]) -> Self {
+        let mut ngrams: HashMap<u64, Vec<u32>> = HashMap::new();
+        let mut too_short = 0;
+        for (i, q) in questions.iter().enumerate() {
+            let w = words(&item_text(task, q));
+            if w.len() < NGRAM {
+                too_short += 1;
+            }
+            let unique: HashSet<u64> = word_ngrams(&w).collect();
+            for g in unique {
+                ngrams.entry(g).or_default().push(i as u32);
+            }
+        }
+        ContaminationIndex {
+            ngrams,
+            ids: questions.iter().map(|q| q.id.clone()).collect(),
+            too_short,
+        }
+    }
+
+    /// Questions (indices) sharing at least one n-gram with `document`.
+    pub fn hits(&self, document: &str) -> HashSet<u32> {
+        let w = words(document);
+        let mut out = HashSet::new();
+        for g in word_ngrams(&w) {
+            if let Some(items) = self.ngrams.get(&g) {
+                out.extend(items.iter().copied());
+            }
+        }
+        out
+    }
+
+    pub fn id(&self, index: u32) -> &str {
+        &self.ids[index as usize]
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn question(id: &str, text: &str) -> Question {
+        Question {
+            id: id.into(),
+            question: text.into(),
+            contexts: vec![],
+            options: vec!["A".into(), "B".into()],
+            gold: 0,
+            subject: None,
+            long_answer: None,
+        }
+    }
+
+    #[test]
+    fn shared_13_grams_are_found_regardless_of_case_and_punctuation() {
+        let text = "Does metformin reduce the incidence of colorectal cancer in patients with type two diabetes mellitus over ten years";
+        let qs = [
+            question("q1", text),
+            question(
+                "q2",
+                "An entirely different question about something else that is long enough to count here",
+            ),
+        ];
+        let index = ContaminationIndex::new(Task::MedQa, &qs);
+        let corpus = "Background: DOES metformin reduce the incidence of colorectal-cancer in patients with type two diabetes? We studied...";
+        assert_eq!(index.hits(corpus), HashSet::from([0]));
+        // Twelve shared words are not enough.
+        assert!(
+            index
+                .hits(
+                    "metformin reduce the incidence of colorectal cancer in patients with type two"
+                )
+                .is_empty()
+        );
+    }
+}
