@@ -126,6 +126,9 @@ pub struct PretrainArgs {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 2)]
     pub keep: usize,
+    /// Held-out sequences in each perplexity evaluation.
+    #[arg(long, default_value_t = 64)]
+    pub eval_sequences: usize,
 }
 
 fn bundled(path: &Path) -> bool {
@@ -364,7 +367,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
             }
             Source::Shards { dir, manifest } => {
                 let train = CorpusShards::open(dir, trainer.config.seed)?;
-                let mut held_out = CorpusShards::held_out(dir, 64)?;
+                let mut held_out = CorpusShards::held_out(dir, args.eval_sequences)?;
                 if held_out.is_empty() && !args.valid.is_empty() {
                     let valid_docs = run::read_documents(&args.valid)?;
                     held_out =
@@ -443,7 +446,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
         keep_checkpoints: args.keep,
-        max_eval_windows: 64,
+        max_eval_windows: args.eval_sequences,
     };
     // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
     ctrlc::set_handler(|| {
