@@ -126,6 +126,10 @@ pub struct PretrainArgs {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 2)]
     pub keep: usize,
+    /// With a prepared corpus: packed (every sequence once per epoch) or paper-windows
+    /// (PMC-LLaMA's one random window per paper per epoch).
+    #[arg(long, default_value = "packed")]
+    pub sampling: String,
     /// Held-out sequences in each perplexity evaluation.
     #[arg(long, default_value_t = 64)]
     pub eval_sequences: usize,
@@ -366,7 +370,12 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 (Box::new(train), valid.windows().to_vec(), fingerprint)
             }
             Source::Shards { dir, manifest } => {
-                let train = CorpusShards::open(dir, trainer.config.seed)?;
+                let sampling = match args.sampling.as_str() {
+                    "packed" => pmc_train::Sampling::Packed,
+                    "paper-windows" => pmc_train::Sampling::PaperWindows,
+                    other => bail!("--sampling must be packed or paper-windows, got {other:?}"),
+                };
+                let train = CorpusShards::open_with(dir, trainer.config.seed, sampling)?;
                 let mut held_out = CorpusShards::held_out(dir, args.eval_sequences)?;
                 if held_out.is_empty() && !args.valid.is_empty() {
                     let valid_docs = run::read_documents(&args.valid)?;
@@ -387,7 +396,8 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     .map(|s| format!("{}:{}", s.file, s.rows))
                     .collect();
                 let fingerprint = format!(
-                    "shards-{}-{}-{}",
+                    "shards-{}-{}-{}-{}",
+                    args.sampling,
                     manifest.tokenizer_sha256,
                     manifest.sequences,
                     shards.join(",")

@@ -22,7 +22,10 @@ use crate::input::{Format, InputEvent, Record, list_files, spawn_reader};
 use crate::jats::{JatsError, parse_jats};
 use crate::paper::Paper;
 use crate::s2orc::parse_json_record;
-use crate::shards::{ShardEntry, TextRow, TextShardWriter, TokenShardWriter, read_text_shard};
+use crate::shards::{
+    DocumentIndexWriter, DocumentSpan, ShardEntry, TextRow, TextShardWriter, TokenShardWriter,
+    read_text_shard,
+};
 use crate::tokens::{Packer, encode, eos_id, load_tokenizer, train_byte_level_bpe};
 
 /// Where the tokenizer comes from.
@@ -118,6 +121,12 @@ pub struct Manifest {
     pub token_shards: Vec<ShardEntry>,
     pub valid_shards: Vec<ShardEntry>,
     pub text_shards: Vec<ShardEntry>,
+    /// Each training document's span in the packed stream (`tokens-documents.parquet`).
+    #[serde(default)]
+    pub token_documents: Option<String>,
+    /// The same for the validation split.
+    #[serde(default)]
+    pub valid_documents: Option<String>,
     pub elapsed_s: f64,
 }
 
@@ -231,36 +240,53 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CorpusError> {
 /// Token packers and shard writers for the training split and, when asked, a held-out
 /// validation split (documents chosen by a hash of their id, so the choice is stable).
 struct Splits {
-    train: (Packer, TokenShardWriter),
-    valid: Option<(Packer, TokenShardWriter, f64)>,
+    train: Split,
+    valid: Option<(Split, f64)>,
+}
+
+/// One split's packer, token shards and document index.
+struct Split {
+    packer: Packer,
+    writer: TokenShardWriter,
+    documents: DocumentIndexWriter,
+}
+
+impl Split {
+    fn new(config: &PrepareConfig, prefix: &'static str, eos: u32) -> Self {
+        Split {
+            packer: Packer::new(config.seq_len, eos),
+            writer: TokenShardWriter::new(&config.out, prefix, config.shard_sequences),
+            documents: DocumentIndexWriter::new(&config.out, prefix),
+        }
+    }
 }
 
 impl Splits {
     fn new(config: &PrepareConfig, eos: u32) -> Self {
-        let split = |prefix| {
-            (
-                Packer::new(config.seq_len, eos),
-                TokenShardWriter::new(&config.out, prefix, config.shard_sequences),
-            )
-        };
         let valid = (config.valid_fraction > 0.0).then(|| {
-            let (p, w) = split("valid-tokens");
-            (p, w, config.valid_fraction)
+            (
+                Split::new(config, "valid-tokens", eos),
+                config.valid_fraction,
+            )
         });
         Splits {
-            train: split("tokens"),
+            train: Split::new(config, "tokens", eos),
             valid,
         }
     }
 
     fn push(&mut self, doc_id: &str, ids: &[u32], sequences: &mut u64) -> Result<(), CorpusError> {
-        let (packer, writer) = match &mut self.valid {
-            Some((packer, writer, fraction)) if is_validation(doc_id, *fraction) => {
-                (packer, writer)
-            }
-            _ => (&mut self.train.0, &mut self.train.1),
+        let split = match &mut self.valid {
+            Some((split, fraction)) if is_validation(doc_id, *fraction) => split,
+            _ => &mut self.train,
         };
-        packer.push(doc_id, ids, |s| {
+        let span = DocumentSpan {
+            start: split.packer.tokens,
+            tokens: ids.len() as u32 + 1,
+        };
+        split.documents.push(doc_id, span)?;
+        let writer = &mut split.writer;
+        split.packer.push(doc_id, ids, |s| {
             *sequences += 1;
             writer.push(s)
         })
@@ -464,17 +490,18 @@ pub fn prepare(
             splits
         }
     };
-    let (train_packer, train_writer) = splits.train;
-    let mut tokens = train_packer.tokens;
-    let mut tail_tokens = train_packer.tail_tokens() as u64;
-    let token_shards = train_writer.finish()?;
-    let valid_shards = match splits.valid {
-        Some((packer, writer, _)) => {
-            tokens += packer.tokens;
-            tail_tokens += packer.tail_tokens() as u64;
-            writer.finish()?
+    let train = splits.train;
+    let mut tokens = train.packer.tokens;
+    let mut tail_tokens = train.packer.tail_tokens() as u64;
+    let token_shards = train.writer.finish()?;
+    let token_documents = train.documents.finish()?;
+    let (valid_shards, valid_documents) = match splits.valid {
+        Some((valid, _)) => {
+            tokens += valid.packer.tokens;
+            tail_tokens += valid.packer.tail_tokens() as u64;
+            (valid.writer.finish()?, valid.documents.finish()?)
         }
-        None => Vec::new(),
+        None => (Vec::new(), None),
     };
     let manifest = Manifest {
         format_version: 1,
@@ -495,6 +522,8 @@ pub fn prepare(
         token_shards,
         valid_shards,
         text_shards,
+        token_documents,
+        valid_documents,
         elapsed_s: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_string_pretty(&manifest).expect("manifest serialises");

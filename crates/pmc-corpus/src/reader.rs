@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::CorpusError;
 use crate::pipeline::{Manifest, read_manifest};
-use crate::shards::{Sequence, ShardEntry, read_token_row_groups, row_group_sizes};
+use crate::shards::{
+    DocumentSpan, Sequence, ShardEntry, read_document_index, read_token_row_groups, row_group_sizes,
+};
 
 /// Which split of a prepared corpus to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +44,8 @@ pub struct TokenCorpus {
 }
 
 struct CorpusIndex {
+    /// The split's document index file, when the corpus has one.
+    documents: Option<PathBuf>,
     manifest: Manifest,
     shards: Vec<PathBuf>,
     groups: Vec<RowGroup>,
@@ -110,7 +114,13 @@ impl TokenCorpus {
             shards.push(path);
         }
         let sequences = groups.iter().map(|g| g.rows as u64).sum();
+        let documents = match split {
+            Split::Train => manifest.token_documents.as_ref(),
+            Split::Valid => manifest.valid_documents.as_ref(),
+        }
+        .map(|f| dir.join(f));
         let index = CorpusIndex {
+            documents,
             manifest,
             shards,
             groups,
@@ -296,5 +306,145 @@ impl SequenceStream {
             sequences,
             order,
         })
+    }
+}
+
+impl TokenCorpus {
+    /// PMC-LLaMA's sampling: every epoch, one random window of `seq_len` tokens from each
+    /// paper (documents in a seeded order, the window's start drawn per paper and epoch),
+    /// partitioned over ranks and resumable like [`TokenCorpus::stream`]. A paper shorter than
+    /// the window starts it and the following papers fill it, as in packing.
+    pub fn paper_windows(
+        &self,
+        options: StreamOptions,
+        cursor: Cursor,
+    ) -> Result<PaperWindows, CorpusError> {
+        if options.world == 0 || options.rank >= options.world {
+            return Err(CorpusError::Config(format!(
+                "rank {} is not below world size {}",
+                options.rank, options.world
+            )));
+        }
+        let path = self.inner.documents.clone().ok_or_else(|| {
+            CorpusError::Config("this corpus has no document index (prepared by an older version); prepare it again".into())
+        })?;
+        let documents = read_document_index(&path)?;
+        let seq_len = self.inner.manifest.seq_len as u64;
+        let packed = self.inner.sequences * seq_len;
+        // Documents wholly in the unpacked tail have no window.
+        let documents: Vec<DocumentSpan> = documents
+            .into_iter()
+            .filter(|d| d.start < packed.saturating_sub(seq_len - 1))
+            .collect();
+        if documents.is_empty() {
+            return Err(CorpusError::Config("no document has a full window".into()));
+        }
+        let mut group_starts = Vec::with_capacity(self.inner.groups.len() + 1);
+        let mut total = 0u64;
+        for g in &self.inner.groups {
+            group_starts.push(total);
+            total += g.rows as u64;
+        }
+        group_starts.push(total);
+        Ok(PaperWindows {
+            corpus: self.inner.clone(),
+            documents,
+            options,
+            cursor,
+            order: None,
+            cache: Vec::new(),
+            group_starts,
+        })
+    }
+
+    /// Documents with a window per epoch for one rank (see [`TokenCorpus::paper_windows`]).
+    pub fn papers_for_rank(windows: &PaperWindows, rank: usize, world: usize) -> u64 {
+        let n = windows.documents.len() as u64;
+        n / world as u64 + u64::from((rank as u64) < n % world as u64)
+    }
+}
+
+/// The stream of [`TokenCorpus::paper_windows`].
+pub struct PaperWindows {
+    corpus: Arc<CorpusIndex>,
+    documents: Vec<DocumentSpan>,
+    options: StreamOptions,
+    cursor: Cursor,
+    order: Option<(u64, Vec<u32>)>,
+    /// The last row groups read: (group index in file order, its sequences).
+    cache: Vec<(usize, Vec<Sequence>)>,
+    /// First sequence of each row group in file order (and the total at the end).
+    group_starts: Vec<u64>,
+}
+
+impl PaperWindows {
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Papers with a window per epoch (all ranks).
+    pub fn papers(&self) -> usize {
+        self.documents.len()
+    }
+
+    fn sequence(&mut self, index: u64) -> Result<&[u32], CorpusError> {
+        let group = self.group_starts.partition_point(|&s| s <= index) - 1;
+        if !self.cache.iter().any(|(g, _)| *g == group) {
+            let g = &self.corpus.groups[group];
+            let rows = read_token_row_groups(&self.corpus.shards[g.shard], &[g.index])?;
+            if self.cache.len() == 2 {
+                self.cache.remove(0);
+            }
+            self.cache.push((group, rows));
+        }
+        let (_, rows) = self
+            .cache
+            .iter()
+            .find(|(g, _)| *g == group)
+            .expect("cached above");
+        Ok(&rows[(index - self.group_starts[group]) as usize].input_ids)
+    }
+
+    /// The next window of this rank.
+    pub fn next_window(&mut self) -> Result<Vec<u32>, CorpusError> {
+        let n = self.documents.len() as u64;
+        let world = self.options.world as u64;
+        let mut position = self.options.rank as u64 + self.cursor.consumed * world;
+        if position >= n {
+            self.cursor = Cursor {
+                epoch: self.cursor.epoch + 1,
+                consumed: 0,
+            };
+            position = self.options.rank as u64;
+        }
+        let epoch = self.cursor.epoch;
+        if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let mut order: Vec<u32> = (0..n as u32).collect();
+            if self.options.shuffle {
+                order.shuffle(&mut rng_for(self.options.seed, epoch, u64::MAX - 1));
+            }
+            self.order = Some((epoch, order));
+        }
+        let doc_index = self.order.as_ref().expect("set above").1[position as usize];
+        let doc = self.documents[doc_index as usize];
+        let seq_len = self.corpus.manifest.seq_len as u64;
+        let packed = self.corpus.sequences * seq_len;
+        let room = u64::from(doc.tokens).saturating_sub(seq_len);
+        let offset = if room == 0 {
+            0
+        } else {
+            use rand::Rng;
+            rng_for(self.options.seed ^ 0x5a5a, epoch, u64::from(doc_index)).random_range(0..=room)
+        };
+        let start = (doc.start + offset).min(packed - seq_len);
+        let first = start / seq_len;
+        let skip = (start % seq_len) as usize;
+        let mut window = self.sequence(first)?[skip..].to_vec();
+        if skip > 0 {
+            let rest = self.sequence(first + 1)?;
+            window.extend_from_slice(&rest[..skip]);
+        }
+        self.cursor.consumed += 1;
+        Ok(window)
     }
 }

@@ -411,3 +411,125 @@ pub fn row_group_sizes(path: &Path) -> Result<Vec<usize>, CorpusError> {
         .map(|rg| rg.num_rows() as usize)
         .collect())
 }
+
+fn document_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("start", DataType::UInt64, false),
+        Field::new("tokens", DataType::UInt32, false),
+    ]))
+}
+
+/// One document's place in a split's packed token stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentSpan {
+    /// Offset of its first token in the split's token stream (shards in order, rows in order).
+    pub start: u64,
+    /// Its tokens, EOS included.
+    pub tokens: u32,
+}
+
+/// Writes `{prefix}-documents.parquet`: every document of a split with its span in the
+/// packed stream, for the per-paper sampling of [`crate::reader::PaperWindows`].
+pub struct DocumentIndexWriter {
+    file: Option<PendingFile>,
+    path: PathBuf,
+    pending: Vec<(String, DocumentSpan)>,
+}
+
+impl DocumentIndexWriter {
+    pub fn new(dir: &Path, prefix: &str) -> Self {
+        DocumentIndexWriter {
+            file: None,
+            path: dir.join(format!("{prefix}-documents.parquet")),
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, id: &str, span: DocumentSpan) -> Result<(), CorpusError> {
+        self.pending.push((id.to_string(), span));
+        if self.pending.len() >= 8192 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), CorpusError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        if self.file.is_none() {
+            self.file = Some(PendingFile::create(
+                self.path.clone(),
+                document_schema(),
+                8192,
+            )?);
+        }
+        let rows = std::mem::take(&mut self.pending);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                rows.iter()
+                    .map(|(id, _)| Some(id.as_str()))
+                    .collect::<StringArray>(),
+            ),
+            Arc::new(arrow_array::UInt64Array::from_iter_values(
+                rows.iter().map(|(_, s)| s.start),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|(_, s)| s.tokens),
+            )),
+        ];
+        let batch =
+            RecordBatch::try_new(document_schema(), columns).map_err(arrow_error(&self.path))?;
+        self.file.as_mut().expect("created above").write(&batch)
+    }
+
+    /// Close the file; returns its name (`None` when the split has no documents).
+    pub fn finish(mut self) -> Result<Option<String>, CorpusError> {
+        self.flush()?;
+        match self.file.take() {
+            Some(file) => {
+                let (path, _) = file.finish()?;
+                Ok(path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+/// Read a document index written by [`DocumentIndexWriter`] (spans only, in stream order).
+pub fn read_document_index(path: &Path) -> Result<Vec<DocumentSpan>, CorpusError> {
+    let file = File::open(path).map_err(|e| CorpusError::Io(path.to_path_buf(), e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(parquet_error(path))?
+        .build()
+        .map_err(parquet_error(path))?;
+    let bad = |message: &str| CorpusError::Shard {
+        path: path.to_path_buf(),
+        message: message.into(),
+    };
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(arrow_error(path))?;
+        let starts = batch
+            .column_by_name("start")
+            .and_then(|c| {
+                c.as_any()
+                    .downcast_ref::<arrow_array::UInt64Array>()
+                    .cloned()
+            })
+            .ok_or_else(|| bad("no uint64 column `start`"))?;
+        let tokens = batch
+            .column_by_name("tokens")
+            .and_then(|c| c.as_any().downcast_ref::<UInt32Array>().cloned())
+            .ok_or_else(|| bad("no uint32 column `tokens`"))?;
+        out.extend(
+            starts
+                .values()
+                .iter()
+                .zip(tokens.values().iter())
+                .map(|(&start, &tokens)| DocumentSpan { start, tokens }),
+        );
+    }
+    Ok(out)
+}

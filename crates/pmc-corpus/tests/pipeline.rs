@@ -325,3 +325,87 @@ fn a_broken_shard_is_an_error_naming_it() {
         .expect("a truncated shard must not open");
     assert!(err.to_string().contains("tokens-00001.parquet"), "{err}");
 }
+
+#[test]
+fn paper_windows_take_one_window_per_paper_per_epoch_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = small_corpus(tmp.path());
+    let corpus = TokenCorpus::open(&dir, Split::Train).unwrap();
+    let manifest = corpus.manifest().clone();
+    // The training token stream in file order, and each paper's span in it.
+    let plain = StreamOptions {
+        shuffle: false,
+        ..StreamOptions::default()
+    };
+    let mut s = corpus.stream(plain, Cursor::default()).unwrap();
+    let stream: Vec<u32> = (0..corpus.sequences())
+        .flat_map(|_| s.next_sequence().unwrap().input_ids)
+        .collect();
+    let spans = pmc_corpus::shards::read_document_index(
+        &dir.join(manifest.token_documents.as_ref().unwrap()),
+    )
+    .unwrap();
+    assert_eq!(spans[0].start, 0);
+    assert!(
+        spans
+            .windows(2)
+            .all(|w| w[1].start == w[0].start + u64::from(w[0].tokens)),
+        "spans tile the stream"
+    );
+
+    // Unshuffled, one rank: window i lies inside paper i.
+    let mut w = corpus.paper_windows(plain, Cursor::default()).unwrap();
+    let papers = w.papers();
+    assert!(papers > 100 && papers <= spans.len());
+    for span in spans.iter().take(papers) {
+        let window = w.next_window().unwrap();
+        assert_eq!(window.len(), 8);
+        let last_start = span.start + u64::from(span.tokens).saturating_sub(8);
+        let found =
+            (span.start..=last_start).any(|p| stream[p as usize..p as usize + 8] == window[..]);
+        assert!(found, "a window outside its paper {span:?}");
+    }
+    assert_eq!(
+        w.cursor(),
+        Cursor {
+            epoch: 0,
+            consumed: papers as u64
+        }
+    );
+
+    // Shuffled over two ranks: the same windows as one rank, split between them.
+    let options = |rank, world| StreamOptions {
+        seed: 3,
+        rank,
+        world,
+        window_row_groups: 2,
+        shuffle: true,
+    };
+    let epoch = |rank, world| -> Vec<Vec<u32>> {
+        let mut w = corpus
+            .paper_windows(options(rank, world), Cursor::default())
+            .unwrap();
+        let n = TokenCorpus::papers_for_rank(&w, rank, world);
+        (0..n).map(|_| w.next_window().unwrap()).collect()
+    };
+    let mut one = epoch(0, 1);
+    let mut two: Vec<Vec<u32>> = epoch(0, 2).into_iter().chain(epoch(1, 2)).collect();
+    assert_eq!(two.len(), papers);
+    one.sort();
+    two.sort();
+    assert_eq!(one, two, "ranks partition the epoch's windows");
+
+    // Resume from a saved cursor, across the epoch boundary.
+    let mut w = corpus
+        .paper_windows(options(1, 2), Cursor::default())
+        .unwrap();
+    for _ in 0..TokenCorpus::papers_for_rank(&w, 1, 2) - 5 {
+        w.next_window().unwrap();
+    }
+    let cursor = w.cursor();
+    let next: Vec<Vec<u32>> = (0..12).map(|_| w.next_window().unwrap()).collect();
+    let mut resumed = corpus.paper_windows(options(1, 2), cursor).unwrap();
+    let again: Vec<Vec<u32>> = (0..12).map(|_| resumed.next_window().unwrap()).collect();
+    assert_eq!(next, again);
+    assert_eq!(resumed.cursor().epoch, 1);
+}

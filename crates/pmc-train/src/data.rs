@@ -174,22 +174,74 @@ impl TrainingData for TokenWindows {
 pub struct CorpusShards {
     corpus: pmc_corpus::TokenCorpus,
     options: pmc_corpus::StreamOptions,
-    /// The open stream and the cursor it stands at; reopened when asked for another cursor.
-    stream: std::sync::Mutex<Option<pmc_corpus::SequenceStream>>,
+    sampling: Sampling,
+    /// Items per epoch: sequences, or papers with a window.
+    per_epoch: u64,
+    /// The open stream (it stands at its own cursor); reopened when asked for another cursor.
+    stream: std::sync::Mutex<Option<OpenStream>>,
+}
+
+/// How an epoch reads a prepared corpus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sampling {
+    /// Every packed sequence once, in a seeded shuffle.
+    Packed,
+    /// PMC-LLaMA's: one random `seq_len` window of every paper.
+    PaperWindows,
+}
+
+enum OpenStream {
+    Packed(pmc_corpus::SequenceStream),
+    Papers(pmc_corpus::reader::PaperWindows),
+}
+
+impl OpenStream {
+    fn cursor(&self) -> pmc_corpus::Cursor {
+        match self {
+            OpenStream::Packed(s) => s.cursor(),
+            OpenStream::Papers(s) => s.cursor(),
+        }
+    }
+
+    fn next(&mut self) -> Result<Vec<u32>, pmc_corpus::CorpusError> {
+        match self {
+            OpenStream::Packed(s) => s.next_sequence().map(|s| s.input_ids),
+            OpenStream::Papers(s) => s.next_window(),
+        }
+    }
 }
 
 impl CorpusShards {
-    /// Open the training split of the corpus in `dir`, shuffled with `seed`.
+    /// Open the training split of the corpus in `dir`, packed sequences shuffled with `seed`.
     pub fn open(dir: &std::path::Path, seed: u64) -> Result<Self, TrainError> {
-        let corpus = pmc_corpus::TokenCorpus::open(dir, pmc_corpus::Split::Train)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Self::open_with(dir, seed, Sampling::Packed)
+    }
+
+    /// Open the training split, read as `sampling` says.
+    pub fn open_with(
+        dir: &std::path::Path,
+        seed: u64,
+        sampling: Sampling,
+    ) -> Result<Self, TrainError> {
+        let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
+        let corpus = pmc_corpus::TokenCorpus::open(dir, pmc_corpus::Split::Train).map_err(err)?;
         let options = pmc_corpus::StreamOptions {
             seed,
             ..Default::default()
         };
+        let per_epoch = match sampling {
+            Sampling::Packed => corpus.sequences(),
+            Sampling::PaperWindows => corpus
+                .paper_windows(options, Default::default())
+                .map_err(err)?
+                .papers() as u64,
+        };
         Ok(CorpusShards {
             corpus,
             options,
+            sampling,
+            per_epoch,
             stream: std::sync::Mutex::new(None),
         })
     }
@@ -234,23 +286,25 @@ impl TrainingData for CorpusShards {
         };
         let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         if guard.as_ref().is_none_or(|s| s.cursor() != wanted) {
-            *guard = Some(self.corpus.stream(self.options, wanted).map_err(err)?);
+            *guard = Some(match self.sampling {
+                Sampling::Packed => {
+                    OpenStream::Packed(self.corpus.stream(self.options, wanted).map_err(err)?)
+                }
+                Sampling::PaperWindows => OpenStream::Papers(
+                    self.corpus
+                        .paper_windows(self.options, wanted)
+                        .map_err(err)?,
+                ),
+            });
         }
         let stream = guard.as_mut().expect("opened above");
         let mut ids = Vec::with_capacity(n * self.seq_len());
         for _ in 0..n {
-            ids.extend(
-                stream
-                    .next_sequence()
-                    .map_err(err)?
-                    .input_ids
-                    .iter()
-                    .map(|&t| i64::from(t)),
-            );
+            ids.extend(stream.next().map_err(err)?.iter().map(|&t| i64::from(t)));
         }
         // A position at the epoch's end is the next epoch's start: normalise like the reader.
         let mut after = stream.cursor();
-        if after.consumed >= self.corpus.sequences() {
+        if after.consumed >= self.per_epoch {
             after = pmc_corpus::Cursor {
                 epoch: after.epoch + 1,
                 consumed: 0,
@@ -265,7 +319,7 @@ impl TrainingData for CorpusShards {
     }
 
     fn sequences(&self) -> usize {
-        self.corpus.sequences() as usize
+        self.per_epoch as usize
     }
 
     fn seq_len(&self) -> usize {

@@ -14,7 +14,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use data::{Batch, CorpusShards, Cursor, TokenWindows, TrainingData};
+pub use data::{Batch, CorpusShards, Cursor, Sampling, TokenWindows, TrainingData};
 pub use schedule::CosineSchedule;
 pub use sft::{Example, SftData, Template};
 pub use trainer::{

@@ -214,6 +214,15 @@ fn resume_on_corpus_shards_is_bit_exact() {
     };
     // 12 steps of 4 sequences pass the end of an epoch.
     assert_resume_bit_exact(&shards, make, 7, 12);
+    // PMC-LLaMA's sampling (one random window per paper per epoch) resumes as exactly.
+    let papers = CorpusShards::open_with(
+        &dir.path().join("corpus"),
+        5,
+        pmc_train::Sampling::PaperWindows,
+    )
+    .unwrap();
+    assert_eq!(papers.sequences(), 6);
+    assert_resume_bit_exact(&papers, make, 5, 9);
 }
 
 #[test]
