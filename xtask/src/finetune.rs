@@ -269,13 +269,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         keep_checkpoints: args.keep,
         max_eval_windows: 16,
     };
-    ctrlc::set_handler(|| {
-        if run::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    crate::install_stop_handler()?;
     let is_lora = trainer.lora.is_some();
     let summary = run::run_with(&mut trainer, &data, &held_out, &options, &run_dir, |dir| {
         if !is_lora {

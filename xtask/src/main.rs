@@ -6,6 +6,7 @@ mod corpus;
 mod eval;
 mod finetune;
 mod pretrain;
+mod reproduce;
 
 use clap::{Parser, Subcommand};
 
@@ -37,6 +38,8 @@ enum Command {
     BenchFinetune(finetune::BenchFinetuneArgs),
     /// Share of a benchmark's items sharing a word 13-gram with a prepared corpus.
     Contamination(eval::ContaminationArgs),
+    /// The paper's table: base vs. continued model × zero-shot / LoRA / full × the three tasks.
+    Reproduce(reproduce::ReproduceArgs),
     /// Fold a LoRA adapter (HF PEFT format) into its base model and save an HF checkpoint.
     Merge(commands::MergeArgs),
     /// Log-likelihood of continuations: one JSON object per input line, in order.
@@ -55,6 +58,26 @@ enum Command {
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
     BenchModel(bench::BenchModelArgs),
+}
+
+/// Ctrl-C finishes the current training step, writes a checkpoint and stops; a second one
+/// quits at once. Installed once per process (`reproduce` trains several times).
+pub fn install_stop_handler() -> anyhow::Result<()> {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| {
+            ctrlc::set_handler(|| {
+                if pmc_train::run::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+                eprintln!(
+                    "\nCtrl-C: saving a checkpoint after this step (press again to quit now)"
+                );
+            })
+            .map_err(|e| format!("installing the Ctrl-C handler: {e}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 fn main() {
@@ -79,6 +102,7 @@ fn main() {
         Command::Finetune(args) => finetune::finetune(args),
         Command::BenchFinetune(args) => finetune::bench_finetune(args),
         Command::Contamination(args) => eval::contamination(args),
+        Command::Reproduce(args) => reproduce::reproduce(args),
         Command::Merge(args) => commands::merge(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),

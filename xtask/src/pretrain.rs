@@ -459,13 +459,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         max_eval_windows: args.eval_sequences,
     };
     // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
-    ctrlc::set_handler(|| {
-        if run::STOP.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: saving a checkpoint after this step (press again to quit now)");
-    })
-    .context("installing the Ctrl-C handler")?;
+    crate::install_stop_handler()?;
     // Every checkpoint carries the tokenizer, so it is a complete HF model directory.
     let summary = run::run_with(
         &mut trainer,

@@ -1,0 +1,223 @@
+//! `reproduce`: the paper's table — base vs. continued-pretrained model × zero-shot / LoRA /
+//! full fine-tuning × PubMedQA, MedQA, MedMCQA — run end to end and written to a markdown
+//! section of `docs/results.md`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pmc_bench::data::{self, Split, Task};
+use pmc_bench::run::Mode;
+
+use crate::commands::ModelArgs;
+use crate::eval::{EvalArgs, eval};
+use crate::finetune::{FinetuneArgs, Method, finetune};
+
+#[derive(Args, Debug)]
+pub struct ReproduceArgs {
+    /// The base model (HF directory or .gguf).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The continued-pretrained model (e.g. a `pretrain` checkpoint), compared with the base.
+    #[arg(long)]
+    pub continued: Option<PathBuf>,
+    /// Tasks (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "pubmedqa,medqa,medmcqa")]
+    pub tasks: Vec<Task>,
+    /// Regimes (comma-separated): zero-shot, lora, full.
+    #[arg(long, value_delimiter = ',', default_value = "zero-shot,lora,full")]
+    pub regimes: Vec<String>,
+    /// Where the benchmarks are (laid out like ../shared/data).
+    #[arg(long, default_value = "../shared/data")]
+    pub data: PathBuf,
+    /// Fine-tuning steps (default: one epoch).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Share of the training pool used for fine-tuning.
+    #[arg(long, default_value_t = 1.0)]
+    pub fraction: f64,
+    #[arg(long, default_value_t = 8)]
+    pub global_batch: usize,
+    /// Evaluate on the first N questions only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Run directory for checkpoints and evaluation outputs.
+    #[arg(long, default_value = "runs/reproduce")]
+    pub out: PathBuf,
+    /// The markdown file whose `reproduce` section receives the table.
+    #[arg(long, default_value = "docs/results.md")]
+    pub results: PathBuf,
+}
+
+fn eval_args(
+    task: Task,
+    model: &Path,
+    adapter: Option<PathBuf>,
+    args: &ReproduceArgs,
+    out: PathBuf,
+) -> EvalArgs {
+    EvalArgs {
+        task,
+        model: ModelArgs {
+            model: model.to_path_buf(),
+            adapter,
+            dtype: Default::default(),
+        },
+        data: args.data.clone(),
+        mode: Mode::Loglik,
+        template: None,
+        shots: 0,
+        limit: args.limit,
+        seed: 1234,
+        max_new_tokens: 32,
+        temperature: 0.0,
+        top_p: 1.0,
+        out,
+    }
+}
+
+fn finetune_args(
+    task: Task,
+    model: &Path,
+    method: Method,
+    args: &ReproduceArgs,
+    out: PathBuf,
+) -> FinetuneArgs {
+    FinetuneArgs {
+        method,
+        model: model.to_path_buf(),
+        data: None,
+        task: Some(task),
+        data_dir: args.data.clone(),
+        fraction: args.fraction,
+        template: "pmc-llama".into(),
+        r: 8,
+        alpha: 16.0,
+        targets: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rslora: false,
+        lr: None,
+        steps: args.steps,
+        micro_batch: 1,
+        global_batch: args.global_batch,
+        max_len: 512,
+        warmup_ratio: 0.03,
+        weight_decay: 0.0,
+        max_grad_norm: 1.0,
+        seed: 0,
+        out,
+        resume: None,
+        log_every: 10,
+        checkpoint_every: 1_000_000,
+        keep: 1,
+    }
+}
+
+/// `acc` and its Wilson interval from an eval run's `results.json`.
+fn accuracy(dir: &Path, task: Task) -> Result<String> {
+    let path = dir.join("results.json");
+    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let r = &results["results"][task.name()];
+    let acc = r["acc,none"]
+        .as_f64()
+        .with_context(|| format!("{}: no acc", path.display()))?;
+    let ci = &r["acc_wilson_95,none"];
+    Ok(format!(
+        "{acc:.3} [{:.3}, {:.3}]",
+        ci[0].as_f64().unwrap_or(f64::NAN),
+        ci[1].as_f64().unwrap_or(f64::NAN)
+    ))
+}
+
+pub fn reproduce(args: ReproduceArgs) -> Result<()> {
+    let mut models = vec![("base", args.model.clone())];
+    if let Some(c) = &args.continued {
+        models.push(("continued", c.clone()));
+    }
+    let mut rows = Vec::new();
+    for (label, model) in &models {
+        for &task in &args.tasks {
+            let has_train = data::resolve(task, Split::Train, &args.data).is_ok();
+            for regime in &args.regimes {
+                let dir = args.out.join(format!("{label}-{}-{regime}", task.name()));
+                let cell = match regime.as_str() {
+                    "zero-shot" => {
+                        eval(eval_args(task, model, None, &args, dir.join("eval")))?;
+                        accuracy(&dir.join("eval"), task)?
+                    }
+                    "lora" | "full" if !has_train => "— (no training split in --data)".to_string(),
+                    "lora" => {
+                        finetune(finetune_args(task, model, Method::Lora, &args, dir.clone()))?;
+                        eval(eval_args(
+                            task,
+                            model,
+                            Some(dir.join("adapter")),
+                            &args,
+                            dir.join("eval"),
+                        ))?;
+                        accuracy(&dir.join("eval"), task)?
+                    }
+                    "full" => {
+                        finetune(finetune_args(task, model, Method::Full, &args, dir.clone()))?;
+                        eval(eval_args(
+                            task,
+                            &dir.join("model"),
+                            None,
+                            &args,
+                            dir.join("eval"),
+                        ))?;
+                        accuracy(&dir.join("eval"), task)?
+                    }
+                    other => anyhow::bail!("unknown regime {other:?} (zero-shot, lora, full)"),
+                };
+                rows.push(format!("| {label} | {} | {regime} | {cell} |", task.name()));
+            }
+        }
+    }
+    let table = format!(
+        "<!-- reproduce:begin -->\n`cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}` \
+         (loglik mode, lm-eval templates; acc with Wilson 95 % interval)\n\n| model | task | regime | acc |\n|---|---|---|---|\n{}\n<!-- reproduce:end -->",
+        args.model.display(),
+        args.continued
+            .as_ref()
+            .map_or(String::new(), |c| format!(" --continued {}", c.display())),
+        args.tasks
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.regimes.join(","),
+        args.fraction,
+        args.steps
+            .map_or(String::new(), |s| format!(" --steps {s}")),
+        args.limit
+            .map_or(String::new(), |l| format!(" --limit {l}")),
+        rows.join("\n")
+    );
+    println!("{table}");
+    let text = std::fs::read_to_string(&args.results).unwrap_or_default();
+    let updated = match (
+        text.find("<!-- reproduce:begin -->"),
+        text.find("<!-- reproduce:end -->"),
+    ) {
+        (Some(a), Some(b)) if a < b => format!(
+            "{}{table}{}",
+            &text[..a],
+            &text[b + "<!-- reproduce:end -->".len()..]
+        ),
+        _ => format!("{text}\n## The paper's table (`cargo xtask reproduce`)\n\n{table}\n"),
+    };
+    std::fs::write(&args.results, updated)
+        .with_context(|| format!("writing {}", args.results.display()))?;
+    eprintln!("wrote the table into {}", args.results.display());
+    Ok(())
+}
