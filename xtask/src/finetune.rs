@@ -91,6 +91,10 @@ pub struct FinetuneArgs {
     pub checkpoint_every: usize,
     #[arg(long, default_value_t = 2)]
     pub keep: usize,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (burn's balanced gradient checkpointing): less memory, more compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
@@ -125,7 +129,7 @@ fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
 }
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
-    let device = pmc_model::default_device().autodiff();
+    let device = crate::training_device(args.gradient_checkpointing);
     let Some(template) = Template::parse(&args.template) else {
         bail!(
             "unknown --template {:?} (pmc-llama or plain)",

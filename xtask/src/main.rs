@@ -80,6 +80,16 @@ pub fn install_stop_handler() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The autodiff device training runs on, with gradient checkpointing when asked.
+pub fn training_device(gradient_checkpointing: bool) -> pmc_model::burn::prelude::Device {
+    let device = pmc_model::default_device().autodiff();
+    if gradient_checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(

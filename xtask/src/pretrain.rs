@@ -130,6 +130,10 @@ pub struct PretrainArgs {
     /// (PMC-LLaMA's one random window per paper per epoch).
     #[arg(long, default_value = "packed")]
     pub sampling: String,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (burn's balanced gradient checkpointing): less memory, more compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Held-out sequences in each perplexity evaluation.
     #[arg(long, default_value_t = 64)]
     pub eval_sequences: usize,
@@ -247,7 +251,7 @@ fn check_same_tokenizer(
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
-    let device = pmc_model::default_device().autodiff();
+    let device = crate::training_device(args.gradient_checkpointing);
     let source = read_source(&args)?;
     let seq_len = match &source {
         Source::Shards { manifest, dir } => {

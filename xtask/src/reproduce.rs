@@ -119,6 +119,7 @@ fn finetune_args(
         log_every: 10,
         checkpoint_every: 1_000_000,
         keep: 1,
+        gradient_checkpointing: false,
     }
 }
 
