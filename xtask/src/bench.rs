@@ -262,6 +262,9 @@ pub struct BenchTrainArgs {
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
+    /// Train ours with gradient checkpointing (memory-bound activations recomputed).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
 }
 
 /// Training tokens/s of the 33.7 M-parameter reference config (vocab 8192, hidden 512,
@@ -283,7 +286,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         args.seq_len
     );
 
-    let device = pmc_model::default_device().autodiff();
+    let device = crate::training_device(args.gradient_checkpointing);
     let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
     let train_config = pmc_train::TrainConfig {
         micro_batch: args.batch,
