@@ -58,6 +58,9 @@ pub struct FinetuneArgs {
     /// rsLoRA scaling (alpha / √r).
     #[arg(long)]
     pub rslora: bool,
+    /// Dropout on the adapters' input during training (PEFT's lora_dropout).
+    #[arg(long, default_value_t = 0.05)]
+    pub lora_dropout: f64,
     /// Peak learning rate (default: 2e-4 for LoRA, 2e-5 for full).
     #[arg(long)]
     pub lr: Option<f64>,
@@ -199,6 +202,10 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                     let mut adapter_config =
                         pmc_peft::AdapterConfig::new(args.r, args.alpha, targets);
                     adapter_config.use_rslora = args.rslora;
+                    if !(0.0..1.0).contains(&args.lora_dropout) {
+                        bail!("--lora-dropout must be in [0, 1), got {}", args.lora_dropout);
+                    }
+                    adapter_config.lora_dropout = args.lora_dropout;
                     adapter_config.base_model_name_or_path = Some(args.model.display().to_string());
                     let adapter = pmc_peft::Adapter::init(
                         &mut model,

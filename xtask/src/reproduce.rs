@@ -105,6 +105,7 @@ fn finetune_args(
         .map(String::from)
         .to_vec(),
         rslora: false,
+        lora_dropout: 0.05,
         lr: None,
         steps: args.steps,
         micro_batch: 1,

@@ -69,6 +69,9 @@ pub struct LowRank {
     pub b: Param<Tensor<2>>,
     /// `lora_alpha / r` (or `/ √r` with rsLoRA).
     pub scale: f64,
+    /// Dropout on the adapter's input while training (on an autodiff device), as PEFT's
+    /// `lora_dropout`; never applied in evaluation.
+    pub dropout: f64,
 }
 
 impl LowRank {
@@ -79,11 +82,33 @@ impl LowRank {
             a: named_param(&format!("{module}.lora_A.weight"), a),
             b: named_param(&format!("{module}.lora_B.weight"), b),
             scale,
+            dropout: 0.0,
         }
+    }
+
+    /// The same adapter with input dropout `p` during training.
+    pub fn with_dropout(mut self, p: f64) -> Self {
+        self.dropout = p;
+        self
     }
 
     /// `scale · x Aᵀ Bᵀ` for `x` of `[rows, in_features]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        // Training is when the adapter itself is on an autodiff device (the input need not
+        // be: it may come from frozen layers and carry no graph).
+        let device = self.a.val().device();
+        let x = if self.dropout > 0.0 && device.is_autodiff() {
+            // Inverted dropout: keep with probability 1 − p and rescale, as torch does.
+            let keep = 1.0 - self.dropout;
+            let mask = Tensor::<2>::random(
+                x.dims(),
+                burn::tensor::Distribution::Bernoulli(keep),
+                &device,
+            );
+            x * mask / keep
+        } else {
+            x
+        };
         x.matmul(widen(&self.a).transpose())
             .matmul(widen(&self.b).transpose())
             * self.scale

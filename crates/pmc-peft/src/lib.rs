@@ -309,7 +309,10 @@ pub fn attach(model: &mut Llama, adapter: &Adapter) -> Result<(), PeftError> {
             )));
             return;
         }
-        lin.lora = Some(LowRank::new(name, w.a.clone(), w.b.clone(), w.scale));
+        lin.lora = Some(
+            LowRank::new(name, w.a.clone(), w.b.clone(), w.scale)
+                .with_dropout(adapter.config.lora_dropout),
+        );
     });
     if let Some(e) = error {
         return Err(e);

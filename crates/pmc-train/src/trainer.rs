@@ -224,7 +224,14 @@ impl Trainer {
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
-        for _ in 0..accumulation {
+        for micro in 0..accumulation {
+            // Random ops (LoRA dropout) draw from the device's generator: seeding it per
+            // micro-batch makes a resumed run draw the same masks.
+            self.device.seed(
+                self.config.seed
+                    ^ ((self.state.step as u64) << 16 | micro as u64)
+                        .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
             let (batch, cursor) =
                 data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
             self.state.cursor = cursor;

@@ -253,11 +253,11 @@ fn a_diverging_run_stops_with_a_clear_error() {
 fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
     let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../pmc-model/tests/fixtures/gqa_tied");
-    let make = || {
+    let make_with = |dropout: f64| {
         let device = Device::flex().autodiff();
         let loaded = pmc_model::load_model(&base_dir, &Default::default(), &device).unwrap();
         let mut model = loaded.model;
-        let config = pmc_peft::AdapterConfig::new(
+        let mut config = pmc_peft::AdapterConfig::new(
             4,
             8.0,
             pmc_peft::TargetModules::Names(vec![
@@ -266,6 +266,7 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
                 "down_proj".into(),
             ]),
         );
+        config.lora_dropout = dropout;
         let adapter = pmc_peft::Adapter::init(&mut model, config.clone(), 9, &device).unwrap();
         let model = pmc_peft::prepare_for_training(model, &adapter).unwrap();
         let mut trainer = Trainer::new(model, loaded.config, train_config(2, 4), &device).unwrap();
@@ -275,6 +276,8 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
         });
         trainer
     };
+    // With dropout on the adapters' input, so that resuming must also replay the masks.
+    let make = || make_with(0.1);
     let before = make();
     let base_before: Vec<Vec<f32>> = weights(&before)
         .into_iter()
@@ -293,9 +296,26 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
         &base_before[..],
         "a frozen base weight changed"
     );
+    // Every B (after the base weights come A, B of each module) has left zero.
     assert!(
-        after[n_base..].iter().any(|w| w.iter().any(|&v| v != 0.0)),
+        after[n_base..]
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .all(|b| b.iter().any(|&v| v != 0.0)),
         "the adapter did not train"
+    );
+    // Dropout is applied in training: the losses with and without it differ.
+    let (mut with, mut without) = (make_with(0.1), make_with(0.0));
+
+    // (The first step has lr 0 in warmup and B starts at zero: compare the third.)
+    for _ in 0..2 {
+        with.step(&data(16)).unwrap();
+        without.step(&data(16)).unwrap();
+    }
+    assert_ne!(
+        with.step(&data(16)).unwrap().loss,
+        without.step(&data(16)).unwrap().loss
     );
     // The checkpoint is a PEFT adapter directory, not a model.
     let dir = tempfile::tempdir().unwrap();
