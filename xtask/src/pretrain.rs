@@ -81,9 +81,9 @@ pub struct PretrainArgs {
     /// Optimizer steps in total.
     #[arg(long, default_value_t = 200)]
     pub steps: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
-    pub seq_len: usize,
+    /// Tokens per sequence (default 128; a prepared corpus brings its own packing length).
+    #[arg(long)]
+    pub seq_len: Option<usize>,
     /// Sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     pub micro_batch: usize,
@@ -254,18 +254,15 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let device = crate::training_device(args.gradient_checkpointing);
     let source = read_source(&args)?;
     let seq_len = match &source {
-        Source::Shards { manifest, dir } => {
-            if args.seq_len != manifest.seq_len {
-                eprintln!(
-                    "note: {} is packed in {}-token sequences; training at that length (--seq-len {} ignored)",
-                    dir.display(),
-                    manifest.seq_len,
-                    args.seq_len
-                );
-            }
-            manifest.seq_len
-        }
-        Source::Text { .. } => args.seq_len,
+        Source::Shards { manifest, dir } => match args.seq_len {
+            Some(n) if n != manifest.seq_len => bail!(
+                "{} is packed in {}-token sequences, --seq-len says {n}; prepare it with --seq-len {n} or drop the option",
+                dir.display(),
+                manifest.seq_len
+            ),
+            _ => manifest.seq_len,
+        },
+        Source::Text { .. } => args.seq_len.unwrap_or(128),
     };
     let (mut trainer, tokenizer) = match &args.resume {
         Some(ckpt) => {
