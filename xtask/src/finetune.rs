@@ -203,7 +203,10 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                         pmc_peft::AdapterConfig::new(args.r, args.alpha, targets);
                     adapter_config.use_rslora = args.rslora;
                     if !(0.0..1.0).contains(&args.lora_dropout) {
-                        bail!("--lora-dropout must be in [0, 1), got {}", args.lora_dropout);
+                        bail!(
+                            "--lora-dropout must be in [0, 1), got {}",
+                            args.lora_dropout
+                        );
                     }
                     adapter_config.lora_dropout = args.lora_dropout;
                     adapter_config.base_model_name_or_path = Some(args.model.display().to_string());
