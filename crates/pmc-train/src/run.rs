@@ -260,7 +260,7 @@ pub fn run_with(
     .map_err(io(&metrics_path))?;
     drop(metrics);
     let chart = crate::plot::write_curves(run_dir)?;
-    eprintln!("curves: {}", chart.display());
+    eprintln!("curves: {} (and .png)", chart.display());
     Ok(RunSummary {
         ppl_before,
         ppl_after,
