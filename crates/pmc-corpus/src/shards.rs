@@ -123,51 +123,56 @@ pub struct Sequence {
     pub doc_ids: Vec<String>,
 }
 
-/// Writes token sequences into shards of at most `shard_rows` sequences.
-pub struct TokenShardWriter {
+/// Parquet files `{prefix}-NNNNN.parquet` of at most `shard_rows` rows each, the next one
+/// opened when one fills: what token and text shards have in common.
+struct RotatingShards {
     dir: PathBuf,
     prefix: &'static str,
+    schema: Arc<Schema>,
+    row_group: usize,
     shard_rows: usize,
-    pending: Vec<Sequence>,
     current: Option<PendingFile>,
     done: Vec<ShardEntry>,
 }
 
-impl TokenShardWriter {
-    /// Shards are named `{prefix}-NNNNN.parquet`.
-    pub fn new(dir: &Path, prefix: &'static str, shard_rows: usize) -> Self {
-        TokenShardWriter {
+impl RotatingShards {
+    fn new(
+        dir: &Path,
+        prefix: &'static str,
+        schema: Arc<Schema>,
+        row_group: usize,
+        shard_rows: usize,
+    ) -> Self {
+        RotatingShards {
             dir: dir.to_path_buf(),
             prefix,
+            schema,
+            row_group,
             shard_rows: shard_rows.max(1),
-            pending: Vec::new(),
             current: None,
             done: Vec::new(),
         }
     }
 
-    pub fn push(&mut self, sequence: Sequence) -> Result<(), CorpusError> {
-        self.pending.push(sequence);
-        if self.pending.len() >= TOKEN_ROW_GROUP {
-            self.flush_pending()?;
-        }
-        Ok(())
-    }
-
-    fn flush_pending(&mut self) -> Result<(), CorpusError> {
-        while !self.pending.is_empty() {
+    /// Write `rows`, as record batches made by `batch`, across as many shards as they fill.
+    fn write<T>(
+        &mut self,
+        mut rows: &[T],
+        batch: impl Fn(&[T], &Path) -> Result<RecordBatch, CorpusError>,
+    ) -> Result<(), CorpusError> {
+        while !rows.is_empty() {
             if self.current.is_none() {
-                let path = self
-                    .dir
-                    .join(format!("{}-{:05}.parquet", self.prefix, self.done.len()));
-                self.current = Some(PendingFile::create(path, token_schema(), TOKEN_ROW_GROUP)?);
+                let name = format!("{}-{:05}.parquet", self.prefix, self.done.len());
+                self.current = Some(PendingFile::create(
+                    self.dir.join(name),
+                    self.schema.clone(),
+                    self.row_group,
+                )?);
             }
             let current = self.current.as_mut().expect("created above");
-            let room = self.shard_rows - current.rows;
-            let take = room.min(self.pending.len());
-            let rows: Vec<Sequence> = self.pending.drain(..take).collect();
-            let batch = token_batch(&rows, &current.path)?;
-            current.write(&batch)?;
+            let take = (self.shard_rows - current.rows).min(rows.len());
+            current.write(&batch(&rows[..take], &current.path)?)?;
+            rows = &rows[take..];
             if current.rows >= self.shard_rows {
                 self.close_current()?;
             }
@@ -188,11 +193,46 @@ impl TokenShardWriter {
         Ok(())
     }
 
+    fn finish(mut self) -> Result<Vec<ShardEntry>, CorpusError> {
+        self.close_current()?;
+        Ok(self.done)
+    }
+}
+
+/// Writes token sequences into shards of at most `shard_rows` sequences, a row group of
+/// [`TOKEN_ROW_GROUP`] sequences at a time.
+pub struct TokenShardWriter {
+    shards: RotatingShards,
+    pending: Vec<Sequence>,
+}
+
+impl TokenShardWriter {
+    /// Shards are named `{prefix}-NNNNN.parquet`.
+    pub fn new(dir: &Path, prefix: &'static str, shard_rows: usize) -> Self {
+        TokenShardWriter {
+            shards: RotatingShards::new(dir, prefix, token_schema(), TOKEN_ROW_GROUP, shard_rows),
+            pending: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, sequence: Sequence) -> Result<(), CorpusError> {
+        self.pending.push(sequence);
+        if self.pending.len() >= TOKEN_ROW_GROUP {
+            self.flush_pending()?;
+        }
+        Ok(())
+    }
+
+    fn flush_pending(&mut self) -> Result<(), CorpusError> {
+        self.shards.write(&self.pending, token_batch)?;
+        self.pending.clear();
+        Ok(())
+    }
+
     /// Write what is pending and close the last shard.
     pub fn finish(mut self) -> Result<Vec<ShardEntry>, CorpusError> {
         self.flush_pending()?;
-        self.close_current()?;
-        Ok(self.done)
+        self.shards.finish()
     }
 }
 
@@ -246,59 +286,23 @@ pub struct TextRow {
 
 /// Writes cleaned documents into text shards of at most `shard_rows` documents.
 pub struct TextShardWriter {
-    dir: PathBuf,
-    shard_rows: usize,
-    current: Option<PendingFile>,
-    done: Vec<ShardEntry>,
+    shards: RotatingShards,
 }
 
 impl TextShardWriter {
     pub fn new(dir: &Path, shard_rows: usize) -> Self {
         TextShardWriter {
-            dir: dir.to_path_buf(),
-            shard_rows: shard_rows.max(1),
-            current: None,
-            done: Vec::new(),
+            shards: RotatingShards::new(dir, "text", text_schema(), 256, shard_rows),
         }
     }
 
     /// Write a batch of documents (rotating shards as they fill).
-    pub fn write(&mut self, mut rows: &[TextRow]) -> Result<(), CorpusError> {
-        while !rows.is_empty() {
-            if self.current.is_none() {
-                let path = self
-                    .dir
-                    .join(format!("text-{:05}.parquet", self.done.len()));
-                self.current = Some(PendingFile::create(path, text_schema(), 256)?);
-            }
-            let current = self.current.as_mut().expect("created above");
-            let take = (self.shard_rows - current.rows).min(rows.len());
-            let batch = text_batch(&rows[..take], &current.path)?;
-            current.write(&batch)?;
-            rows = &rows[take..];
-            if current.rows >= self.shard_rows {
-                self.close_current()?;
-            }
-        }
-        Ok(())
+    pub fn write(&mut self, rows: &[TextRow]) -> Result<(), CorpusError> {
+        self.shards.write(rows, text_batch)
     }
 
-    fn close_current(&mut self) -> Result<(), CorpusError> {
-        if let Some(file) = self.current.take() {
-            let (path, rows) = file.finish()?;
-            let file = path
-                .file_name()
-                .expect("shard path has a name")
-                .to_string_lossy()
-                .into_owned();
-            self.done.push(ShardEntry { file, rows });
-        }
-        Ok(())
-    }
-
-    pub fn finish(mut self) -> Result<Vec<ShardEntry>, CorpusError> {
-        self.close_current()?;
-        Ok(self.done)
+    pub fn finish(self) -> Result<Vec<ShardEntry>, CorpusError> {
+        self.shards.finish()
     }
 }
 
