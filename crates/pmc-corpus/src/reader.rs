@@ -77,6 +77,38 @@ impl Default for StreamOptions {
     }
 }
 
+impl StreamOptions {
+    fn check(&self) -> Result<(), CorpusError> {
+        if self.world == 0 || self.rank >= self.world {
+            return Err(CorpusError::Config(format!(
+                "rank {} is not below world size {}",
+                self.rank, self.world
+            )));
+        }
+        Ok(())
+    }
+
+    /// How many of an epoch's `n` items this rank takes (positions `rank`, `rank + world`, …).
+    pub fn share(&self, n: u64) -> u64 {
+        let (world, rank) = (self.world as u64, self.rank as u64);
+        n / world + u64::from(rank < n % world)
+    }
+
+    /// The epoch position of this rank's next item, moving `cursor` into the next epoch when
+    /// this one is used up (`n` items per epoch).
+    fn next_position(&self, cursor: &mut Cursor, n: u64) -> u64 {
+        let mut position = self.rank as u64 + cursor.consumed * self.world as u64;
+        if position >= n {
+            *cursor = Cursor {
+                epoch: cursor.epoch + 1,
+                consumed: 0,
+            };
+            position = self.rank as u64;
+        }
+        position
+    }
+}
+
 /// Where a rank's stream stands: the epoch and how many of this epoch's sequences the rank
 /// has consumed. Serialise it with a checkpoint; [`TokenCorpus::stream`] resumes from it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,9 +174,12 @@ impl TokenCorpus {
 
     /// Sequences a rank receives per epoch.
     pub fn sequences_for_rank(&self, rank: usize, world: usize) -> u64 {
-        let n = self.inner.sequences;
-        let (world, rank) = (world as u64, rank as u64);
-        n / world + u64::from(rank < n % world)
+        StreamOptions {
+            rank,
+            world,
+            ..Default::default()
+        }
+        .share(self.inner.sequences)
     }
 
     /// A stream of sequences for one rank, starting at `cursor`.
@@ -153,12 +188,7 @@ impl TokenCorpus {
         options: StreamOptions,
         cursor: Cursor,
     ) -> Result<SequenceStream, CorpusError> {
-        if options.world == 0 || options.rank >= options.world {
-            return Err(CorpusError::Config(format!(
-                "rank {} is not below world size {}",
-                options.rank, options.world
-            )));
-        }
+        options.check()?;
         if self.inner.sequences == 0 {
             return Err(CorpusError::Config(
                 "the corpus split has no sequences".into(),
@@ -245,16 +275,9 @@ impl SequenceStream {
 
     /// The next sequence of this rank.
     pub fn next_sequence(&mut self) -> Result<Sequence, CorpusError> {
-        let total = self.corpus.sequences;
-        let world = self.options.world as u64;
-        let mut position = self.options.rank as u64 + self.cursor.consumed * world;
-        if position >= total {
-            self.cursor = Cursor {
-                epoch: self.cursor.epoch + 1,
-                consumed: 0,
-            };
-            position = self.options.rank as u64;
-        }
+        let position = self
+            .options
+            .next_position(&mut self.cursor, self.corpus.sequences);
         let epoch = self.cursor.epoch;
         let plan = self.plan();
         let window = plan.starts.partition_point(|&s| s <= position) - 1;
@@ -319,12 +342,7 @@ impl TokenCorpus {
         options: StreamOptions,
         cursor: Cursor,
     ) -> Result<PaperWindows, CorpusError> {
-        if options.world == 0 || options.rank >= options.world {
-            return Err(CorpusError::Config(format!(
-                "rank {} is not below world size {}",
-                options.rank, options.world
-            )));
-        }
+        options.check()?;
         let path = self.inner.documents.clone().ok_or_else(|| {
             CorpusError::Config("this corpus has no document index (prepared by an older version); prepare it again".into())
         })?;
@@ -359,8 +377,12 @@ impl TokenCorpus {
 
     /// Documents with a window per epoch for one rank (see [`TokenCorpus::paper_windows`]).
     pub fn papers_for_rank(windows: &PaperWindows, rank: usize, world: usize) -> u64 {
-        let n = windows.documents.len() as u64;
-        n / world as u64 + u64::from((rank as u64) < n % world as u64)
+        StreamOptions {
+            rank,
+            world,
+            ..Default::default()
+        }
+        .share(windows.documents.len() as u64)
     }
 }
 
@@ -408,15 +430,7 @@ impl PaperWindows {
     /// The next window of this rank.
     pub fn next_window(&mut self) -> Result<Vec<u32>, CorpusError> {
         let n = self.documents.len() as u64;
-        let world = self.options.world as u64;
-        let mut position = self.options.rank as u64 + self.cursor.consumed * world;
-        if position >= n {
-            self.cursor = Cursor {
-                epoch: self.cursor.epoch + 1,
-                consumed: 0,
-            };
-            position = self.options.rank as u64;
-        }
+        let position = self.options.next_position(&mut self.cursor, n);
         let epoch = self.cursor.epoch;
         if self.order.as_ref().is_none_or(|(e, _)| *e != epoch) {
             let mut order: Vec<u32> = (0..n as u32).collect();

@@ -230,20 +230,36 @@ impl CorpusShards {
             seed,
             ..Default::default()
         };
-        let per_epoch = match sampling {
-            Sampling::Packed => corpus.sequences(),
-            Sampling::PaperWindows => corpus
-                .paper_windows(options, Default::default())
-                .map_err(err)?
-                .papers() as u64,
+        // The paper-window stream is opened here (its paper count is the epoch's length) and
+        // kept for the first batch rather than its index read twice.
+        let (per_epoch, first) = match sampling {
+            Sampling::Packed => (corpus.sequences(), None),
+            Sampling::PaperWindows => {
+                let windows = corpus
+                    .paper_windows(options, Default::default())
+                    .map_err(err)?;
+                (windows.papers() as u64, Some(OpenStream::Papers(windows)))
+            }
         };
         Ok(CorpusShards {
             corpus,
             options,
             sampling,
             per_epoch,
-            stream: std::sync::Mutex::new(None),
+            stream: std::sync::Mutex::new(first),
         })
+    }
+
+    /// A position at the epoch's end is the next epoch's start (as the reader treats it).
+    fn normalised(&self, cursor: pmc_corpus::Cursor) -> pmc_corpus::Cursor {
+        if cursor.consumed >= self.per_epoch {
+            pmc_corpus::Cursor {
+                epoch: cursor.epoch + 1,
+                consumed: 0,
+            }
+        } else {
+            cursor
+        }
     }
 
     pub fn manifest(&self) -> &pmc_corpus::Manifest {
@@ -285,7 +301,10 @@ impl TrainingData for CorpusShards {
             consumed: cursor.position as u64,
         };
         let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|s| s.cursor() != wanted) {
+        if guard
+            .as_ref()
+            .is_none_or(|s| self.normalised(s.cursor()) != wanted)
+        {
             *guard = Some(match self.sampling {
                 Sampling::Packed => {
                     OpenStream::Packed(self.corpus.stream(self.options, wanted).map_err(err)?)
@@ -302,14 +321,7 @@ impl TrainingData for CorpusShards {
         for _ in 0..n {
             ids.extend(stream.next().map_err(err)?.iter().map(|&t| i64::from(t)));
         }
-        // A position at the epoch's end is the next epoch's start: normalise like the reader.
-        let mut after = stream.cursor();
-        if after.consumed >= self.per_epoch {
-            after = pmc_corpus::Cursor {
-                epoch: after.epoch + 1,
-                consumed: 0,
-            };
-        }
+        let after = self.normalised(stream.cursor());
         let next = Cursor {
             epoch: after.epoch,
             position: after.consumed as usize,
