@@ -484,6 +484,20 @@ fn remove_if_exists(path: &Path) -> Result<()> {
     }
 }
 
+/// Puts the complete directory `tmp` in the place of `dir`. A previous `dir` is first renamed
+/// aside and removed only once the new one stands under its name, so at every moment one
+/// whole version exists (checkpoints, adapters).
+pub fn replace_dir(tmp: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let old = dir.with_extension("old");
+        rename(dir, &old)?;
+        rename(tmp, dir)?;
+        std::fs::remove_dir_all(&old).map_err(|e| ModelError::io(&old, e))
+    } else {
+        rename(tmp, dir)
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(path);

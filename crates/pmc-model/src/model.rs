@@ -282,7 +282,47 @@ pub struct DecoderLayer {
     pub mlp: Mlp,
 }
 
+/// HF names of a layer's projections (relative to `model.layers.N.`), in checkpoint order;
+/// [`DecoderLayer::projections`] lists the fields in the same order.
+const PROJECTIONS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
 impl DecoderLayer {
+    /// The projections, in the order of [`PROJECTIONS`].
+    fn projections(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    /// As [`DecoderLayer::projections`], mutably.
+    fn projections_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
     fn forward(
         &self,
         x: Tensor<3>,
@@ -536,16 +576,7 @@ impl Llama {
     /// (`model.layers.0.self_attn.q_proj`).
     pub fn visit_linears(&self, mut f: impl FnMut(&str, &Linear)) {
         for (i, layer) in self.layers.iter().enumerate() {
-            let (a, m) = (&layer.self_attn, &layer.mlp);
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            for (name, lin) in PROJECTIONS.iter().zip(layer.projections()) {
                 f(&format!("model.layers.{i}.{name}"), lin);
             }
         }
@@ -554,17 +585,7 @@ impl Llama {
     /// As [`Llama::visit_linears`], mutably, for attaching or removing adapters.
     pub fn visit_linears_mut(&mut self, mut f: impl FnMut(&str, &mut Linear)) {
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
+            for (name, lin) in PROJECTIONS.iter().zip(layer.projections_mut()) {
                 f(&format!("model.layers.{i}.{name}"), lin);
             }
         }
@@ -587,17 +608,7 @@ impl Llama {
                 format!("{p}.post_attention_layernorm.weight"),
                 WeightRef::Vector(&layer.post_attention_layernorm.weight),
             );
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            for (name, lin) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            for (name, lin) in PROJECTIONS.iter().zip(layer.projections()) {
                 f(format!("{p}.{name}.weight"), WeightRef::Matrix(&lin.weight));
                 if let Some(bias) = &lin.bias {
                     f(format!("{p}.{name}.bias"), WeightRef::Vector(bias));

@@ -37,6 +37,8 @@ pub enum PeftError {
     File { path: String, message: String },
     #[error("{0}: {1}")]
     Io(std::path::PathBuf, #[source] std::io::Error),
+    #[error(transparent)]
+    Model(#[from] pmc_model::ModelError),
 }
 
 /// The matrices of one adapted projection.
@@ -215,15 +217,7 @@ impl Adapter {
         }
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         self.write_files(&tmp)?;
-        if dir.exists() {
-            let old = dir.with_extension("old");
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        } else {
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        }
-        Ok(())
+        Ok(pmc_model::checkpoint::replace_dir(&tmp, dir)?)
     }
 
     /// Write `adapter_config.json` and `adapter_model.safetensors` into the existing `dir`

@@ -321,15 +321,7 @@ impl Trainer {
             serde_json::to_vec_pretty(&state).expect("JSON"),
         )
         .map_err(io(&tmp))?;
-        if dir.exists() {
-            let old = dir.with_extension("old");
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        } else {
-            std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        }
-        Ok(())
+        Ok(pmc_model::checkpoint::replace_dir(&tmp, dir)?)
     }
 
     /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
