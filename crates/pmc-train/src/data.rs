@@ -40,12 +40,59 @@ impl Batch {
     }
 }
 
-/// The order in which an epoch reads `n` items: a permutation seeded by (seed, epoch).
-pub(crate) fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = StdRng::seed_from_u64(seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    order.shuffle(&mut rng);
-    order
+/// Which item each position of an epoch reads — a permutation of `len` items seeded by
+/// (seed, epoch) — and a cursor's walk through it. The permutation is computed once per epoch:
+/// shuffling every item again for each micro-batch is too much work.
+#[derive(Debug)]
+pub(crate) struct EpochOrder {
+    len: usize,
+    seed: u64,
+    cache: std::sync::Mutex<Option<(u64, std::sync::Arc<Vec<usize>>)>>,
+}
+
+impl EpochOrder {
+    pub(crate) fn new(len: usize, seed: u64) -> Self {
+        EpochOrder {
+            len,
+            seed,
+            cache: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn order(&self, epoch: u64) -> std::sync::Arc<Vec<usize>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached, order)) = cache.as_ref()
+            && *cached == epoch
+        {
+            return order.clone();
+        }
+        let mut order: Vec<usize> = (0..self.len).collect();
+        let mut rng = StdRng::seed_from_u64(self.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        order.shuffle(&mut rng);
+        let order = std::sync::Arc::new(order);
+        *cache = Some((epoch, order.clone()));
+        order
+    }
+
+    /// The indices of the `n` items after `cursor`, and the cursor after them (an epoch
+    /// used up continues with the next one's order).
+    pub(crate) fn take(&self, cursor: &Cursor, n: usize) -> (Vec<usize>, Cursor) {
+        let mut cursor = *cursor;
+        let mut order = self.order(cursor.epoch);
+        let mut picked = Vec::with_capacity(n);
+        for _ in 0..n {
+            if cursor.position >= order.len() {
+                cursor = Cursor {
+                    epoch: cursor.epoch + 1,
+                    position: 0,
+                };
+                order = self.order(cursor.epoch);
+            }
+            picked.push(order[cursor.position]);
+            cursor.position += 1;
+        }
+        (picked, cursor)
+    }
 }
 
 /// A source of training sequences.
@@ -67,20 +114,15 @@ pub trait TrainingData {
 #[derive(Debug)]
 pub struct TokenWindows {
     windows: Vec<Vec<u32>>,
-    seed: u64,
-    /// The order of the epoch last read: shuffling every window is too much work to redo
-    /// for each micro-batch.
-    order_cache: std::sync::Mutex<Option<(u64, std::sync::Arc<Vec<usize>>)>>,
+    order: EpochOrder,
 }
 
 impl TokenWindows {
     /// Cuts `tokens` into windows of `seq_len` (a shorter tail is dropped).
     pub fn new(tokens: &[u32], seq_len: usize, seed: u64) -> Self {
-        Self {
-            windows: tokens.chunks_exact(seq_len).map(<[u32]>::to_vec).collect(),
-            seed,
-            order_cache: std::sync::Mutex::new(None),
-        }
+        let windows: Vec<Vec<u32>> = tokens.chunks_exact(seq_len).map(<[u32]>::to_vec).collect();
+        let order = EpochOrder::new(windows.len(), seed);
+        Self { windows, order }
     }
 
     /// Number of windows per epoch.
@@ -98,19 +140,6 @@ impl TokenWindows {
         &self.windows
     }
 
-    /// The order of epoch `epoch`, computed once per epoch.
-    fn order(&self, epoch: u64) -> std::sync::Arc<Vec<usize>> {
-        let mut cache = self.order_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((cached, order)) = cache.as_ref()
-            && *cached == epoch
-        {
-            return order.clone();
-        }
-        let order = std::sync::Arc::new(epoch_order(self.windows.len(), self.seed, epoch));
-        *cache = Some((epoch, order.clone()));
-        order
-    }
-
     /// The `n` windows after `cursor` as a `[n, seq_len]` batch, and the cursor after them.
     pub fn windows_batch(
         &self,
@@ -119,24 +148,11 @@ impl TokenWindows {
         device: &Device,
     ) -> (Tensor<2, Int>, Cursor) {
         assert!(!self.windows.is_empty(), "no training windows");
-        let mut cursor = *cursor;
-        let mut order = self.order(cursor.epoch);
-        let mut ids = Vec::new();
-        for _ in 0..n {
-            if cursor.position == order.len() {
-                cursor = Cursor {
-                    epoch: cursor.epoch + 1,
-                    position: 0,
-                };
-                order = self.order(cursor.epoch);
-            }
-            ids.extend(
-                self.windows[order[cursor.position]]
-                    .iter()
-                    .map(|&t| t as i64),
-            );
-            cursor.position += 1;
-        }
+        let (picked, cursor) = self.order.take(cursor, n);
+        let ids: Vec<i64> = picked
+            .iter()
+            .flat_map(|&i| self.windows[i].iter().map(|&t| i64::from(t)))
+            .collect();
         let seq_len = self.windows[0].len();
         (
             Tensor::from_data(TensorData::new(ids, [n, seq_len]), device),

@@ -41,22 +41,8 @@ pub fn preset(name: &str, vocab_size: usize) -> Result<LlamaConfig, TrainError> 
 /// Trains a byte-level BPE of `vocab_size` tokens on `texts`, with `<|endoftext|>` (id 0) as
 /// the document separator.
 pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Tokenizer, TrainError> {
-    use tokenizers::AddedToken;
-    use tokenizers::models::TrainerWrapper;
-    use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
-    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-    let fail = |e: tokenizers::Error| TrainError::Config(format!("training the tokenizer: {e}"));
-    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
-        .vocab_size(vocab_size)
-        .show_progress(false)
-        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-        .special_tokens(vec![AddedToken::from("<|endoftext|>", true)])
-        .build()
-        .into();
-    let mut inner = tokenizers::Tokenizer::new(BPE::default());
-    inner.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
-    inner.with_decoder(Some(ByteLevel::default()));
-    inner.train(&mut trainer, texts.iter()).map_err(fail)?;
+    let inner = pmc_corpus::tokens::train_byte_level_bpe(texts.iter().cloned(), vocab_size)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
     let eos = inner.token_to_id("<|endoftext|>");
     Ok(Tokenizer::new(
         inner,

@@ -8,7 +8,7 @@ use pmc_model::Tokenizer;
 use serde_json::Value;
 
 use crate::TrainError;
-use crate::data::{Batch, Cursor, TrainingData, epoch_order};
+use crate::data::{Batch, Cursor, EpochOrder, TrainingData};
 
 /// PMC-LLaMA's Alpaca-style prompt (its instruction-tuning and evaluation format).
 pub const PMC_LLAMA_TEMPLATE: &str = "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:";
@@ -109,15 +109,16 @@ pub struct SftData {
     examples: Vec<(Vec<u32>, usize)>,
     pad: u32,
     max_len: usize,
-    seed: u64,
+    order: EpochOrder,
     /// Examples whose prompt was cut (from the left) to fit `max_len`.
     pub truncated: usize,
 }
 
 impl SftData {
     /// Tokenize `examples`: the prompt with the tokenizer's BOS policy, then `" " + output`
-    /// and EOS (split as lm-eval splits context and continuation). Longer than `max_len` → the prompt loses its first tokens (after BOS), so the
-    /// response is always whole; a response alone longer than that is an error.
+    /// and EOS (split as lm-eval splits context and continuation). Longer than `max_len` → the
+    /// prompt loses its first tokens (after BOS), so the response is always whole; a response
+    /// alone longer than that is an error.
     pub fn new(
         tokenizer: &Tokenizer,
         examples: &[Example],
@@ -151,10 +152,10 @@ impl SftData {
             out.push((prompt, prompt_len));
         }
         Ok(SftData {
+            order: EpochOrder::new(out.len(), seed),
             examples: out,
             pad: eos,
             max_len,
-            seed,
             truncated,
         })
     }
@@ -181,20 +182,8 @@ impl TrainingData for SftData {
         n: usize,
         device: &Device,
     ) -> Result<(Batch, Cursor), TrainError> {
-        let mut cursor = *cursor;
-        let mut picked = Vec::with_capacity(n);
-        let mut order = epoch_order(self.examples.len(), self.seed, cursor.epoch);
-        for _ in 0..n {
-            if cursor.position >= order.len() {
-                cursor = Cursor {
-                    epoch: cursor.epoch + 1,
-                    position: 0,
-                };
-                order = epoch_order(self.examples.len(), self.seed, cursor.epoch);
-            }
-            picked.push(&self.examples[order[cursor.position]]);
-            cursor.position += 1;
-        }
+        let (indices, cursor) = self.order.take(cursor, n);
+        let picked: Vec<&(Vec<u32>, usize)> = indices.iter().map(|&i| &self.examples[i]).collect();
         // Padded to the longest row of this micro-batch, not to max_len.
         let len = picked
             .iter()
