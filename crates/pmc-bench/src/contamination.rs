@@ -6,27 +6,12 @@
 
 use std::collections::{HashMap, HashSet};
 
+use pmc_corpus::dedup::word_hashes;
+
 use crate::data::{Question, Task};
 
 /// The n-gram length of the check (13, as GPT-3's contamination analysis).
 pub const NGRAM: usize = 13;
-
-fn words(text: &str) -> Vec<u64> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            // FNV-1a of the lower-cased word.
-            w.chars()
-                .flat_map(char::to_lowercase)
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, c| {
-                    let mut buf = [0u8; 4];
-                    c.encode_utf8(&mut buf)
-                        .bytes()
-                        .fold(h, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
-                })
-        })
-        .collect()
-}
 
 fn word_ngrams(words: &[u64]) -> impl Iterator<Item = u64> + '_ {
     words.windows(NGRAM).map(|w| {
@@ -64,7 +49,7 @@ impl ContaminationIndex {
         let mut ngrams: HashMap<u64, Vec<u32>> = HashMap::new();
         let mut too_short = 0;
         for (i, q) in questions.iter().enumerate() {
-            let w = words(&item_text(task, q));
+            let w = word_hashes(&item_text(task, q));
             if w.len() < NGRAM {
                 too_short += 1;
             }
@@ -82,7 +67,7 @@ impl ContaminationIndex {
 
     /// Questions (indices) sharing at least one n-gram with `document`.
     pub fn hits(&self, document: &str) -> HashSet<u32> {
-        let w = words(document);
+        let w = word_hashes(document);
         let mut out = HashSet::new();
         for g in word_ngrams(&w) {
             if let Some(items) = self.ngrams.get(&g) {

@@ -32,11 +32,7 @@ pub struct Fingerprint {
 impl Fingerprint {
     /// Fingerprint a cleaned text; `near` computes the MinHash signature too.
     pub fn of(text: &str, near: bool) -> Fingerprint {
-        let words: Vec<u64> = text
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-            .map(hash_word_folded)
-            .collect();
+        let words = word_hashes(text);
         let mut hasher = Sha256::new();
         for w in &words {
             hasher.update(w.to_le_bytes());
@@ -58,6 +54,15 @@ impl Fingerprint {
             .count();
         equal as f64 / self.minhash.len().max(1) as f64
     }
+}
+
+/// The words of `text` — runs of alphanumeric characters, case-folded — as 64-bit hashes:
+/// what duplicate detection and n-gram overlap checks compare.
+pub fn word_hashes(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(hash_word_folded)
+        .collect()
 }
 
 /// FNV-1a of the word's lower-cased UTF-8 (without allocating), then a finaliser so that
