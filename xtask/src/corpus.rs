@@ -141,11 +141,7 @@ pub fn prepare_corpus(args: PrepareCorpusArgs) -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
-    let total: u64 = pmc_corpus::input::list_files(&config.inputs)?
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
+    let total = pmc_corpus::input::total_bytes(&pmc_corpus::input::list_files(&config.inputs)?);
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -212,9 +208,7 @@ fn print_summary(m: &Manifest) {
         "tokenizer: {} ({} tokens, EOS {:?} = {})",
         m.tokenizer_file, m.vocab_size, m.eos_token, m.eos_id
     );
-    if let Some(rss) = crate::bench::peak_rss() {
-        println!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
-    }
+    crate::bench::print_peak_rss();
     println!(
         "every dropped record is listed with its reason in {}",
         m.config.out.join("dropped.jsonl").display()
@@ -266,15 +260,6 @@ fn run_prepare_child(
     Ok((seconds, stdout))
 }
 
-fn rss_from_summary(summary: &str) -> Option<f64> {
-    summary.lines().find_map(|l| {
-        l.strip_prefix("peak RSS: ")?
-            .strip_suffix(" MiB")?
-            .parse()
-            .ok()
-    })
-}
-
 /// `bench-corpus`: end-to-end MB/s against the Python reference pipeline, tokenization
 /// against raw `encode_batch`, and peak RSS with the input replicated.
 pub fn bench_corpus(args: BenchCorpusArgs) -> Result<()> {
@@ -293,12 +278,8 @@ pub fn bench_corpus(args: BenchCorpusArgs) -> Result<()> {
     }
     let threads = rayon::current_num_threads();
     let scratch = tempfile::tempdir()?;
-    let mb = pmc_corpus::input::list_files(std::slice::from_ref(&input))?
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum::<u64>() as f64
-        / 1e6;
+    let files = pmc_corpus::input::list_files(std::slice::from_ref(&input))?;
+    let mb = pmc_corpus::input::total_bytes(&files) as f64 / 1e6;
     println!("input: {} ({mb:.1} MB), {threads} threads", input.display());
 
     // 1. End to end, ours and the Python reference, alternating, best of `repeat`.
@@ -310,7 +291,7 @@ pub fn bench_corpus(args: BenchCorpusArgs) -> Result<()> {
     for _ in 0..args.repeat.max(1) {
         let (s, summary) = run_prepare_child(&input, &ours_out, &tokenizer, &[])?;
         ours = ours.min(s);
-        ours_rss = rss_from_summary(&summary).unwrap_or(0.0);
+        ours_rss = crate::bench::parse_peak_rss(&summary).unwrap_or(0.0);
         let _ = std::fs::remove_dir_all(&python_out);
         let started = std::time::Instant::now();
         let lines = crate::bench::run_python_reference(
@@ -414,8 +395,8 @@ pub fn bench_corpus(args: BenchCorpusArgs) -> Result<()> {
         &no_dedup,
     )?;
     let (r1, rn) = (
-        rss_from_summary(&one).unwrap_or(0.0),
-        rss_from_summary(&many).unwrap_or(0.0),
+        crate::bench::parse_peak_rss(&one).unwrap_or(0.0),
+        crate::bench::parse_peak_rss(&many).unwrap_or(0.0),
     );
     println!();
     println!("| input (dedup off) | MB | wall s | peak RSS |");

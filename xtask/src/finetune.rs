@@ -261,14 +261,11 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         held_out.len(),
         trainer.config.global_batch
     );
-    let run_dir = match &args.resume {
-        Some(ckpt) => ckpt
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or(args.out.clone()),
-        None => args.out.clone(),
-    };
+    let run_dir = args
+        .resume
+        .as_deref()
+        .and_then(pmc_train::run_dir_of)
+        .unwrap_or_else(|| args.out.clone());
     run::save_run_config(
         &run_dir,
         &serde_json::json!({"train": trainer.config, "method": format!("{:?}", args.method), "base": args.model,
@@ -324,9 +321,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         summary.tokens as f64 / summary.seconds,
         result.display()
     );
-    if let Some(rss) = crate::bench::peak_rss() {
-        println!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
-    }
+    crate::bench::print_peak_rss();
     Ok(())
 }
 
@@ -411,15 +406,7 @@ fn finetune_child(
                 .ok()
         })
         .context("no tokens/s line")?;
-    let rss = stdout
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("peak RSS: ")?
-                .strip_suffix(" MiB")?
-                .parse()
-                .ok()
-        })
-        .context("no peak RSS line")?;
+    let rss = crate::bench::parse_peak_rss(&stdout).context("no peak RSS line")?;
     Ok((trainable, tokens_per_s, rss))
 }
 

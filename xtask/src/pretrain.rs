@@ -438,14 +438,11 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         Source::Text { valid_paths, .. } => valid_paths.clone(),
         Source::Shards { .. } => args.valid.clone(),
     };
-    let run_dir = match &args.resume {
-        Some(ckpt) => ckpt
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or(args.out.clone()),
-        None => args.out.clone(),
-    };
+    let run_dir = args
+        .resume
+        .as_deref()
+        .and_then(pmc_train::run_dir_of)
+        .unwrap_or_else(|| args.out.clone());
     run::save_run_config(
         &run_dir,
         &serde_json::json!({"train": trainer.config, "model": trainer.model_config.to_json(),

@@ -340,11 +340,7 @@ pub fn prepare(
     }
     std::fs::create_dir_all(out).map_err(|e| CorpusError::Io(out.clone(), e))?;
     let input_files = files.len() as u64;
-    let input_bytes: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
+    let input_bytes = crate::input::total_bytes(&files);
     let events = spawn_reader(files, config.batch_records);
 
     let mut dropped = DropLog::create(&out.join("dropped.jsonl"))?;

@@ -19,6 +19,7 @@ pub use schedule::CosineSchedule;
 pub use sft::{Example, SftData, Template};
 pub use trainer::{
     LoraRun, StepStats, TrainConfig, TrainState, Trainer, checkpoint_dir, clip_global_norm,
+    run_dir_of,
 };
 
 /// Errors of the trainer.

@@ -394,6 +394,12 @@ impl Trainer {
     }
 }
 
+/// The run directory a checkpoint of [`checkpoint_dir`] belongs to (`RUN/checkpoints/step-N`
+/// → `RUN`).
+pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
+    checkpoint.parent()?.parent().map(Path::to_path_buf)
+}
+
 /// The checkpoint directory of `step` under `run_dir`.
 pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
     run_dir.join("checkpoints").join(format!("step-{step:08}"))
