@@ -150,17 +150,14 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let (mut trainer, tokenizer) = match &args.resume {
         Some(ckpt) => {
             let trainer = Trainer::resume(ckpt, &device)?;
-            let tokenizer_dir = match &trainer.lora {
-                Some(lora) => lora.base.clone(),
-                None => ckpt.clone(),
-            };
-            let tokenizer = pmc_model::load_model(
-                &tokenizer_dir,
-                &Default::default(),
-                &pmc_model::default_device(),
-            )?
-            .tokenizer
-            .context("no tokenizer")?;
+            // Every checkpoint carries the tokenizer (adapter checkpoints too), so resuming
+            // does not load the base model a second time for it.
+            let tokenizer = pmc_model::Tokenizer::from_dir(
+                ckpt,
+                trainer.model_config.bos_token_id,
+                &trainer.model_config.eos_token_ids,
+            )
+            .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
             eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
             (trainer, tokenizer)
         }
@@ -281,12 +278,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         max_eval_windows: 16,
     };
     crate::install_stop_handler()?;
-    let is_lora = trainer.lora.is_some();
     let summary = run::run_with(&mut trainer, &data, &held_out, &options, &run_dir, |dir| {
-        if !is_lora {
-            tokenizer.save(dir).map_err(pmc_train::TrainError::Model)?;
-        }
-        Ok(())
+        tokenizer.save(dir).map_err(pmc_train::TrainError::Model)
     })?;
     // The result beside the checkpoints: the adapter (PEFT format) or the whole model.
     let result = match &trainer.lora {
