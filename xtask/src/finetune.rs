@@ -148,19 +148,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     }
 
     let (mut trainer, tokenizer) = match &args.resume {
-        Some(ckpt) => {
-            let trainer = Trainer::resume(ckpt, &device)?;
-            // Every checkpoint carries the tokenizer (adapter checkpoints too), so resuming
-            // does not load the base model a second time for it.
-            let tokenizer = pmc_model::Tokenizer::from_dir(
-                ckpt,
-                trainer.model_config.bos_token_id,
-                &trainer.model_config.eos_token_ids,
-            )
-            .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
-            eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
-            (trainer, tokenizer)
-        }
+        // The checkpoint carries the tokenizer: the base model is not loaded a second time.
+        Some(ckpt) => crate::pretrain::resume(ckpt, &device)?,
         None => {
             let loaded = pmc_model::load_model(&args.model, &Default::default(), &device)?;
             let tokenizer = loaded

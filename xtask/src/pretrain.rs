@@ -250,6 +250,23 @@ fn check_same_tokenizer(
     Ok(())
 }
 
+/// The trainer of checkpoint `ckpt` and the tokenizer saved with it (every checkpoint of
+/// `pretrain` and `finetune` carries one, adapter checkpoints included).
+pub fn resume(
+    ckpt: &Path,
+    device: &pmc_model::burn::prelude::Device,
+) -> Result<(Trainer, pmc_model::Tokenizer)> {
+    let trainer = Trainer::resume(ckpt, device)?;
+    let tokenizer = pmc_model::Tokenizer::from_dir(
+        ckpt,
+        trainer.model_config.bos_token_id,
+        &trainer.model_config.eos_token_ids,
+    )
+    .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
+    eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
+    Ok((trainer, tokenizer))
+}
+
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let device = crate::training_device(args.gradient_checkpointing);
     let source = read_source(&args)?;
@@ -265,17 +282,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         Source::Text { .. } => args.seq_len.unwrap_or(128),
     };
     let (mut trainer, tokenizer) = match &args.resume {
-        Some(ckpt) => {
-            let trainer = Trainer::resume(ckpt, &device)?;
-            let tokenizer = pmc_model::Tokenizer::from_dir(
-                ckpt,
-                trainer.model_config.bos_token_id,
-                &trainer.model_config.eos_token_ids,
-            )
-            .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
-            eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
-            (trainer, tokenizer)
-        }
+        Some(ckpt) => resume(ckpt, &device)?,
         None => {
             let config = pmc_train::TrainConfig {
                 schedule: CosineSchedule {
