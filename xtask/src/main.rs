@@ -91,6 +91,7 @@ pub fn training_device(gradient_checkpointing: bool) -> pmc_model::burn::prelude
 }
 
 fn main() {
+    pmc_model::allocator::reuse_large_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -16,6 +16,7 @@
 //! # Ok::<(), pmc_model::ModelError>(())
 //! ```
 
+pub mod allocator;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

@@ -2,7 +2,6 @@
 //! the mean cross-entropy of every token after the first, predicted from the ones before.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 use crate::model::Llama;
 
@@ -13,11 +12,9 @@ pub fn causal_lm_loss(model: &Llama, tokens: Tensor<2, Int>) -> Tensor<1> {
     assert!(t >= 2, "the loss needs sequences of at least two tokens");
     let inputs = tokens.clone().slice([0..b, 0..t - 1]);
     let targets = tokens.slice([0..b, 1..t]);
-    let logits = model.forward(inputs, None);
-    let vocab = logits.dims()[2];
-    let logp = log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
-    let picked = logp.gather(1, targets.reshape([b * (t - 1), 1]));
-    picked.mean().neg()
+    target_log_probs(model.forward(inputs, None), targets)
+        .mean()
+        .neg()
 }
 
 /// Mean next-token cross-entropy over the positions where `target_mask` `[batch, seq]` is 1
@@ -34,12 +31,24 @@ pub fn masked_causal_lm_loss(
     let inputs = tokens.clone().slice([0..b, 0..t - 1]);
     let targets = tokens.slice([0..b, 1..t]);
     let mask = target_mask.slice([0..b, 1..t]).reshape([b * (t - 1)]);
-    let logits = model.forward(inputs, None);
-    let vocab = logits.dims()[2];
-    let logp = log_softmax(logits.reshape([b * (t - 1), vocab]), 1);
-    let picked = logp
-        .gather(1, targets.reshape([b * (t - 1), 1]))
-        .reshape([b * (t - 1)]);
+    let picked = target_log_probs(model.forward(inputs, None), targets);
     let count = mask.clone().sum().clamp_min(1.0);
     (picked * mask).sum().neg() / count
+}
+
+/// `log p(target)` `[batch · seq]` under `logits` `[batch, seq, vocab]`, for `targets`
+/// `[batch, seq]`: the target's logit minus the row's log-sum-exp.
+///
+/// The same value as gathering from `log_softmax`, with fewer passes over the logits (the
+/// largest tensor of a training step): log-softmax would subtract the log-sum-exp from every
+/// logit and its backward pass would sum the gradient back over every logit.
+fn target_log_probs(logits: Tensor<3>, targets: Tensor<2, Int>) -> Tensor<1> {
+    let [b, t, vocab] = logits.dims();
+    let logits = logits.reshape([b * t, vocab]);
+    // The max only keeps exp() in range; detached, it adds nothing to the gradient (its
+    // contributions through both terms cancel exactly).
+    let max = logits.clone().detach().max_dim(1);
+    let log_sum_exp = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
+    let picked = logits.gather(1, targets.reshape([b * t, 1]));
+    (picked - log_sum_exp).reshape([b * t])
 }

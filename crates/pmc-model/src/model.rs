@@ -234,21 +234,66 @@ impl Attention {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let s = k.dims()[2];
-
-        // Query head h reads key/value head h / groups (HF's `repeat_kv`). Folding the groups
-        // into the query rows avoids materialising repeated keys and values.
-        let groups = nh / nkv;
-        let q = q.reshape([b, nkv, groups * t, hd]);
-        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
-        let scores = match &rope.mask {
-            Some(mask) => scores.reshape([b, nh, t, s]) + mask.clone().unsqueeze::<4>(),
-            None => scores.reshape([b, nh, t, s]),
-        };
-        let probs = softmax(scores, 3).reshape([b, nkv, groups * t, s]);
-        let out = probs.matmul(v).reshape([b, nh, t, hd]).swap_dims(1, 2);
+        // Scaling the queries rather than the scores touches `t × head_dim` numbers per head
+        // instead of `t × s`.
+        let q = q * (1.0 / (hd as f64).sqrt());
+        let out = causal_attention(q, k, v, rope.mask.as_ref(), nkv).swap_dims(1, 2);
         self.o_proj.forward(out.reshape([b, t, nh * hd]))
     }
+}
+
+/// Query rows per block of [`causal_attention`]: a block attends only to the keys at or
+/// before its last row, so the masked upper triangle is mostly never computed. With 512
+/// tokens, 4 blocks compute 62.5 % of the scores; smaller blocks save more but make the
+/// products too small to run at full speed.
+const QUERY_BLOCK: usize = 128;
+
+/// `softmax(q kᵀ + mask) v` per head for already-scaled queries `q` `[batch, heads, new,
+/// head_dim]` and keys/values `[batch, kv_heads, total, head_dim]` (the last `new` positions
+/// being the queries' own). Returns `[batch, heads, new, head_dim]`.
+///
+/// Query head `h` reads key/value head `h / groups` (HF's `repeat_kv`): folding the groups
+/// into the query rows avoids materialising repeated keys and values. Long inputs are cut
+/// into query blocks that skip the keys after them; the skipped scores are the ones the
+/// causal mask sets to −∞, whose softmax weight is exactly 0, so the result is the same.
+fn causal_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<&Tensor<2>>,
+    kv_heads: usize,
+) -> Tensor<4> {
+    let [b, nh, t, hd] = q.dims();
+    let total = k.dims()[2];
+    let start = total - t;
+    let groups = nh / kv_heads;
+    let attend = |q: Tensor<4>, rows: std::ops::Range<usize>| {
+        let n = rows.len();
+        let keys = 0..start + rows.end;
+        let s = keys.len();
+        let q = q.reshape([b, kv_heads, groups * n, hd]);
+        let k = k.clone().slice_dim(2, keys.clone());
+        let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, nh, n, s]);
+        let scores = match mask {
+            Some(mask) => scores + mask.clone().slice([rows, keys.clone()]).unsqueeze::<4>(),
+            None => scores,
+        };
+        let probs = softmax(scores, 3).reshape([b, kv_heads, groups * n, s]);
+        probs
+            .matmul(v.clone().slice_dim(2, keys))
+            .reshape([b, nh, n, hd])
+    };
+    if mask.is_none() || t < 2 * QUERY_BLOCK {
+        return attend(q, 0..t);
+    }
+    let blocks = (0..t)
+        .step_by(QUERY_BLOCK)
+        .map(|r0| {
+            let rows = r0..(r0 + QUERY_BLOCK).min(t);
+            attend(q.clone().slice_dim(2, rows.clone()), rows)
+        })
+        .collect();
+    Tensor::cat(blocks, 2)
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
@@ -649,5 +694,41 @@ impl Llama {
         });
         matrices.extend(vectors);
         matrices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocked attention against the textbook formula with repeated key/value heads
+    /// (HF's `repeat_kv`), over more tokens than one block, with and without a cached prefix.
+    #[test]
+    fn blocked_attention_equals_full_attention() {
+        let device = Device::flex();
+        let (b, nh, nkv, hd) = (2, 4, 2, 8);
+        for (start, t) in [(0, 2 * QUERY_BLOCK + 37), (19, 2 * QUERY_BLOCK + 1)] {
+            let total = start + t;
+            let normal = |shape: [usize; 4]| {
+                Tensor::<4>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+            };
+            let q = normal([b, nh, t, hd]);
+            let k = normal([b, nkv, total, hd]);
+            let v = normal([b, nkv, total, hd]);
+            let mask = causal_mask(start, t, &device);
+
+            let got = causal_attention(q.clone(), k.clone(), v.clone(), Some(&mask), nkv);
+
+            let repeat = |x: Tensor<4>| {
+                x.unsqueeze_dim::<5>(2)
+                    .repeat_dim(2, nh / nkv)
+                    .reshape([b, nh, total, hd])
+            };
+            let scores = q.matmul(repeat(k).swap_dims(2, 3)) + mask.unsqueeze::<4>();
+            let want = softmax(scores, 3).matmul(repeat(v));
+
+            let diff = (got - want).abs().max().into_scalar::<f32>();
+            assert!(diff < 1e-5, "start {start}, {t} tokens: max |Δ| = {diff}");
+        }
     }
 }
