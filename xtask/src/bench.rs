@@ -280,6 +280,11 @@ pub struct BenchTrainArgs {
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
+    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
+    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
+    /// it is slower).
+    #[arg(long, default_value = "f32")]
+    pub precision: pmc_model::Precision,
     /// Train ours with gradient checkpointing (memory-bound activations recomputed).
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -298,10 +303,11 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let config = LlamaConfig::from_json(&config_json, Path::new("<bench-train config>"))?;
     let params = config.num_parameters() as f64;
     println!(
-        "bench-train: {:.1} M parameters, batch {} × {} tokens, AdamW, {threads} threads",
+        "bench-train: {:.1} M parameters, batch {} × {} tokens, AdamW, {} products, {threads} threads",
         params / 1e6,
         args.batch,
-        args.seq_len
+        args.seq_len,
+        args.precision
     );
 
     let device = crate::training_device(args.gradient_checkpointing);
@@ -309,6 +315,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let train_config = pmc_train::TrainConfig {
         micro_batch: args.batch,
         global_batch: args.batch,
+        precision: args.precision,
         ..pmc_train::run::default_train_config(args.seq_len)
     };
     let mut trainer = pmc_train::Trainer::new(model, config.clone(), train_config, &device)?;

@@ -94,6 +94,11 @@ pub struct FinetuneArgs {
     pub checkpoint_every: usize,
     #[arg(long, default_value_t = 2)]
     pub keep: usize,
+    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
+    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
+    /// it is slower).
+    #[arg(long, default_value = "f32")]
+    pub precision: pmc_model::Precision,
     /// Recompute memory-bound activations in the backward pass instead of keeping them
     /// (burn's balanced gradient checkpointing): less memory, more compute.
     #[arg(long)]
@@ -174,6 +179,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 micro_batch: args.micro_batch,
                 global_batch: args.global_batch,
                 seed: args.seed,
+                precision: args.precision,
                 ..run::default_train_config(args.max_len)
             };
             let mut model = loaded.model;

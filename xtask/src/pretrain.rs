@@ -134,6 +134,11 @@ pub struct PretrainArgs {
     /// (burn's balanced gradient checkpointing): less memory, more compute.
     #[arg(long)]
     pub gradient_checkpointing: bool,
+    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
+    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
+    /// it is slower).
+    #[arg(long, default_value = "f32")]
+    pub precision: pmc_model::Precision,
     /// Held-out sequences in each perplexity evaluation.
     #[arg(long, default_value_t = 64)]
     pub eval_sequences: usize,
@@ -296,6 +301,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 micro_batch: args.micro_batch,
                 global_batch: args.global_batch,
                 seed: args.seed,
+                precision: args.precision,
                 ..run::default_train_config(seq_len)
             };
             let (model, model_config, tokenizer) = match &args.base {

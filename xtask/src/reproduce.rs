@@ -121,6 +121,7 @@ fn finetune_args(
         checkpoint_every: 1_000_000,
         keep: 1,
         gradient_checkpointing: false,
+        precision: pmc_model::Precision::F32,
     }
 }
 

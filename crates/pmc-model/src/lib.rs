@@ -39,7 +39,7 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
 pub use loss::{causal_lm_loss, masked_causal_lm_loss};
-pub use model::{KvCache, Linear, Llama, LowRank, WeightRef};
+pub use model::{KvCache, Linear, Llama, LowRank, Precision, WeightRef};
 pub use score::{ContextCache, PreparedContext, Score, mean_nll, score_continuations};
 pub use tokenizer::Tokenizer;
 

@@ -19,11 +19,58 @@ const COMPUTE_DTYPE: DType = DType::F32;
 
 /// Widens a low-precision weight to the compute dtype; a no-op for f32 weights.
 fn widen<const D: usize>(weight: &Param<Tensor<D>>) -> Tensor<D> {
-    let w = weight.val();
-    if w.dtype() == COMPUTE_DTYPE {
-        w
-    } else {
-        w.cast(COMPUTE_DTYPE)
+    cast_to(weight.val(), COMPUTE_DTYPE)
+}
+
+fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// The dtype the projections (and the LM head) multiply in. Everything else — norms, RoPE,
+/// attention, softmax, the loss, the residual stream — stays f32, and so do the parameters.
+///
+/// `Bf16` is mixed precision as `torch.autocast(dtype=torch.bfloat16)` does it for linear
+/// layers: each product reads its input and weight rounded to bf16 and its output is rounded
+/// to bf16; the f32 weights remain the master copy that the optimizer updates (the gradient
+/// flows back through the casts). It pays off on backends with bf16 matrix units; burn's
+/// CPU backend multiplies bf16 by widening to f32, so there it is slower than `F32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 products (the default).
+    #[default]
+    F32,
+    /// bf16 products with f32 master weights.
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype of the products.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("unknown precision {other:?} (f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
     }
 }
 
@@ -36,17 +83,24 @@ pub struct Linear {
     pub bias: Option<Param<Tensor<1>>>,
     /// A low-rank adapter added to the output (LoRA), when one is attached.
     pub lora: Option<LowRank>,
+    /// What the product is computed in (see [`Llama::set_precision`]).
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl Linear {
     /// `x @ weight.T + bias (+ scale · x @ A.T @ B.T)` over the last dimension of `x`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d_in] = x.dims();
-        let w = widen(&self.weight);
+        let product = self.precision.dtype();
+        let w = cast_to(self.weight.val(), product);
         let d_out = w.dims()[0];
         let x = x.reshape([b * t, d_in]);
         // A 2-D product lets the backend read the transposed weight in place.
-        let y = x.clone().matmul(w.transpose());
+        let y = cast_to(
+            cast_to(x.clone(), product).matmul(w.transpose()),
+            COMPUTE_DTYPE,
+        );
         let y = match &self.bias {
             Some(bias) => y + widen(bias).unsqueeze::<2>(),
             None => y,
@@ -415,6 +469,9 @@ pub struct Llama {
     pub lm_head: Option<Param<Tensor<2>>>,
     #[module(skip)]
     rope: Rope,
+    /// The LM head's [`Precision`] (the projections keep theirs in their [`Linear`]s).
+    #[module(skip)]
+    head_precision: Precision,
 }
 
 impl Llama {
@@ -458,6 +515,7 @@ impl Llama {
                     None
                 },
                 lora: None,
+                precision: Precision::F32,
             })
         }
         let norm = |matrix: &mut _, name: &str| -> Result<RmsNorm, E> {
@@ -507,6 +565,7 @@ impl Llama {
             norm: final_norm,
             lm_head,
             rope: Rope::new(config),
+            head_precision: Precision::F32,
         })
     }
 
@@ -568,8 +627,22 @@ impl Llama {
             weight: head.clone(),
             bias: None,
             lora: None,
+            precision: self.head_precision,
         }
         .forward(hidden)
+    }
+
+    /// Computes every projection and the LM head in `precision` from now on (the weights
+    /// keep their dtype). Check `device.supports_dtype(precision.dtype())` first: a backend
+    /// without bf16 arithmetic computes garbage in it.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.visit_linears_mut(|_, linear| linear.precision = precision);
+        self.head_precision = precision;
+    }
+
+    /// What the projections are computed in.
+    pub fn precision(&self) -> Precision {
+        self.head_precision
     }
 
     /// Logits `[batch, seq, vocab]` of `tokens` `[batch, seq]`.

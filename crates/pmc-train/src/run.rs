@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
-use pmc_model::{LlamaConfig, Tokenizer, WeightDType};
+use pmc_model::{LlamaConfig, Precision, Tokenizer, WeightDType};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -320,5 +320,6 @@ pub fn default_train_config(seq_len: usize) -> TrainConfig {
         global_batch: 16,
         seq_len,
         seed: 0,
+        precision: Precision::F32,
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use pmc_model::{Llama, LlamaConfig, WeightRef, causal_lm_loss, masked_causal_lm_loss};
+use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_loss, masked_causal_lm_loss};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -36,6 +36,10 @@ pub struct TrainConfig {
     pub seq_len: usize,
     /// Seed of the data order.
     pub seed: u64,
+    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
+    /// precision). Checkpoints from before the option train in f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl TrainConfig {
@@ -85,6 +89,10 @@ pub struct StepStats {
 }
 
 /// A model, its optimizer and where training stands.
+///
+/// Each micro-batch reseeds the device's random generator (LoRA dropout draws from it), which
+/// is what makes a resumed run draw the same masks. The generator is process-wide: run one
+/// trainer at a time per process.
 pub struct Trainer {
     /// The model being trained (on an autodiff device).
     pub model: Llama,
@@ -193,9 +201,10 @@ pub fn clip_global_norm(
 }
 
 impl Trainer {
-    /// A trainer for `model` (which must live on an autodiff device) starting at step 0.
+    /// A trainer for `model` (which must live on an autodiff device) starting at step 0,
+    /// computing in `config.precision`.
     pub fn new(
-        model: Llama,
+        mut model: Llama,
         model_config: LlamaConfig,
         config: TrainConfig,
         device: &Device,
@@ -206,6 +215,14 @@ impl Trainer {
                 "training needs an autodiff device (Device::autodiff())".into(),
             ));
         }
+        if !device.supports_dtype(config.precision.dtype()) {
+            return Err(TrainError::Config(format!(
+                "{} compute is not supported on {device:?} (no {:?} arithmetic); use f32",
+                config.precision,
+                config.precision.dtype()
+            )));
+        }
+        model.set_precision(config.precision);
         Ok(Self {
             optimizer: config.optimizer(),
             model,

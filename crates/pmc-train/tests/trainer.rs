@@ -3,11 +3,19 @@
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use pmc_model::{LlamaConfig, WeightDType, init_random};
+use pmc_model::{LlamaConfig, Precision, WeightDType, init_random};
 use pmc_train::{
     CorpusShards, CosineSchedule, TokenWindows, TrainConfig, Trainer, TrainingData,
     clip_global_norm,
 };
+
+/// Trainers seed the device's random generator (process-wide) at every micro-batch, so two
+/// trainers stepping at once in one process would draw each other's dropout masks: the tests
+/// that train take turns.
+fn one_trainer_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 fn tiny_config() -> LlamaConfig {
     LlamaConfig::from_json(
@@ -36,6 +44,7 @@ fn train_config(micro_batch: usize, global_batch: usize) -> TrainConfig {
         global_batch,
         seq_len: 16,
         seed: 3,
+        precision: Precision::F32,
     }
 }
 
@@ -103,6 +112,7 @@ fn clipping_matches_torch() {
 
 #[test]
 fn accumulation_equals_a_larger_batch() {
+    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let mut one = trainer(4, 4);
     let mut four = trainer(1, 4);
@@ -127,6 +137,7 @@ fn accumulation_equals_a_larger_batch() {
 
 #[test]
 fn loss_falls() {
+    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let mut t = trainer(4, 8);
     let first = t.step(&d).unwrap().loss;
@@ -136,6 +147,44 @@ fn loss_falls() {
     }
     // ln 64 = 4.16 is the loss of knowing nothing; a working trainer learns the pattern.
     assert!(last < first - 1.0, "loss {first} -> {last}");
+}
+
+/// Mixed precision: bf16 products, f32 master weights. The model learns, its parameters stay
+/// f32, it takes other steps than f32 training (the products really are bf16), and a resumed
+/// run continues in bf16 from the saved config, bit-exact.
+#[test]
+fn bf16_products_train_f32_master_weights() {
+    let _turn = one_trainer_at_a_time();
+    let d = data(16);
+    let make = |precision| {
+        let device = Device::flex().autodiff();
+        let model = init_random(&tiny_config(), WeightDType::F32, 42, &device);
+        let config = TrainConfig {
+            precision,
+            ..train_config(4, 8)
+        };
+        Trainer::new(model, tiny_config(), config, &device).unwrap()
+    };
+    let mut mixed = make(Precision::Bf16);
+    let mut full = make(Precision::F32);
+    let (first, first_f32) = (mixed.step(&d).unwrap().loss, full.step(&d).unwrap().loss);
+    assert!(
+        (first - first_f32).abs() < 0.02 && first != first_f32,
+        "first loss {first} (bf16) vs {first_f32} (f32)"
+    );
+    let mut last = first;
+    for _ in 0..24 {
+        last = mixed.step(&d).unwrap().loss;
+    }
+    assert!(last < first - 1.0, "bf16: loss {first} -> {last}");
+    mixed.model.visit_weights(|name, w| {
+        let dtype = match w {
+            pmc_model::WeightRef::Matrix(p) => p.val().dtype(),
+            pmc_model::WeightRef::Vector(p) => p.val().dtype(),
+        };
+        assert_eq!(dtype, burn::tensor::DType::F32, "{name} is a master weight");
+    });
+    assert_resume_bit_exact(&d, || make(Precision::Bf16), 2, 4);
 }
 
 /// Trains `total` steps straight, and `stop` steps + checkpoint + resume + the rest; the
@@ -174,12 +223,14 @@ fn assert_resume_bit_exact(
 
 #[test]
 fn resume_is_bit_exact() {
+    let _turn = one_trainer_at_a_time();
     assert_resume_bit_exact(&data(16), || trainer(2, 4), 3, 6);
 }
 
 /// The same on packed parquet shards from pmc-corpus, across an epoch boundary.
 #[test]
 fn resume_on_corpus_shards_is_bit_exact() {
+    let _turn = one_trainer_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let docs: String = (0..6)
         .map(|i| {
@@ -227,6 +278,7 @@ fn resume_on_corpus_shards_is_bit_exact() {
 
 #[test]
 fn a_diverging_run_stops_with_a_clear_error() {
+    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let mut t = trainer(4, 4);
     t.config.schedule = CosineSchedule {
@@ -251,6 +303,7 @@ fn a_diverging_run_stops_with_a_clear_error() {
 /// weights never move.
 #[test]
 fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
+    let _turn = one_trainer_at_a_time();
     let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../pmc-model/tests/fixtures/gqa_tied");
     let make_with = |dropout: f64| {
@@ -328,6 +381,7 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
 /// or the padding; the masked loss equals the mean over those positions computed by hand.
 #[test]
 fn instruction_batches_mask_prompt_and_padding() {
+    let _turn = one_trainer_at_a_time();
     use pmc_train::{Example, SftData, Template};
     let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../pmc-model/tests/fixtures/gqa_tied");
@@ -420,6 +474,7 @@ fn instruction_batches_mask_prompt_and_padding() {
 /// memory.
 #[test]
 fn gradient_checkpointing_trains_the_same() {
+    let _turn = one_trainer_at_a_time();
     let run = |device: Device| {
         let config = tiny_config();
         let model = init_random(&config, WeightDType::F32, 42, &device);
