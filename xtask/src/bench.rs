@@ -285,6 +285,10 @@ pub struct BenchTrainArgs {
     /// it is slower).
     #[arg(long, default_value = "f32")]
     pub precision: pmc_model::Precision,
+    /// Split ours into this many micro-batches computed at once, one thread each (the same
+    /// batch and the same result; see `TrainConfig::parallel_micro_batches`).
+    #[arg(long, default_value_t = 2)]
+    pub parallel_micro_batches: usize,
     /// Train ours with gradient checkpointing (memory-bound activations recomputed).
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -303,18 +307,20 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let config = LlamaConfig::from_json(&config_json, Path::new("<bench-train config>"))?;
     let params = config.num_parameters() as f64;
     println!(
-        "bench-train: {:.1} M parameters, batch {} × {} tokens, AdamW, {} products, {threads} threads",
+        "bench-train: {:.1} M parameters, batch {} × {} tokens (ours: {} micro-batches side by side), AdamW, {} products, {threads} threads",
         params / 1e6,
         args.batch,
         args.seq_len,
+        args.parallel_micro_batches,
         args.precision
     );
 
     let device = crate::training_device(args.gradient_checkpointing);
     let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
     let train_config = pmc_train::TrainConfig {
-        micro_batch: args.batch,
+        micro_batch: args.batch / args.parallel_micro_batches.clamp(1, args.batch),
         global_batch: args.batch,
+        parallel_micro_batches: args.parallel_micro_batches,
         precision: args.precision,
         ..pmc_train::run::default_train_config(args.seq_len)
     };

@@ -122,6 +122,7 @@ fn finetune_args(
         keep: 1,
         gradient_checkpointing: false,
         precision: pmc_model::Precision::F32,
+        parallel_micro_batches: 1,
     }
 }
 

@@ -321,5 +321,6 @@ pub fn default_train_config(seq_len: usize) -> TrainConfig {
         seq_len,
         seed: 0,
         precision: Precision::F32,
+        parallel_micro_batches: 1,
     }
 }

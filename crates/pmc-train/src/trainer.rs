@@ -10,7 +10,7 @@ use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_loss, masked
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::data::{Cursor, TrainingData};
+use crate::data::{Batch, Cursor, TrainingData};
 use crate::schedule::CosineSchedule;
 
 /// Optimisation hyper-parameters (PMC-LLaMA: AdamW, lr 2e-5, global batch 128, context 512).
@@ -40,6 +40,14 @@ pub struct TrainConfig {
     /// precision). Checkpoints from before the option train in f32.
     #[serde(default)]
     pub precision: Precision,
+    /// Micro-batches computed at once, each on its own thread (a speed and memory knob: the
+    /// result is bit-identical for any value). 1 keeps one micro-batch's activations in memory.
+    #[serde(default = "one")]
+    pub parallel_micro_batches: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl TrainConfig {
@@ -157,23 +165,34 @@ fn put_grad(grads: &mut GradientsParams, id: ParamId, rank: usize, g: Tensor<2>)
     }
 }
 
-fn map_grad(
+/// Replaces every gradient `g` of `params` by `f(g, other)`, where `other` is the same
+/// parameter's gradient in `others` (removed from it) when given; the gradients are
+/// transformed side by side (see [`side_by_side`]).
+fn map_grads(
     grads: &mut GradientsParams,
-    id: ParamId,
-    rank: usize,
-    f: impl Fn(Tensor<2>) -> Tensor<2>,
+    mut others: Option<&mut GradientsParams>,
+    params: &[(ParamId, usize)],
+    f: impl Fn(Tensor<2>, Option<Tensor<2>>) -> Tensor<2> + Sync,
 ) {
-    if let Some(g) = take_grad(grads, id, rank) {
-        put_grad(grads, id, rank, f(g));
+    let taken: Vec<(ParamId, usize, Tensor<2>, Option<Tensor<2>>)> = params
+        .iter()
+        .filter_map(|&(id, rank)| {
+            let other = others.as_mut().and_then(|o| take_grad(o, id, rank));
+            take_grad(grads, id, rank).map(|g| (id, rank, g, other))
+        })
+        .collect();
+    let mapped = side_by_side(taken, |(id, rank, g, other)| (id, rank, f(g, other)));
+    for (id, rank, g) in mapped {
+        put_grad(grads, id, rank, g);
     }
 }
 
-fn grad_sq_norm(grads: &GradientsParams, id: ParamId, rank: usize) -> f64 {
-    let sq = match rank {
-        2 => grads.get::<2>(id).map(|g| g.square().sum()),
-        _ => grads.get::<1>(id).map(|g| g.square().sum()),
-    };
-    sq.map_or(0.0, |s| s.into_scalar::<f32>() as f64)
+/// The gradient of `id` (left in place), a rank-1 one viewed as one row.
+fn grad_matrix(grads: &GradientsParams, id: ParamId, rank: usize) -> Option<Tensor<2>> {
+    match rank {
+        2 => grads.get::<2>(id),
+        _ => grads.get::<1>(id).map(|g| g.unsqueeze::<2>()),
+    }
 }
 
 /// Scales all gradients so their global L2 norm is at most `max_norm`, as
@@ -184,20 +203,108 @@ pub fn clip_global_norm(
     params: &[(ParamId, usize)],
     max_norm: Option<f64>,
 ) -> f64 {
-    let norm = params
+    let matrices: Vec<Tensor<2>> = params
         .iter()
-        .map(|&(id, r)| grad_sq_norm(grads, id, r))
+        .filter_map(|&(id, rank)| grad_matrix(grads, id, rank))
+        .collect();
+    let norm = side_by_side(matrices, |g| g.square().sum().into_scalar::<f32>() as f64)
+        .into_iter()
         .sum::<f64>()
         .sqrt();
     if let Some(max_norm) = max_norm {
         let coef = max_norm / (norm + 1e-6);
         if coef < 1.0 {
-            for &(id, rank) in params {
-                map_grad(grads, id, rank, |g| g * coef);
-            }
+            map_grads(grads, None, params, |g, _| g * coef);
         }
     }
     norm
+}
+
+/// `f` over `items` on one thread per core, results in order. burn's CPU backend runs
+/// element-wise work on the calling thread, so independent tensors go faster side by side;
+/// each result is the same as computed alone. Items are moved, not shared, so a tensor the
+/// closure owns alone can be updated in place.
+fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = items.len().div_ceil(threads).max(1);
+    let mut parts = Vec::new();
+    let mut items = items.into_iter();
+    loop {
+        let part: Vec<T> = items.by_ref().take(chunk).collect();
+        if part.is_empty() {
+            break;
+        }
+        parts.push(part);
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// The loss of one micro-batch and its gradients by parameter id.
+fn micro_batch_gradients(model: &Llama, batch: Batch) -> (f64, GradientsParams) {
+    let loss = match batch.target_mask {
+        Some(mask) => masked_causal_lm_loss(model, batch.tokens, mask),
+        None => causal_lm_loss(model, batch.tokens),
+    };
+    let value = loss.clone().into_scalar::<f32>() as f64;
+    (value, GradientsParams::from_grads(loss.backward(), model))
+}
+
+/// [`micro_batch_gradients`] of several micro-batches at once, one thread each, in order.
+///
+/// Matrix products already use every core, but burn's CPU backend runs the element-wise
+/// operations around them on the calling thread; two micro-batches side by side keep both
+/// cores busy through those. Each thread gets the model with its parameters as fresh autodiff
+/// leaves (same values, same ids), so the threads build separate graphs instead of queueing
+/// on one. Every micro-batch computes exactly what it computes alone (no random ops run:
+/// see [`Trainer::lanes`]), so the result is bit-identical to taking them one by one.
+fn concurrent_gradients(model: &Llama, batches: Vec<Batch>) -> Vec<(f64, GradientsParams)> {
+    let copies: Vec<Llama> = batches
+        .iter()
+        .map(|_| model.clone().map(&mut FreshLeaves))
+        .collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = copies
+            .into_iter()
+            .zip(batches)
+            .map(|(copy, batch)| scope.spawn(move || micro_batch_gradients(&copy, batch)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// Re-creates every trainable parameter as a new autodiff leaf sharing the same storage.
+struct FreshLeaves;
+
+impl burn::module::ModuleMapper for FreshLeaves {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        let (id, value, mapper) = param.consume();
+        let trainable = value.is_require_grad();
+        let leaf = value.detach();
+        let leaf = if trainable { leaf.require_grad() } else { leaf };
+        burn::module::Param::from_mapped_value(id, leaf, mapper)
+    }
 }
 
 impl Trainer {
@@ -234,60 +341,79 @@ impl Trainer {
         })
     }
 
+    /// How many micro-batches run at once: `config.parallel_micro_batches`, but one at a time
+    /// when the model draws random numbers (LoRA dropout), whose process-wide generator two
+    /// threads would share.
+    fn lanes(&self, accumulation: usize) -> usize {
+        let mut random = false;
+        self.model.visit_linears(|_, linear| {
+            random |= linear.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
+        });
+        if random {
+            1
+        } else {
+            self.config.parallel_micro_batches.clamp(1, accumulation)
+        }
+    }
+
     /// One optimizer step over the next global batch of `data`.
     pub fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
         let accumulation = self.config.accumulation()?;
         let params = parameters(&self.model);
+        let lanes = self.lanes(accumulation);
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
-        for micro in 0..accumulation {
-            // Random ops (LoRA dropout) draw from the device's generator: seeding it per
-            // micro-batch makes a resumed run draw the same masks.
-            self.device.seed(
-                self.config.seed
-                    ^ ((self.state.step as u64) << 16 | micro as u64)
-                        .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-            );
-            let (batch, cursor) =
-                data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
-            self.state.cursor = cursor;
-            tokens += batch.tokens.dims().iter().product::<usize>() as u64;
-            let loss = match batch.target_mask {
-                Some(mask) => masked_causal_lm_loss(&self.model, batch.tokens, mask),
-                None => causal_lm_loss(&self.model, batch.tokens),
+        let mut micro = 0;
+        while micro < accumulation {
+            let group = lanes.min(accumulation - micro);
+            let mut batches = Vec::with_capacity(group);
+            for _ in 0..group {
+                let (batch, cursor) =
+                    data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
+                self.state.cursor = cursor;
+                tokens += batch.tokens.dims().iter().product::<usize>() as u64;
+                batches.push(batch);
+            }
+            let results = if group == 1 {
+                // Random ops (LoRA dropout) draw from the device's generator: seeding it per
+                // micro-batch makes a resumed run draw the same masks.
+                self.device.seed(
+                    self.config.seed
+                        ^ ((self.state.step as u64) << 16 | micro as u64)
+                            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                );
+                let batch = batches.pop().expect("one batch");
+                vec![micro_batch_gradients(&self.model, batch)]
+            } else {
+                concurrent_gradients(&self.model, batches)
             };
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            if !value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: self.state.step + 1,
-                    loss: value,
+            for (value, mut grads) in results {
+                if !value.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: self.state.step + 1,
+                        loss: value,
+                    });
+                }
+                loss_sum += value;
+                total = Some(match total.take() {
+                    None => grads,
+                    Some(mut acc) => {
+                        map_grads(&mut acc, Some(&mut grads), &params, |a, b| match b {
+                            Some(b) => a + b,
+                            None => a,
+                        });
+                        acc
+                    }
                 });
             }
-            loss_sum += value;
-            let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            total = Some(match total.take() {
-                None => grads,
-                Some(mut acc) => {
-                    for &(id, rank) in &params {
-                        if let (Some(a), Some(b)) = (
-                            take_grad(&mut acc, id, rank),
-                            take_grad(&mut grads, id, rank),
-                        ) {
-                            put_grad(&mut acc, id, rank, a + b);
-                        }
-                    }
-                    acc
-                }
-            });
+            micro += group;
         }
         let mut grads = total.expect("at least one micro-batch");
         if accumulation > 1 {
             // The mean over micro-batches equals one batch `accumulation` times larger.
             let scale = 1.0 / accumulation as f64;
-            for &(id, rank) in &params {
-                map_grad(&mut grads, id, rank, |g| g * scale);
-            }
+            map_grads(&mut grads, None, &params, |g, _| g * scale);
         }
         let grad_norm = clip_global_norm(&mut grads, &params, self.config.max_grad_norm);
         let lr = self.config.schedule.lr(self.state.step);

@@ -45,6 +45,7 @@ fn train_config(micro_batch: usize, global_batch: usize) -> TrainConfig {
         seq_len: 16,
         seed: 3,
         precision: Precision::F32,
+        parallel_micro_batches: 1,
     }
 }
 
@@ -185,6 +186,38 @@ fn bf16_products_train_f32_master_weights() {
         assert_eq!(dtype, burn::tensor::DType::F32, "{name} is a master weight");
     });
     assert_resume_bit_exact(&d, || make(Precision::Bf16), 2, 4);
+}
+
+/// Micro-batches computed side by side on threads give the same bits as one after another.
+#[test]
+fn parallel_micro_batches_are_bit_identical() {
+    let _turn = one_trainer_at_a_time();
+    let d = data(16);
+    let run = |lanes| {
+        let device = Device::flex().autodiff();
+        let model = init_random(&tiny_config(), WeightDType::F32, 42, &device);
+        let config = TrainConfig {
+            parallel_micro_batches: lanes,
+            ..train_config(2, 8)
+        };
+        let mut t = Trainer::new(model, tiny_config(), config, &device).unwrap();
+        let losses: Vec<u64> = (0..3).map(|_| t.step(&d).unwrap().loss.to_bits()).collect();
+        let bits: Vec<Vec<u32>> = weights(&t)
+            .iter()
+            .map(|w| w.iter().map(|v| v.to_bits()).collect())
+            .collect();
+        (losses, bits, t.state)
+    };
+    let one_by_one = run(1);
+    for lanes in [2, 4] {
+        let side_by_side = run(lanes);
+        assert_eq!(side_by_side.0, one_by_one.0, "{lanes} lanes: losses differ");
+        assert_eq!(side_by_side.2, one_by_one.2, "{lanes} lanes: state differs");
+        assert!(
+            side_by_side.1 == one_by_one.1,
+            "{lanes} lanes: weights differ"
+        );
+    }
 }
 
 /// Trains `total` steps straight, and `stop` steps + checkpoint + resume + the rest; the
