@@ -27,7 +27,8 @@ fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
 }
 
 /// The dtype the projections (and the LM head) multiply in. Everything else — norms, RoPE,
-/// attention, softmax, the loss, the residual stream — stays f32, and so do the parameters.
+/// attention, softmax, the loss, the residual stream, LoRA's low-rank products — stays f32,
+/// and so do the parameters.
 ///
 /// `Bf16` is mixed precision as `torch.autocast(dtype=torch.bfloat16)` does it for linear
 /// layers: each product reads its input and weight rounded to bf16 and its output is rounded
