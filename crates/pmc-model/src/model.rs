@@ -127,6 +127,9 @@ pub struct LowRank {
     /// Dropout on the adapter's input while training (on an autodiff device), as PEFT's
     /// `lora_dropout`; never applied in evaluation.
     pub dropout: f64,
+    /// Seed of the next dropout mask (see [`Llama::set_dropout_seed`]).
+    #[module(skip)]
+    pub dropout_seed: u64,
 }
 
 impl LowRank {
@@ -138,6 +141,7 @@ impl LowRank {
             b: named_param(&format!("{module}.lora_B.weight"), b),
             scale,
             dropout: 0.0,
+            dropout_seed: 0,
         }
     }
 
@@ -153,14 +157,9 @@ impl LowRank {
         // be: it may come from frozen layers and carry no graph).
         let device = self.a.val().device();
         let x = if self.dropout > 0.0 && device.is_autodiff() {
-            // Inverted dropout: keep with probability 1 − p and rescale, as torch does.
-            let keep = 1.0 - self.dropout;
-            let mask = Tensor::<2>::random(
-                x.dims(),
-                burn::tensor::Distribution::Bernoulli(keep),
-                &device,
-            );
-            x * mask / keep
+            let dims = x.dims();
+            let mask = dropout_mask(self.dropout_seed, dims[0] * dims[1], self.dropout);
+            x * Tensor::<2>::from_data(TensorData::new(mask, dims), &device)
         } else {
             x
         };
@@ -173,6 +172,35 @@ impl LowRank {
     pub fn delta(&self) -> Tensor<2> {
         widen(&self.b).matmul(widen(&self.a)) * self.scale
     }
+}
+
+/// An inverted-dropout mask as torch's dropout makes one: each of `n` entries is kept with
+/// probability `1 − p` and then holds `1 / (1 − p)`, else 0.
+///
+/// Drawn from its own SplitMix64 stream rather than the device's generator, so masks depend
+/// only on `seed`: threads computing micro-batches side by side cannot draw each other's
+/// numbers, and a resumed run draws the same masks. Generated on the host, a few times
+/// faster than a random tensor op on the CPU backend.
+pub fn dropout_mask(seed: u64, n: usize, p: f64) -> Vec<f32> {
+    let keep = 1.0 - p;
+    // An entry is kept when a uniform 32-bit number falls below keep · 2³².
+    let threshold = (keep * 4_294_967_296.0).round() as u64;
+    let kept = (1.0 / keep) as f32;
+    let mut state = seed;
+    let mut mask = Vec::with_capacity(n);
+    while mask.len() < n {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        for half in [z & 0xffff_ffff, z >> 32] {
+            if mask.len() < n {
+                mask.push(if half < threshold { kept } else { 0.0 });
+            }
+        }
+    }
+    mask
 }
 
 /// Root-mean-square layer norm: `weight * x / sqrt(mean(x²) + eps)`.
@@ -646,6 +674,19 @@ impl Llama {
         self.head_precision
     }
 
+    /// Seeds the dropout masks of the next forward pass: each LoRA adapter gets its own
+    /// stream derived from `seed` and its position in the model. A trainer calls this before
+    /// every micro-batch, so masks follow from (run seed, step, micro-batch) alone.
+    pub fn set_dropout_seed(&mut self, seed: u64) {
+        let mut index = 0u64;
+        self.visit_linears_mut(|_, linear| {
+            if let Some(lora) = &mut linear.lora {
+                index += 1;
+                lora.dropout_seed = seed ^ index.wrapping_mul(0xd6e8_feb8_6659_fd93);
+            }
+        });
+    }
+
     /// Logits `[batch, seq, vocab]` of `tokens` `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         self.logits(self.forward_hidden(tokens, cache))
@@ -774,6 +815,19 @@ impl Llama {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropout_masks_drop_p_and_rescale_the_rest() {
+        let n = 200_000;
+        let mask = dropout_mask(7, n, 0.1);
+        assert_eq!(mask.len(), n);
+        let dropped = mask.iter().filter(|&&m| m == 0.0).count() as f64 / n as f64;
+        assert!((dropped - 0.1).abs() < 0.005, "dropped {dropped}");
+        assert!(mask.iter().all(|&m| m == 0.0 || m == (1.0 / 0.9) as f32));
+        assert_eq!(mask, dropout_mask(7, n, 0.1), "a seed gives one mask");
+        assert_ne!(mask, dropout_mask(8, n, 0.1), "another seed another");
+        assert!(dropout_mask(1, 1000, 0.0).iter().all(|&m| m == 1.0));
+    }
 
     /// Blocked attention against the textbook formula with repeated key/value heads
     /// (HF's `repeat_kv`), over more tokens than one block, with and without a cached prefix.

@@ -97,10 +97,6 @@ pub struct StepStats {
 }
 
 /// A model, its optimizer and where training stands.
-///
-/// Each micro-batch reseeds the device's random generator (LoRA dropout draws from it), which
-/// is what makes a resumed run draw the same masks. The generator is process-wide: run one
-/// trainer at a time per process.
 pub struct Trainer {
     /// The model being trained (on an autodiff device).
     pub model: Llama,
@@ -268,12 +264,20 @@ fn micro_batch_gradients(model: &Llama, batch: Batch) -> (f64, GradientsParams) 
 /// operations around them on the calling thread; two micro-batches side by side keep both
 /// cores busy through those. Each thread gets the model with its parameters as fresh autodiff
 /// leaves (same values, same ids), so the threads build separate graphs instead of queueing
-/// on one. Every micro-batch computes exactly what it computes alone (no random ops run:
-/// see [`Trainer::lanes`]), so the result is bit-identical to taking them one by one.
-fn concurrent_gradients(model: &Llama, batches: Vec<Batch>) -> Vec<(f64, GradientsParams)> {
-    let copies: Vec<Llama> = batches
+/// on one. Every micro-batch computes exactly what it computes alone (its dropout masks come
+/// from its own seed), so the result is bit-identical to taking them one by one.
+fn concurrent_gradients(
+    model: &Llama,
+    batches: Vec<Batch>,
+    dropout_seeds: &[u64],
+) -> Vec<(f64, GradientsParams)> {
+    let copies: Vec<Llama> = dropout_seeds
         .iter()
-        .map(|_| model.clone().map(&mut FreshLeaves))
+        .map(|&seed| {
+            let mut copy = model.clone().map(&mut FreshLeaves);
+            copy.set_dropout_seed(seed);
+            copy
+        })
         .collect();
     std::thread::scope(|scope| {
         let handles: Vec<_> = copies
@@ -341,26 +345,11 @@ impl Trainer {
         })
     }
 
-    /// How many micro-batches run at once: `config.parallel_micro_batches`, but one at a time
-    /// when the model draws random numbers (LoRA dropout), whose process-wide generator two
-    /// threads would share.
-    fn lanes(&self, accumulation: usize) -> usize {
-        let mut random = false;
-        self.model.visit_linears(|_, linear| {
-            random |= linear.lora.as_ref().is_some_and(|l| l.dropout > 0.0);
-        });
-        if random {
-            1
-        } else {
-            self.config.parallel_micro_batches.clamp(1, accumulation)
-        }
-    }
-
     /// One optimizer step over the next global batch of `data`.
     pub fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
         let accumulation = self.config.accumulation()?;
         let params = parameters(&self.model);
-        let lanes = self.lanes(accumulation);
+        let lanes = self.config.parallel_micro_batches.clamp(1, accumulation);
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
         let mut tokens = 0u64;
@@ -375,18 +364,21 @@ impl Trainer {
                 tokens += batch.tokens.dims().iter().product::<usize>() as u64;
                 batches.push(batch);
             }
-            let results = if group == 1 {
-                // Random ops (LoRA dropout) draw from the device's generator: seeding it per
-                // micro-batch makes a resumed run draw the same masks.
-                self.device.seed(
+            // LoRA dropout masks follow from (run seed, step, micro-batch) alone, so a resumed
+            // run draws the same ones, and so do micro-batches computed side by side.
+            let seeds: Vec<u64> = (micro..micro + group)
+                .map(|m| {
                     self.config.seed
-                        ^ ((self.state.step as u64) << 16 | micro as u64)
-                            .wrapping_mul(0x9e37_79b9_7f4a_7c15),
-                );
+                        ^ ((self.state.step as u64) << 16 | m as u64)
+                            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                })
+                .collect();
+            let results = if group == 1 {
+                self.model.set_dropout_seed(seeds[0]);
                 let batch = batches.pop().expect("one batch");
                 vec![micro_batch_gradients(&self.model, batch)]
             } else {
-                concurrent_gradients(&self.model, batches)
+                concurrent_gradients(&self.model, batches, &seeds)
             };
             for (value, mut grads) in results {
                 if !value.is_finite() {

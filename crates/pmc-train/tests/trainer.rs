@@ -9,14 +9,6 @@ use pmc_train::{
     clip_global_norm,
 };
 
-/// Trainers seed the device's random generator (process-wide) at every micro-batch, so two
-/// trainers stepping at once in one process would draw each other's dropout masks: the tests
-/// that train take turns.
-fn one_trainer_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn tiny_config() -> LlamaConfig {
     LlamaConfig::from_json(
         &serde_json::json!({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
@@ -113,7 +105,6 @@ fn clipping_matches_torch() {
 
 #[test]
 fn accumulation_equals_a_larger_batch() {
-    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let mut one = trainer(4, 4);
     let mut four = trainer(1, 4);
@@ -138,7 +129,6 @@ fn accumulation_equals_a_larger_batch() {
 
 #[test]
 fn loss_falls() {
-    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let mut t = trainer(4, 8);
     let first = t.step(&d).unwrap().loss;
@@ -155,7 +145,6 @@ fn loss_falls() {
 /// run continues in bf16 from the saved config, bit-exact.
 #[test]
 fn bf16_products_train_f32_master_weights() {
-    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let make = |precision| {
         let device = Device::flex().autodiff();
@@ -191,7 +180,6 @@ fn bf16_products_train_f32_master_weights() {
 /// Micro-batches computed side by side on threads give the same bits as one after another.
 #[test]
 fn parallel_micro_batches_are_bit_identical() {
-    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let run = |lanes| {
         let device = Device::flex().autodiff();
@@ -256,14 +244,12 @@ fn assert_resume_bit_exact(
 
 #[test]
 fn resume_is_bit_exact() {
-    let _turn = one_trainer_at_a_time();
     assert_resume_bit_exact(&data(16), || trainer(2, 4), 3, 6);
 }
 
 /// The same on packed parquet shards from pmc-corpus, across an epoch boundary.
 #[test]
 fn resume_on_corpus_shards_is_bit_exact() {
-    let _turn = one_trainer_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let docs: String = (0..6)
         .map(|i| {
@@ -311,7 +297,6 @@ fn resume_on_corpus_shards_is_bit_exact() {
 
 #[test]
 fn a_diverging_run_stops_with_a_clear_error() {
-    let _turn = one_trainer_at_a_time();
     let d = data(16);
     let mut t = trainer(4, 4);
     t.config.schedule = CosineSchedule {
@@ -336,7 +321,6 @@ fn a_diverging_run_stops_with_a_clear_error() {
 /// weights never move.
 #[test]
 fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
-    let _turn = one_trainer_at_a_time();
     let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../pmc-model/tests/fixtures/gqa_tied");
     let make_with = |dropout: f64| {
@@ -364,6 +348,22 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
     };
     // With dropout on the adapters' input, so that resuming must also replay the masks.
     let make = || make_with(0.1);
+    let trained = |mut t: Trainer, lanes: usize| {
+        t.config.parallel_micro_batches = lanes;
+        for _ in 0..3 {
+            t.step(&data(16)).unwrap();
+        }
+        weights(&t)
+    };
+    let one_by_one = trained(make(), 1);
+    assert!(
+        trained(make(), 2) == one_by_one,
+        "micro-batches side by side draw other dropout masks"
+    );
+    assert!(
+        trained(make_with(0.0), 1) != one_by_one,
+        "the dropout masks change nothing"
+    );
     let before = make();
     let base_before: Vec<Vec<f32>> = weights(&before)
         .into_iter()
@@ -414,7 +414,6 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
 /// or the padding; the masked loss equals the mean over those positions computed by hand.
 #[test]
 fn instruction_batches_mask_prompt_and_padding() {
-    let _turn = one_trainer_at_a_time();
     use pmc_train::{Example, SftData, Template};
     let base_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../pmc-model/tests/fixtures/gqa_tied");
@@ -507,7 +506,6 @@ fn instruction_batches_mask_prompt_and_padding() {
 /// memory.
 #[test]
 fn gradient_checkpointing_trains_the_same() {
-    let _turn = one_trainer_at_a_time();
     let run = |device: Device| {
         let config = tiny_config();
         let model = init_random(&config, WeightDType::F32, 42, &device);
