@@ -94,19 +94,8 @@ pub struct FinetuneArgs {
     pub checkpoint_every: usize,
     #[arg(long, default_value_t = 2)]
     pub keep: usize,
-    /// Micro-batches computed at once, one thread each: faster on a multi-core CPU, with
-    /// that many micro-batches' activations in memory; the result is bit-identical.
-    #[arg(long, default_value_t = 1)]
-    pub parallel_micro_batches: usize,
-    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
-    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
-    /// it is slower).
-    #[arg(long, default_value = "f32")]
-    pub precision: pmc_model::Precision,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them
-    /// (burn's balanced gradient checkpointing): less memory, more compute.
-    #[arg(long)]
-    pub gradient_checkpointing: bool,
+    #[command(flatten)]
+    pub compute: crate::ComputeArgs,
 }
 
 fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
@@ -141,7 +130,7 @@ fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
 }
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
-    let device = crate::training_device(args.gradient_checkpointing);
+    let device = args.compute.device();
     let Some(template) = Template::parse(&args.template) else {
         bail!(
             "unknown --template {:?} (pmc-llama or plain)",
@@ -183,8 +172,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 micro_batch: args.micro_batch,
                 global_batch: args.global_batch,
                 seed: args.seed,
-                precision: args.precision,
-                parallel_micro_batches: args.parallel_micro_batches,
+                precision: args.compute.precision,
+                parallel_micro_batches: args.compute.parallel_micro_batches,
                 ..run::default_train_config(args.max_len)
             };
             let mut model = loaded.model;

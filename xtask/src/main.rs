@@ -80,6 +80,42 @@ pub fn install_stop_handler() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
 }
 
+/// How a training command computes (pretrain and finetune share these options).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ComputeArgs {
+    /// Recompute memory-bound activations in the backward pass instead of keeping them
+    /// (burn's balanced gradient checkpointing): less memory, more compute.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// Micro-batches computed at once, one thread each: faster on a multi-core CPU, with
+    /// that many micro-batches' activations in memory; the result is bit-identical.
+    #[arg(long, default_value_t = 1)]
+    pub parallel_micro_batches: usize,
+    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
+    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
+    /// it is slower).
+    #[arg(long, default_value = "f32")]
+    pub precision: pmc_model::Precision,
+}
+
+impl Default for ComputeArgs {
+    /// The options' defaults.
+    fn default() -> Self {
+        Self {
+            gradient_checkpointing: false,
+            parallel_micro_batches: 1,
+            precision: pmc_model::Precision::F32,
+        }
+    }
+}
+
+impl ComputeArgs {
+    /// The autodiff device these options train on.
+    pub fn device(&self) -> pmc_model::burn::prelude::Device {
+        training_device(self.gradient_checkpointing)
+    }
+}
+
 /// The autodiff device training runs on, with gradient checkpointing when asked.
 pub fn training_device(gradient_checkpointing: bool) -> pmc_model::burn::prelude::Device {
     let device = pmc_model::default_device().autodiff();

@@ -130,19 +130,8 @@ pub struct PretrainArgs {
     /// (PMC-LLaMA's one random window per paper per epoch).
     #[arg(long, default_value = "packed")]
     pub sampling: String,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them
-    /// (burn's balanced gradient checkpointing): less memory, more compute.
-    #[arg(long)]
-    pub gradient_checkpointing: bool,
-    /// Micro-batches computed at once, one thread each: faster on a multi-core CPU, with
-    /// that many micro-batches' activations in memory; the result is bit-identical.
-    #[arg(long, default_value_t = 1)]
-    pub parallel_micro_batches: usize,
-    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
-    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
-    /// it is slower).
-    #[arg(long, default_value = "f32")]
-    pub precision: pmc_model::Precision,
+    #[command(flatten)]
+    pub compute: crate::ComputeArgs,
     /// Held-out sequences in each perplexity evaluation.
     #[arg(long, default_value_t = 64)]
     pub eval_sequences: usize,
@@ -277,7 +266,7 @@ pub fn resume(
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
-    let device = crate::training_device(args.gradient_checkpointing);
+    let device = args.compute.device();
     let source = read_source(&args)?;
     let seq_len = match &source {
         Source::Shards { manifest, dir } => match args.seq_len {
@@ -305,8 +294,8 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 micro_batch: args.micro_batch,
                 global_batch: args.global_batch,
                 seed: args.seed,
-                precision: args.precision,
-                parallel_micro_batches: args.parallel_micro_batches,
+                precision: args.compute.precision,
+                parallel_micro_batches: args.compute.parallel_micro_batches,
                 ..run::default_train_config(seq_len)
             };
             let (model, model_config, tokenizer) = match &args.base {

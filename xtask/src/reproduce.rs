@@ -120,9 +120,7 @@ fn finetune_args(
         log_every: 10,
         checkpoint_every: 1_000_000,
         keep: 1,
-        gradient_checkpointing: false,
-        precision: pmc_model::Precision::F32,
-        parallel_micro_batches: 1,
+        compute: crate::ComputeArgs::default(),
     }
 }
 

@@ -2,32 +2,12 @@
 //! random checkpoints in every layout we read, with log-likelihoods and greedy tokens that
 //! transformers computed. Also the save → load round trip.
 
-use std::path::{Path, PathBuf};
-
 mod common;
 
-use common::{ids, score_request};
+use common::{FIXTURES, expected, fixture, ids, score_request};
 use pmc_model::{GenerationConfig, LoadOptions, WeightDType, load_model, score_continuations};
-use serde_json::Value;
 
-const FIXTURES: [&str; 4] = [
-    "gqa_tied",
-    "bf16_sharded_llama3",
-    "linear_bias",
-    "dynamic_f16",
-];
 const TOLERANCE: f64 = 1e-3;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn expected(name: &str) -> Value {
-    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// The parity checks of one fixture on one device; returns the worst |Δloglik|.
 fn check_fixture(name: &str, device: &pmc_model::burn::prelude::Device) -> f64 {

@@ -4,9 +4,10 @@
 
 mod common;
 
+use common::{FIXTURES, expected, fixture};
+
 use pmc_model::burn::prelude::*;
 use pmc_model::{LoadOptions, Precision, WeightRef, causal_lm_loss, load_model};
-use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -39,13 +40,6 @@ fn bf16_products_match_transformers_with_bf16_linear_layers() {
     }
 }
 
-const FIXTURES: [&str; 4] = [
-    "gqa_tied",
-    "bf16_sharded_llama3",
-    "linear_bias",
-    "dynamic_f16",
-];
-
 /// Measured: |Δloss| ≤ 2.1e-4 against bf16 transformers, while bf16 moves the loss by
 /// 2.2e-3 to 9.1e-3 from f32.
 const BF16_LOSS_TOLERANCE: f64 = 5e-4;
@@ -54,17 +48,13 @@ const BF16_GRAD_TOLERANCE: f64 = 3e-3;
 
 fn check(name: &str, precision: Precision, loss_tolerance: f64, grad_tolerance: f64) {
     let device = Device::flex().autodiff();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let expected: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected = expected(name);
     let f32_reference = &expected["training"];
     let reference = match precision {
         Precision::F32 => f32_reference,
         Precision::Bf16 => &f32_reference["bf16"],
     };
-    let mut loaded = load_model(&dir, &LoadOptions::default(), &device).unwrap();
+    let mut loaded = load_model(&fixture(name), &LoadOptions::default(), &device).unwrap();
     loaded.model.set_precision(precision);
     let rows: Vec<Vec<u32>> = f32_reference["input_ids"]
         .as_array()
@@ -87,7 +77,6 @@ fn check(name: &str, precision: Precision, loss_tolerance: f64, grad_tolerance: 
     let grads = loss.backward();
     let mut total_sq = 0.0;
     let mut checked = 0;
-    let mut largest_precision_effect = 0.0f64;
     loaded.model.visit_weights(|param, weight| {
         let got = match weight {
             WeightRef::Matrix(p) => p.val().grad(&grads).map(norm),
@@ -101,9 +90,6 @@ fn check(name: &str, precision: Precision, loss_tolerance: f64, grad_tolerance: 
             (got - want).abs() <= grad_tolerance * want.max(1.0),
             "{name} ({precision}): grad norm of {param}: {got} vs transformers {want}"
         );
-        let in_f32 = f32_reference["grad_norms"][&param].as_f64().unwrap();
-        largest_precision_effect =
-            largest_precision_effect.max((want - in_f32).abs() / in_f32.max(1.0));
         total_sq += got * got;
         checked += 1;
     });
@@ -126,9 +112,10 @@ fn check(name: &str, precision: Precision, loss_tolerance: f64, grad_tolerance: 
             effect > 4.0 * loss_tolerance,
             "{name}: bf16 moves the loss by only {effect:.1e}, too little for a {loss_tolerance:.0e} tolerance to test"
         );
+        println!("{name}: bf16 products move transformers' loss by {effect:.1e}");
     }
     println!(
-        "{name} ({precision}): loss {value:.6} (Δ {:.1e}), total grad norm {total:.6} (Δ {:.1e}); bf16 moves the reference by up to {largest_precision_effect:.1e}",
+        "{name} ({precision}): loss {value:.6} (Δ {:.1e}), total grad norm {total:.6} (Δ {:.1e})",
         (value - reference["loss"].as_f64().unwrap()).abs(),
         (total - want).abs()
     );

@@ -221,8 +221,18 @@ pub fn clip_global_norm(
 /// each result is the same as computed alone. Items are moved, not shared, so a tensor the
 /// closure owns alone can be updated in place.
 fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = items.len().div_ceil(threads).max(1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    on_threads(items, cores, f)
+}
+
+/// `f` over `items` split into at most `threads` consecutive runs, one thread each; results
+/// in order.
+fn on_threads<T: Send, R: Send>(
+    items: Vec<T>,
+    threads: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
+    let chunk = items.len().div_ceil(threads.max(1)).max(1);
     let mut parts = Vec::new();
     let mut items = items.into_iter();
     loop {
@@ -271,27 +281,18 @@ fn concurrent_gradients(
     batches: Vec<Batch>,
     dropout_seeds: &[u64],
 ) -> Vec<(f64, GradientsParams)> {
-    let copies: Vec<Llama> = dropout_seeds
+    let work: Vec<(Llama, Batch)> = dropout_seeds
         .iter()
-        .map(|&seed| {
+        .zip(batches)
+        .map(|(&seed, batch)| {
             let mut copy = model.clone().map(&mut FreshLeaves);
             copy.set_dropout_seed(seed);
-            copy
+            (copy, batch)
         })
         .collect();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = copies
-            .into_iter()
-            .zip(batches)
-            .map(|(copy, batch)| scope.spawn(move || micro_batch_gradients(&copy, batch)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
+    let threads = work.len();
+    on_threads(work, threads, |(copy, batch)| {
+        micro_batch_gradients(&copy, batch)
     })
 }
 

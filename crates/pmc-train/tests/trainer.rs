@@ -51,10 +51,14 @@ fn data(seq_len: usize) -> TokenWindows {
 }
 
 fn trainer(micro: usize, global: usize) -> Trainer {
+    trainer_with(train_config(micro, global))
+}
+
+/// A trainer of the tiny model (same initial weights every time) with `config`.
+fn trainer_with(config: TrainConfig) -> Trainer {
     let device = Device::flex().autodiff();
-    let config = tiny_config();
-    let model = init_random(&config, WeightDType::F32, 42, &device);
-    Trainer::new(model, config, train_config(micro, global), &device).unwrap()
+    let model = init_random(&tiny_config(), WeightDType::F32, 42, &device);
+    Trainer::new(model, tiny_config(), config, &device).unwrap()
 }
 
 /// Every weight of the model, adapters included.
@@ -147,13 +151,10 @@ fn loss_falls() {
 fn bf16_products_train_f32_master_weights() {
     let d = data(16);
     let make = |precision| {
-        let device = Device::flex().autodiff();
-        let model = init_random(&tiny_config(), WeightDType::F32, 42, &device);
-        let config = TrainConfig {
+        trainer_with(TrainConfig {
             precision,
             ..train_config(4, 8)
-        };
-        Trainer::new(model, tiny_config(), config, &device).unwrap()
+        })
     };
     let mut mixed = make(Precision::Bf16);
     let mut full = make(Precision::F32);
@@ -182,13 +183,10 @@ fn bf16_products_train_f32_master_weights() {
 fn parallel_micro_batches_are_bit_identical() {
     let d = data(16);
     let run = |lanes| {
-        let device = Device::flex().autodiff();
-        let model = init_random(&tiny_config(), WeightDType::F32, 42, &device);
-        let config = TrainConfig {
+        let mut t = trainer_with(TrainConfig {
             parallel_micro_batches: lanes,
             ..train_config(2, 8)
-        };
-        let mut t = Trainer::new(model, tiny_config(), config, &device).unwrap();
+        });
         let losses: Vec<u64> = (0..3).map(|_| t.step(&d).unwrap().loss.to_bits()).collect();
         let bits: Vec<Vec<u32>> = weights(&t)
             .iter()

@@ -6,6 +6,28 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+/// The fixtures of `tests/fixtures/make_fixtures.py`: tiny random checkpoints in every layout
+/// we read, with what transformers computed on them in `expected.json`.
+pub const FIXTURES: [&str; 4] = [
+    "gqa_tied",
+    "bf16_sharded_llama3",
+    "linear_bias",
+    "dynamic_f16",
+];
+
+/// The directory of fixture `name`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Fixture `name`'s `expected.json`.
+pub fn expected(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 /// `../shared` (or `$PMC_SHARED`), when present.
 pub fn shared() -> Option<PathBuf> {
     let dir = std::env::var_os("PMC_SHARED")
