@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use pmc_model::{GenerationConfig, LlamaConfig, WeightDType};
+use pmc_train::TrainStep;
 use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
@@ -298,13 +299,9 @@ pub struct BenchTrainArgs {
 /// intermediate 1376, 8 layers, 8 heads) against PyTorch eager in the same invocation.
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let config_json = json!({
-        "vocab_size": 8192, "hidden_size": 512, "intermediate_size": 1376,
-        "num_hidden_layers": 8, "num_attention_heads": 8, "num_key_value_heads": 8,
-        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "tie_word_embeddings": false,
-    });
-    let config = LlamaConfig::from_json(&config_json, Path::new("<bench-train config>"))?;
+    let config = LlamaConfig::preset("small", 8192)?;
+    let config_json = config.to_json();
+
     let params = config.num_parameters() as f64;
     println!(
         "bench-train: {:.1} M parameters, batch {} × {} tokens (ours: {} micro-batches side by side), AdamW, {} products, {threads} threads",

@@ -8,7 +8,9 @@ use clap::{Args, ValueEnum};
 use pmc_bench::data::{self, Split, Task};
 use pmc_model::burn::prelude::*;
 use pmc_train::run::{self, RunOptions};
-use pmc_train::{CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig, Trainer};
+use pmc_train::{
+    Checkpointer, CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig, Trainer,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -247,11 +249,11 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         held_out.len(),
         trainer.config.global_batch
     );
-    let run_dir = args
-        .resume
-        .as_deref()
-        .and_then(pmc_train::run_dir_of)
-        .unwrap_or_else(|| args.out.clone());
+    let run_dir = match &args.resume {
+        Some(path) => pmc_train::run_dir_of(&pmc_train::checkpoint::resolve(path)?)
+            .context("the checkpoint is not inside a run directory")?,
+        None => args.out.clone(),
+    };
     run::save_run_config(
         &run_dir,
         &serde_json::json!({"train": trainer.config, "method": format!("{:?}", args.method), "base": args.model,
@@ -267,9 +269,8 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         max_eval_windows: 16,
     };
     crate::install_stop_handler()?;
-    let summary = run::run_with(&mut trainer, &data, &held_out, &options, &run_dir, |dir| {
-        tokenizer.save(dir).map_err(pmc_train::TrainError::Model)
-    })?;
+    let checkpointer = Checkpointer::new(&run_dir, args.keep).with_tokenizer(tokenizer.clone());
+    let summary = run::run(&mut trainer, &data, &held_out, &options, &checkpointer)?;
     // The result beside the checkpoints: the adapter (PEFT format) or the whole model.
     let result = match &trainer.lora {
         Some(lora) => {

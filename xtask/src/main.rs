@@ -116,6 +116,95 @@ impl ComputeArgs {
     }
 }
 
+/// Sharded data-parallel training (pretrain and finetune share these options).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DistributedArgs {
+    /// Workers of a sharded data-parallel run (FSDP). Without it and without --shard-level,
+    /// the single-process trainer runs. Under MPI it defaults to the job's size.
+    #[arg(long)]
+    pub world_size: Option<usize>,
+    /// What the workers split (ZeRO levels): 0 nothing (data parallel, gradients
+    /// all-reduced), 1 the optimizer state, 2 also the gradients, 3 also the parameters
+    /// (FSDP full_shard: one unit per decoder layer, gathered when used). Default 3.
+    #[arg(long)]
+    pub shard_level: Option<u8>,
+    /// threads (workers in this process) or mpi (one process per worker; relaunches under
+    /// `mpiexec -n N` when started outside an MPI job; needs `--features mpi`).
+    #[arg(long, default_value = "threads")]
+    pub engine: String,
+    /// Seconds any collective may wait before the job is aborted with a message.
+    #[arg(long, default_value_t = 600.0)]
+    pub collective_timeout: f64,
+}
+
+/// A sharded run's settings, checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Sharding {
+    pub level: pmc_fsdp::ShardLevel,
+    pub engine: pmc_fsdp::Engine,
+    pub world_size: Option<usize>,
+    pub timeout: std::time::Duration,
+}
+
+impl DistributedArgs {
+    /// `None`: train in one process with pmc-train's trainer.
+    pub fn sharding(&self) -> anyhow::Result<Option<Sharding>> {
+        let engine: pmc_fsdp::Engine = self.engine.parse().map_err(anyhow::Error::msg)?;
+        if self.world_size.is_none_or(|n| n <= 1)
+            && self.shard_level.is_none()
+            && engine == pmc_fsdp::Engine::Threads
+        {
+            return Ok(None);
+        }
+        if self.world_size == Some(0) {
+            anyhow::bail!("--world-size must be at least 1");
+        }
+        let level = pmc_fsdp::ShardLevel::from_number(self.shard_level.unwrap_or(3))
+            .ok_or_else(|| anyhow::anyhow!("--shard-level must be 0, 1, 2 or 3"))?;
+        if self.collective_timeout.is_nan() || self.collective_timeout <= 0.0 {
+            anyhow::bail!("--collective-timeout must be positive");
+        }
+        Ok(Some(Sharding {
+            level,
+            engine,
+            world_size: self.world_size,
+            timeout: std::time::Duration::from_secs_f64(self.collective_timeout),
+        }))
+    }
+
+    /// Under `--engine mpi` outside an MPI job: reruns this command under `mpiexec` and exits
+    /// with its code. Call before any preparation.
+    pub fn relaunch_if_needed(&self) -> anyhow::Result<()> {
+        if let Some(s) = self.sharding()?
+            && let Some(code) = pmc_fsdp::launch::relaunch_outside_job(s.engine, s.world_size)?
+        {
+            std::process::exit(code);
+        }
+        Ok(())
+    }
+
+    /// For run_config.json.
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"world_size": self.world_size, "shard_level": self.shard_level,
+            "engine": self.engine})
+    }
+}
+
+impl Sharding {
+    /// Runs `work` on every rank.
+    pub fn launch<R: Send>(
+        &self,
+        work: impl Fn(&dyn pmc_fsdp::Collective) -> Result<R, pmc_train::TrainError> + Sync,
+    ) -> anyhow::Result<pmc_fsdp::Launched<R>> {
+        Ok(pmc_fsdp::launch(
+            self.engine,
+            self.world_size,
+            self.timeout,
+            work,
+        )?)
+    }
+}
+
 /// The autodiff device training runs on, with gradient checkpointing when asked.
 pub fn training_device(gradient_checkpointing: bool) -> pmc_model::burn::prelude::Device {
     let device = pmc_model::default_device().autodiff();

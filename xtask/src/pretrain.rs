@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use pmc_train::run::{self, RunOptions};
-use pmc_train::{CorpusShards, CosineSchedule, TokenWindows, Trainer, TrainingData};
+use pmc_train::{Checkpointer, CorpusShards, CosineSchedule, TokenWindows, Trainer, TrainingData};
 
 /// `pretrain --config FILE.toml ...`: the file's keys (the option names, `-` or `_`) become
 /// options placed before the command line's own, so anything given on the command line
@@ -111,7 +111,8 @@ pub struct PretrainArgs {
     /// Run directory: metrics.jsonl, run_config.json, tokenizer, checkpoints/.
     #[arg(long, default_value = "runs/pretrain")]
     pub out: PathBuf,
-    /// Continue from this checkpoint directory (runs/.../checkpoints/step-N).
+    /// Continue a run: its directory (the newest complete checkpoint is taken) or one
+    /// checkpoint directory (runs/.../checkpoints/step-N).
     #[arg(long)]
     pub resume: Option<PathBuf>,
     /// Log every N steps.
@@ -132,6 +133,8 @@ pub struct PretrainArgs {
     pub sampling: String,
     #[command(flatten)]
     pub compute: crate::ComputeArgs,
+    #[command(flatten)]
+    pub distributed: crate::DistributedArgs,
     /// Held-out sequences in each perplexity evaluation.
     #[arg(long, default_value_t = 64)]
     pub eval_sequences: usize,
@@ -248,24 +251,56 @@ fn check_same_tokenizer(
     Ok(())
 }
 
-/// The trainer of checkpoint `ckpt` and the tokenizer saved with it (every checkpoint of
-/// `pretrain` and `finetune` carries one, adapter checkpoints included).
+/// The checkpoint `--resume` names (a run directory: its newest complete checkpoint) and
+/// the tokenizer saved with it (every checkpoint of `pretrain` and `finetune` carries one,
+/// adapter checkpoints included).
+pub fn resume_point(path: &Path) -> Result<(PathBuf, pmc_model::Tokenizer)> {
+    let ckpt = pmc_train::checkpoint::resolve(path)?;
+    let config = pmc_model::LlamaConfig::from_file(ckpt.join("config.json"))
+        .or_else(|_| {
+            // An adapter checkpoint: the tokenizer's ids come with the base model's config.
+            let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+                ckpt.join(pmc_train::checkpoint::STATE_FILE),
+            )?)?;
+            let base = PathBuf::from(state["lora_base"].as_str().unwrap_or_default());
+            anyhow::Ok(
+                pmc_model::load_model(&base, &Default::default(), &pmc_model::default_device())?
+                    .config,
+            )
+        })
+        .with_context(|| format!("{}: the checkpoint's model config", ckpt.display()))?;
+    let tokenizer =
+        pmc_model::Tokenizer::from_dir(&ckpt, config.bos_token_id, &config.eos_token_ids)
+            .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
+    eprintln!("resuming {}", ckpt.display());
+    Ok((ckpt, tokenizer))
+}
+
+/// The trainer of the checkpoint `--resume` names and the tokenizer saved with it.
 pub fn resume(
-    ckpt: &Path,
+    path: &Path,
     device: &pmc_model::burn::prelude::Device,
 ) -> Result<(Trainer, pmc_model::Tokenizer)> {
-    let trainer = Trainer::resume(ckpt, device)?;
-    let tokenizer = pmc_model::Tokenizer::from_dir(
-        ckpt,
-        trainer.model_config.bos_token_id,
-        &trainer.model_config.eos_token_ids,
-    )
-    .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
-    eprintln!("resuming {} at step {}", ckpt.display(), trainer.state.step);
+    let (ckpt, tokenizer) = resume_point(path)?;
+    let trainer = Trainer::resume(&ckpt, device)?;
+    eprintln!("at step {}", trainer.state.step);
     Ok((trainer, tokenizer))
 }
 
+/// Where a run starts. (One value per run: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    /// A model and its config, at step 0.
+    Fresh {
+        model: pmc_model::Llama,
+        model_config: pmc_model::LlamaConfig,
+    },
+    /// A checkpoint.
+    Resume(PathBuf),
+}
+
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
+    args.distributed.relaunch_if_needed()?;
     let device = args.compute.device();
     let source = read_source(&args)?;
     let seq_len = match &source {
@@ -279,8 +314,12 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         },
         Source::Text { .. } => args.seq_len.unwrap_or(128),
     };
-    let (mut trainer, tokenizer) = match &args.resume {
-        Some(ckpt) => resume(ckpt, &device)?,
+    let (start, tokenizer, train_config) = match &args.resume {
+        Some(path) => {
+            let (ckpt, tokenizer) = resume_point(path)?;
+            let config = pmc_train::checkpoint::saved_config(&ckpt)?;
+            (Start::Resume(ckpt), tokenizer, config)
+        }
         None => {
             let config = pmc_train::TrainConfig {
                 schedule: CosineSchedule {
@@ -314,7 +353,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                         unreachable!()
                     };
                     let tokenizer = corpus_tokenizer(dir, manifest)?;
-                    let config = run::preset(&args.preset, manifest.vocab_size)?;
+                    let config = pmc_model::LlamaConfig::preset(&args.preset, manifest.vocab_size)?;
                     (
                         run::fresh_model(&config, args.seed, &device),
                         config,
@@ -332,7 +371,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     );
                     let tokenizer = run::train_bpe(docs, args.vocab_size)?;
                     let vocab = tokenizer.inner().get_vocab_size(true);
-                    let config = run::preset(&args.preset, vocab)?;
+                    let config = pmc_model::LlamaConfig::preset(&args.preset, vocab)?;
                     (
                         run::fresh_model(&config, args.seed, &device),
                         config,
@@ -352,86 +391,49 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 model_config.hidden_size
             );
             (
-                Trainer::new(model, model_config, config, &device)?,
+                Start::Fresh {
+                    model,
+                    model_config,
+                },
                 tokenizer,
+                config,
             )
         }
     };
-    // The training stream, the held-out sequences, and a fingerprint of what the data
-    // cursor indexes into: a resumed run must see the same stream.
-    let (train, held_out, fingerprint): (Box<dyn TrainingData>, Vec<Vec<u32>>, String) =
-        match &source {
-            Source::Text {
-                docs, valid_docs, ..
-            } => {
-                let train_tokens = run::tokenize(&tokenizer, docs)?;
-                let fingerprint = format!(
-                    "{:016x}-{}-{seq_len}",
-                    train_tokens
-                        .iter()
-                        .fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64)
-                            .wrapping_mul(0x0100_0000_01b3)),
-                    train_tokens.len()
-                );
-                let train = TokenWindows::new(&train_tokens, seq_len, trainer.config.seed);
-                let valid = TokenWindows::new(&run::tokenize(&tokenizer, valid_docs)?, seq_len, 0);
-                (Box::new(train), valid.windows().to_vec(), fingerprint)
-            }
-            Source::Shards { dir, manifest } => {
-                let sampling = match args.sampling.as_str() {
-                    "packed" => pmc_train::Sampling::Packed,
-                    "paper-windows" => pmc_train::Sampling::PaperWindows,
-                    other => bail!("--sampling must be packed or paper-windows, got {other:?}"),
-                };
-                let train = CorpusShards::open_with(dir, trainer.config.seed, sampling)?;
-                let mut held_out = CorpusShards::held_out(dir, args.eval_sequences)?;
-                if held_out.is_empty() && !args.valid.is_empty() {
-                    let valid_docs = run::read_documents(&args.valid)?;
-                    held_out =
-                        TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0)
-                            .windows()
-                            .to_vec();
-                }
-                if held_out.is_empty() {
-                    bail!(
-                        "{} has no validation split: prepare it with --valid-fraction, or pass --valid FILES",
-                        dir.display()
-                    );
-                }
-                let shards: Vec<String> = manifest
-                    .token_shards
-                    .iter()
-                    .map(|s| format!("{}:{}", s.file, s.rows))
-                    .collect();
-                let fingerprint = format!(
-                    "shards-{}-{}-{}-{}",
-                    args.sampling,
-                    manifest.tokenizer_sha256,
-                    manifest.sequences,
-                    shards.join(",")
-                );
-                (Box::new(train), held_out, fingerprint)
-            }
-        };
-    if let Some(ckpt) = &args.resume {
-        let path = ckpt.join("data.json");
-        let saved: serde_json::Value = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .with_context(|| {
-                format!(
-                    "{}: missing or unreadable; cannot check the data matches",
-                    path.display()
-                )
-            })?;
-        if saved["fingerprint"].as_str() != Some(fingerprint.as_str()) {
-            bail!(
-                "{}: this checkpoint was trained on other data (fingerprint {}, now {fingerprint}); resume with the same --corpus",
-                ckpt.display(),
-                saved["fingerprint"]
-            );
+    // The training stream and the held-out sequences. (The trainer refuses a stream other
+    // than its checkpoint's on resume.)
+    let (train, held_out): (Box<dyn TrainingData>, Vec<Vec<u32>>) = match &source {
+        Source::Text {
+            docs, valid_docs, ..
+        } => {
+            let train_tokens = run::tokenize(&tokenizer, docs)?;
+            let train = TokenWindows::new(&train_tokens, seq_len, train_config.seed);
+            let valid = TokenWindows::new(&run::tokenize(&tokenizer, valid_docs)?, seq_len, 0);
+            (Box::new(train), valid.windows().to_vec())
         }
-    }
+        Source::Shards { dir, .. } => {
+            let sampling = match args.sampling.as_str() {
+                "packed" => pmc_train::Sampling::Packed,
+                "paper-windows" => pmc_train::Sampling::PaperWindows,
+                other => bail!("--sampling must be packed or paper-windows, got {other:?}"),
+            };
+            let train = CorpusShards::open_with(dir, train_config.seed, sampling)?;
+            let mut held_out = CorpusShards::held_out(dir, args.eval_sequences)?;
+            if held_out.is_empty() && !args.valid.is_empty() {
+                let valid_docs = run::read_documents(&args.valid)?;
+                held_out = TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0)
+                    .windows()
+                    .to_vec();
+            }
+            if held_out.is_empty() {
+                bail!(
+                    "{} has no validation split: prepare it with --valid-fraction, or pass --valid FILES",
+                    dir.display()
+                );
+            }
+            (Box::new(train), held_out)
+        }
+    };
     if train.sequences() == 0 || held_out.is_empty() {
         bail!("not enough text for one {seq_len}-token window in the training or held-out split");
     }
@@ -439,22 +441,17 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         "data: {} training sequences, {} held-out sequences of {seq_len} tokens; global batch {} sequences",
         train.sequences(),
         held_out.len(),
-        trainer.config.global_batch
+        train_config.global_batch
     );
     let valid_paths = match &source {
         Source::Text { valid_paths, .. } => valid_paths.clone(),
         Source::Shards { .. } => args.valid.clone(),
     };
-    let run_dir = args
-        .resume
-        .as_deref()
-        .and_then(pmc_train::run_dir_of)
-        .unwrap_or_else(|| args.out.clone());
-    run::save_run_config(
-        &run_dir,
-        &serde_json::json!({"train": trainer.config, "model": trainer.model_config.to_json(),
-            "corpus": args.corpus, "valid": valid_paths, "base": args.base, "steps": args.steps}),
-    )?;
+    let run_dir = match &args.resume {
+        Some(path) => pmc_train::run_dir_of(&pmc_train::checkpoint::resolve(path)?)
+            .context("the checkpoint is not inside a run directory")?,
+        None => args.out.clone(),
+    };
     let options = RunOptions {
         steps: args.steps,
         log_every: args.log_every,
@@ -465,20 +462,71 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     };
     // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
     crate::install_stop_handler()?;
-    // Every checkpoint carries the tokenizer, so it is a complete HF model directory.
-    let summary = run::run_with(
-        &mut trainer,
-        train.as_ref(),
-        &held_out,
-        &options,
-        &run_dir,
-        |dir| {
-            tokenizer.save(dir).map_err(pmc_train::TrainError::Model)?;
-            let path = dir.join("data.json");
-            let data = serde_json::json!({"fingerprint": fingerprint, "corpus": args.corpus});
-            std::fs::write(&path, data.to_string()).map_err(|e| pmc_train::TrainError::Io(path, e))
-        },
-    )?;
+    let checkpointer = Checkpointer::new(&run_dir, args.keep).with_tokenizer(tokenizer);
+    let save_config = |config: &pmc_train::TrainConfig, model: &pmc_model::LlamaConfig| {
+        run::save_run_config(
+            &run_dir,
+            &serde_json::json!({"train": config, "model": model.to_json(), "corpus": args.corpus,
+                "valid": valid_paths, "base": args.base, "steps": args.steps,
+                "distributed": args.distributed.describe()}),
+        )
+    };
+    let summary = match args.distributed.sharding()? {
+        None => {
+            let mut trainer = match start {
+                Start::Fresh {
+                    model,
+                    model_config,
+                } => Trainer::new(model, model_config, train_config, &device)?,
+                Start::Resume(ckpt) => Trainer::resume(&ckpt, &device)?,
+            };
+            save_config(&trainer.config, &trainer.model_config)?;
+            run::run(
+                &mut trainer,
+                train.as_ref(),
+                &held_out,
+                &options,
+                &checkpointer,
+            )?
+        }
+        Some(sharding) => {
+            let launched = sharding.launch(|comm| {
+                let device = args.compute.device();
+                let mut trainer = match &start {
+                    Start::Fresh {
+                        model,
+                        model_config,
+                    } => pmc_fsdp::FsdpTrainer::new(
+                        model.clone(),
+                        model_config.clone(),
+                        train_config.clone(),
+                        sharding.level,
+                        comm,
+                        &device,
+                    )?,
+                    Start::Resume(ckpt) => {
+                        pmc_fsdp::checkpoint::resume(ckpt, sharding.level, comm, &device)?
+                    }
+                };
+                if comm.rank() == 0 {
+                    save_config(&trainer.config, &trainer.model_config)?;
+                }
+                run::run(
+                    &mut trainer,
+                    train.as_ref(),
+                    &held_out,
+                    &options,
+                    &checkpointer,
+                )
+            })?;
+            match launched {
+                // Only rank 0 reports.
+                pmc_fsdp::Launched::Ran { rank: 0, result } => result,
+                pmc_fsdp::Launched::Ran { .. } => return Ok(()),
+                pmc_fsdp::Launched::Relaunched(code) => std::process::exit(code),
+            }
+        }
+    };
     println!("\n| | held-out perplexity |\n|---|---|");
     println!(
         "| before | {:.2} |\n| after | {:.2} |",

@@ -40,7 +40,7 @@ fn pretrain(out: &Path, extra: &[&str]) -> Command {
 }
 
 fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
-    pmc_train::run::list_checkpoints(run).ok()?.pop()
+    pmc_train::checkpoint::latest(run).ok()?
 }
 
 #[test]

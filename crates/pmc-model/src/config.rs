@@ -7,7 +7,7 @@
 //!
 //! The legacy layout is written, because every transformers release loads it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
@@ -133,6 +133,37 @@ impl LlamaConfig {
             source,
         })?;
         Self::from_json(&value, path)
+    }
+
+    /// The names of [`LlamaConfig::preset`].
+    pub const PRESETS: [&str; 3] = ["tiny", "small", "7b"];
+
+    /// A model size for training from scratch, with `vocab_size` from its tokenizer:
+    /// `tiny` (128 hidden, 4 layers, GQA, tied embeddings: the bundled main job), `small`
+    /// (the 33.7 M-parameter reference config of the trainer benchmark with vocab 8192) and
+    /// `7b` (LLaMA-7B's shape).
+    pub fn preset(name: &str, vocab_size: usize) -> Result<Self> {
+        // (hidden, intermediate, layers, heads, kv heads, context)
+        let (h, i, l, nh, nkv, ctx) = match name {
+            "tiny" => (128, 344, 4, 4, 2, 512),
+            "small" => (512, 1376, 8, 8, 8, 2048),
+            "7b" => (4096, 11008, 32, 32, 32, 4096),
+            other => {
+                return Err(ModelError::Config {
+                    path: PathBuf::from("<preset>"),
+                    key: "preset".into(),
+                    message: format!("unknown preset `{other}` ({})", Self::PRESETS.join(", ")),
+                });
+            }
+        };
+        Self::from_json(
+            &json!({"vocab_size": vocab_size, "hidden_size": h,
+                "intermediate_size": i, "num_hidden_layers": l, "num_attention_heads": nh,
+                "num_key_value_heads": nkv, "max_position_embeddings": ctx, "rms_norm_eps": 1e-5,
+                "rope_theta": 10000.0, "tie_word_embeddings": name == "tiny", "bos_token_id": 0,
+                "eos_token_id": 0}),
+            Path::new(name),
+        )
     }
 
     /// Reads a config from parsed JSON; `path` is only used in error messages.

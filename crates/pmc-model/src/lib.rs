@@ -38,10 +38,20 @@ pub use checkpoint::{SaveOptions, WeightDType, save_hf};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
-pub use loss::{causal_lm_loss, masked_causal_lm_loss};
-pub use model::{KvCache, Linear, Llama, LowRank, Precision, WeightRef};
+pub use loss::{causal_lm_loss, loss_inputs, masked_causal_lm_loss, next_token_loss};
+pub use model::{
+    DecoderLayer, KvCache, Linear, Llama, LowRank, Precision, RmsNorm, RopeTables, WeightRef,
+};
 pub use score::{ContextCache, PreparedContext, Score, mean_nll, score_continuations};
 pub use tokenizer::Tokenizer;
+
+/// 64-bit FNV-1a of `bytes`: stable across runs and platforms, for parameter ids derived from
+/// HF names and for fingerprints of training data.
+pub fn fnv1a64(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
 
 /// The device computations run on: `flex` (CPU) by default. With the `wgpu` feature,
 /// `PMC_DEVICE=wgpu` selects the first wgpu adapter; with `cuda`, `PMC_DEVICE=cuda` the first

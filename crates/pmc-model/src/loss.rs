@@ -8,13 +8,11 @@ use crate::model::Llama;
 /// Mean next-token cross-entropy over a batch `[batch, seq]` of token ids (every sequence
 /// contributes its `seq - 1` predictions). Differentiable on an autodiff device.
 pub fn causal_lm_loss(model: &Llama, tokens: Tensor<2, Int>) -> Tensor<1> {
-    let [b, t] = tokens.dims();
-    assert!(t >= 2, "the loss needs sequences of at least two tokens");
-    let inputs = tokens.clone().slice([0..b, 0..t - 1]);
-    let targets = tokens.slice([0..b, 1..t]);
-    target_log_probs(model.forward(inputs, None), targets)
-        .mean()
-        .neg()
+    next_token_loss(
+        model.forward(loss_inputs(tokens.clone()), None),
+        tokens,
+        None,
+    )
 }
 
 /// Mean next-token cross-entropy over the positions where `target_mask` `[batch, seq]` is 1
@@ -26,14 +24,35 @@ pub fn masked_causal_lm_loss(
     tokens: Tensor<2, Int>,
     target_mask: Tensor<2>,
 ) -> Tensor<1> {
+    let logits = model.forward(loss_inputs(tokens.clone()), None);
+    next_token_loss(logits, tokens, Some(target_mask))
+}
+
+/// What the model reads to predict `tokens` `[batch, seq]`: every token but the last.
+pub fn loss_inputs(tokens: Tensor<2, Int>) -> Tensor<2, Int> {
     let [b, t] = tokens.dims();
     assert!(t >= 2, "the loss needs sequences of at least two tokens");
-    let inputs = tokens.clone().slice([0..b, 0..t - 1]);
+    tokens.slice([0..b, 0..t - 1])
+}
+
+/// The loss of [`causal_lm_loss`] (no mask) or [`masked_causal_lm_loss`] from the logits of
+/// [`loss_inputs`]`(tokens)`, for trainers that run the model in parts.
+pub fn next_token_loss(
+    logits: Tensor<3>,
+    tokens: Tensor<2, Int>,
+    target_mask: Option<Tensor<2>>,
+) -> Tensor<1> {
+    let [b, t] = tokens.dims();
     let targets = tokens.slice([0..b, 1..t]);
-    let mask = target_mask.slice([0..b, 1..t]).reshape([b * (t - 1)]);
-    let picked = target_log_probs(model.forward(inputs, None), targets);
-    let count = mask.clone().sum().clamp_min(1.0);
-    (picked * mask).sum().neg() / count
+    let picked = target_log_probs(logits, targets);
+    match target_mask {
+        None => picked.mean().neg(),
+        Some(mask) => {
+            let mask = mask.slice([0..b, 1..t]).reshape([b * (t - 1)]);
+            let count = mask.clone().sum().clamp_min(1.0);
+            (picked * mask).sum().neg() / count
+        }
+    }
 }
 
 /// `log p(target)` `[batch · seq]` under `logits` `[batch, seq, vocab]`, for `targets`

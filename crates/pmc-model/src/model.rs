@@ -451,7 +451,9 @@ impl DecoderLayer {
         ]
     }
 
-    fn forward(
+    /// The layer's output for input `x` (positions as `rope` says), extending `cache` when
+    /// given.
+    pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
@@ -466,20 +468,56 @@ impl DecoderLayer {
 }
 
 /// The per-call RoPE tables and causal mask, shared by all layers.
-struct RopeTables {
+pub struct RopeTables {
     cos: Tensor<2>,
     sin: Tensor<2>,
     /// Additive `[new, total]` mask (`-inf` above the causal diagonal); `None` for one token.
     mask: Option<Tensor<2>>,
 }
 
+impl RopeTables {
+    /// The tables of `new` tokens after `start` cached positions.
+    pub fn new(rope: &Rope, start: usize, new: usize, device: &Device) -> Self {
+        let (cos, sin) = rope.tables(start, new, device);
+        let mask = (new > 1).then(|| causal_mask(start, new, device));
+        RopeTables { cos, sin, mask }
+    }
+}
+
+/// Token embeddings `[batch, seq, hidden]` of `tokens` `[batch, seq]`: the input of layer 0.
+pub fn embed(weight: &Param<Tensor<2>>, tokens: Tensor<2, Int>) -> Tensor<3> {
+    cast_to(
+        burn::tensor::module::embedding(weight.val(), tokens),
+        COMPUTE_DTYPE,
+    )
+}
+
+/// Logits `[batch, seq, vocab]` of the last layer's output: the final norm, then the LM head
+/// (`head`: `lm_head.weight`, or the embedding when tied) multiplied in `precision`.
+pub fn head_logits(
+    norm: &RmsNorm,
+    head: &Param<Tensor<2>>,
+    precision: Precision,
+    hidden: Tensor<3>,
+) -> Tensor<3> {
+    lm_head(head, precision, norm.forward(hidden))
+}
+
+fn lm_head(head: &Param<Tensor<2>>, precision: Precision, normed: Tensor<3>) -> Tensor<3> {
+    Linear {
+        weight: head.clone(),
+        bias: None,
+        lora: None,
+        precision,
+    }
+    .forward(normed)
+}
+
 /// A trainable parameter whose id derives from its HF name (FNV-1a), so a model loaded
 /// from a checkpoint gets the same ids as the model that wrote it, and optimizer state
 /// saved alongside matches its parameters on resume.
 fn named_param<const D: usize>(name: &str, value: Tensor<D>) -> Param<Tensor<D>> {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = crate::fnv1a64(name.bytes());
     let param = Param::from_tensor(value);
     let (_, value, mapper) = param.consume();
     Param::from_mapped_value(ParamId::from(hash), value, mapper)
@@ -503,6 +541,127 @@ pub struct Llama {
     head_precision: Precision,
 }
 
+/// `init(name, shape)` as a named parameter (see [`named_param`]).
+fn matrix<E>(
+    init: &mut impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
+    name: &str,
+    shape: [usize; 2],
+) -> Result<Param<Tensor<2>>, E> {
+    init(name, &shape).map(|t| named_param(name, t))
+}
+
+/// A 1-D weight; it travels through `init` as a `[1, n]` row so one callback serves every
+/// shape.
+fn vector<E>(
+    init: &mut impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
+    name: &str,
+    n: usize,
+) -> Result<Param<Tensor<1>>, E> {
+    let row = init(name, &[1, n])?;
+    // Detached: the reshape must not make the parameter a non-leaf of an autodiff graph.
+    Ok(named_param(name, row.reshape([n]).detach()))
+}
+
+fn linear<E>(
+    init: &mut impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
+    name: &str,
+    [out, inp]: [usize; 2],
+    bias: bool,
+) -> Result<Linear, E> {
+    Ok(Linear {
+        weight: matrix(init, &format!("{name}.weight"), [out, inp])?,
+        bias: if bias {
+            Some(vector(init, &format!("{name}.bias"), out)?)
+        } else {
+            None
+        },
+        lora: None,
+        precision: Precision::F32,
+    })
+}
+
+impl RmsNorm {
+    /// The norm `{prefix}.weight` of `config`'s hidden size, filled by `init`.
+    pub fn build<E>(
+        config: &LlamaConfig,
+        prefix: &str,
+        init: &mut impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
+    ) -> Result<Self, E> {
+        Ok(RmsNorm {
+            weight: vector(init, &format!("{prefix}.weight"), config.hidden_size)?,
+            eps: config.rms_norm_eps,
+        })
+    }
+}
+
+impl DecoderLayer {
+    /// Layer `index` of `config` with its weights filled by `init(name, shape)` under their HF
+    /// names (`model.layers.{index}.…`).
+    pub fn build<E>(
+        config: &LlamaConfig,
+        index: usize,
+        init: &mut impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
+    ) -> Result<Self, E> {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        let inter = config.intermediate_size;
+        let (ab, mb) = (config.attention_bias, config.mlp_bias);
+        let p = format!("model.layers.{index}");
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::build(config, &format!("{p}.input_layernorm"), init)?,
+            self_attn: Attention {
+                q_proj: linear(init, &format!("{p}.self_attn.q_proj"), [q, h], ab)?,
+                k_proj: linear(init, &format!("{p}.self_attn.k_proj"), [kv, h], ab)?,
+                v_proj: linear(init, &format!("{p}.self_attn.v_proj"), [kv, h], ab)?,
+                o_proj: linear(init, &format!("{p}.self_attn.o_proj"), [h, q], ab)?,
+                num_heads: config.num_attention_heads,
+                num_kv_heads: config.num_key_value_heads,
+                head_dim: config.head_dim,
+            },
+            post_attention_layernorm: RmsNorm::build(
+                config,
+                &format!("{p}.post_attention_layernorm"),
+                init,
+            )?,
+            mlp: Mlp {
+                gate_proj: linear(init, &format!("{p}.mlp.gate_proj"), [inter, h], mb)?,
+                up_proj: linear(init, &format!("{p}.mlp.up_proj"), [inter, h], mb)?,
+                down_proj: linear(init, &format!("{p}.mlp.down_proj"), [h, inter], mb)?,
+            },
+        })
+    }
+
+    /// Computes the layer's projections in `precision` (see [`Llama::set_precision`]).
+    pub fn set_precision(&mut self, precision: Precision) {
+        for linear in self.projections_mut() {
+            linear.precision = precision;
+        }
+    }
+
+    /// Calls `f` with each of the layer's parameters and its HF name (`{prefix}.…`, prefix
+    /// `model.layers.N`), in checkpoint order.
+    pub fn visit_weights(&self, prefix: &str, f: &mut impl FnMut(String, WeightRef<'_>)) {
+        f(
+            format!("{prefix}.input_layernorm.weight"),
+            WeightRef::Vector(&self.input_layernorm.weight),
+        );
+        f(
+            format!("{prefix}.post_attention_layernorm.weight"),
+            WeightRef::Vector(&self.post_attention_layernorm.weight),
+        );
+        for (name, lin) in PROJECTIONS.iter().zip(self.projections()) {
+            f(
+                format!("{prefix}.{name}.weight"),
+                WeightRef::Matrix(&lin.weight),
+            );
+            if let Some(bias) = &lin.bias {
+                f(format!("{prefix}.{name}.bias"), WeightRef::Vector(bias));
+            }
+        }
+    }
+}
+
 impl Llama {
     /// A model with all weights filled by `init(name, shape)`, in HF tensor names
     /// (`model.layers.0.self_attn.q_proj.weight`, ...). Loading and random initialisation
@@ -511,87 +670,21 @@ impl Llama {
         config: &LlamaConfig,
         mut init: impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
     ) -> Result<Self, E> {
-        let h = config.hidden_size;
-        let q = config.num_attention_heads * config.head_dim;
-        let kv = config.num_key_value_heads * config.head_dim;
-        let inter = config.intermediate_size;
-
-        let mut matrix = |name: &str, shape: [usize; 2]| -> Result<Param<Tensor<2>>, E> {
-            init(name, &shape).map(|t| named_param(name, t))
-        };
-        // 1-D tensors travel through `init` as [1, n] rows so one callback serves every shape.
-        fn vector<E>(
-            matrix: &mut impl FnMut(&str, [usize; 2]) -> Result<Param<Tensor<2>>, E>,
-            name: &str,
-            n: usize,
-        ) -> Result<Param<Tensor<1>>, E> {
-            let row = matrix(name, [1, n])?;
-            // Detached: the reshape must not make the parameter a non-leaf of an autodiff graph.
-            Ok(named_param(name, row.val().reshape([n]).detach()))
-        }
-        fn linear<E>(
-            matrix: &mut impl FnMut(&str, [usize; 2]) -> Result<Param<Tensor<2>>, E>,
-            name: &str,
-            out: usize,
-            inp: usize,
-            bias: bool,
-        ) -> Result<Linear, E> {
-            Ok(Linear {
-                weight: matrix(&format!("{name}.weight"), [out, inp])?,
-                bias: if bias {
-                    Some(vector(matrix, &format!("{name}.bias"), out)?)
-                } else {
-                    None
-                },
-                lora: None,
-                precision: Precision::F32,
-            })
-        }
-        let norm = |matrix: &mut _, name: &str| -> Result<RmsNorm, E> {
-            Ok(RmsNorm {
-                weight: vector(matrix, &format!("{name}.weight"), h)?,
-                eps: config.rms_norm_eps,
-            })
-        };
-
-        let embed_tokens = matrix("model.embed_tokens.weight", [config.vocab_size, h])?;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let ab = config.attention_bias;
-            let mb = config.mlp_bias;
-            layers.push(DecoderLayer {
-                input_layernorm: norm(&mut matrix, &format!("{p}.input_layernorm"))?,
-                self_attn: Attention {
-                    q_proj: linear(&mut matrix, &format!("{p}.self_attn.q_proj"), q, h, ab)?,
-                    k_proj: linear(&mut matrix, &format!("{p}.self_attn.k_proj"), kv, h, ab)?,
-                    v_proj: linear(&mut matrix, &format!("{p}.self_attn.v_proj"), kv, h, ab)?,
-                    o_proj: linear(&mut matrix, &format!("{p}.self_attn.o_proj"), h, q, ab)?,
-                    num_heads: config.num_attention_heads,
-                    num_kv_heads: config.num_key_value_heads,
-                    head_dim: config.head_dim,
-                },
-                post_attention_layernorm: norm(
-                    &mut matrix,
-                    &format!("{p}.post_attention_layernorm"),
-                )?,
-                mlp: Mlp {
-                    gate_proj: linear(&mut matrix, &format!("{p}.mlp.gate_proj"), inter, h, mb)?,
-                    up_proj: linear(&mut matrix, &format!("{p}.mlp.up_proj"), inter, h, mb)?,
-                    down_proj: linear(&mut matrix, &format!("{p}.mlp.down_proj"), h, inter, mb)?,
-                },
-            });
-        }
-        let final_norm = norm(&mut matrix, "model.norm")?;
+        let shape = [config.vocab_size, config.hidden_size];
+        let embed_tokens = matrix(&mut init, "model.embed_tokens.weight", shape)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| DecoderLayer::build(config, i, &mut init))
+            .collect::<Result<Vec<_>, E>>()?;
+        let norm = RmsNorm::build(config, "model.norm", &mut init)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
-            Some(matrix("lm_head.weight", [config.vocab_size, h])?)
+            Some(matrix(&mut init, "lm_head.weight", shape)?)
         };
         Ok(Self {
             embed_tokens,
             layers,
-            norm: final_norm,
+            norm,
             lm_head,
             rope: Rope::new(config),
             head_precision: Precision::F32,
@@ -623,16 +716,9 @@ impl Llama {
     /// is extended with them.
     pub fn forward_hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
-        let device = tokens.device();
         let start = cache.as_ref().map_or(0, |c| c.len);
-        let (cos, sin) = self.rope.tables(start, t, &device);
-        let mask = (t > 1).then(|| causal_mask(start, t, &device));
-        let tables = RopeTables { cos, sin, mask };
-
-        let mut x = burn::tensor::module::embedding(self.embed_tokens.val(), tokens);
-        if x.dtype() != COMPUTE_DTYPE {
-            x = x.cast(COMPUTE_DTYPE);
-        }
+        let tables = RopeTables::new(&self.rope, start, t, &tokens.device());
+        let mut x = embed(&self.embed_tokens, tokens);
         match cache {
             Some(cache) => {
                 for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -652,20 +738,16 @@ impl Llama {
     /// Logits `[batch, seq, vocab]` of hidden states from [`Llama::forward_hidden`].
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        Linear {
-            weight: head.clone(),
-            bias: None,
-            lora: None,
-            precision: self.head_precision,
-        }
-        .forward(hidden)
+        lm_head(head, self.head_precision, hidden)
     }
 
     /// Computes every projection and the LM head in `precision` from now on (the weights
     /// keep their dtype). Check `device.supports_dtype(precision.dtype())` first: a backend
     /// without bf16 arithmetic computes garbage in it.
     pub fn set_precision(&mut self, precision: Precision) {
-        self.visit_linears_mut(|_, linear| linear.precision = precision);
+        for layer in &mut self.layers {
+            layer.set_precision(precision);
+        }
         self.head_precision = precision;
     }
 
@@ -759,21 +841,7 @@ impl Llama {
             WeightRef::Matrix(&self.embed_tokens),
         );
         for (i, layer) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            f(
-                format!("{p}.input_layernorm.weight"),
-                WeightRef::Vector(&layer.input_layernorm.weight),
-            );
-            f(
-                format!("{p}.post_attention_layernorm.weight"),
-                WeightRef::Vector(&layer.post_attention_layernorm.weight),
-            );
-            for (name, lin) in PROJECTIONS.iter().zip(layer.projections()) {
-                f(format!("{p}.{name}.weight"), WeightRef::Matrix(&lin.weight));
-                if let Some(bias) = &lin.bias {
-                    f(format!("{p}.{name}.bias"), WeightRef::Vector(bias));
-                }
-            }
+            layer.visit_weights(&format!("model.layers.{i}"), &mut f);
         }
         f(
             "model.norm.weight".into(),

@@ -46,7 +46,7 @@ impl Batch {
 #[derive(Debug)]
 pub(crate) struct EpochOrder {
     len: usize,
-    seed: u64,
+    pub(crate) seed: u64,
     cache: std::sync::Mutex<Option<(u64, std::sync::Arc<Vec<usize>>)>>,
 }
 
@@ -96,7 +96,7 @@ impl EpochOrder {
 }
 
 /// A source of training sequences.
-pub trait TrainingData {
+pub trait TrainingData: Send + Sync {
     /// The `n` sequences after `cursor` as a `[n, len]` batch, and the cursor after them.
     fn batch(
         &self,
@@ -108,6 +108,9 @@ pub trait TrainingData {
     fn sequences(&self) -> usize;
     /// Tokens per sequence.
     fn seq_len(&self) -> usize;
+    /// What a cursor indexes into, as a string that changes when the stream would: saved
+    /// with every checkpoint, and a resumed run on data with another fingerprint is refused.
+    fn fingerprint(&self) -> String;
 }
 
 /// Non-overlapping windows of `seq_len` tokens over a token stream.
@@ -182,6 +185,17 @@ impl TrainingData for TokenWindows {
     fn seq_len(&self) -> usize {
         self.windows.first().map_or(0, Vec::len)
     }
+
+    fn fingerprint(&self) -> String {
+        let tokens = self.windows.iter().flatten();
+        let hash = pmc_model::fnv1a64(tokens.clone().flat_map(|t| t.to_le_bytes()));
+        format!(
+            "windows-{hash:016x}-{}x{}-seed{}",
+            self.windows.len(),
+            self.seq_len(),
+            self.order.seed
+        )
+    }
 }
 
 /// The training split of a corpus prepared by `pmc-corpus` (`manifest.json` + token shards),
@@ -240,7 +254,7 @@ impl CorpusShards {
         seed: u64,
         sampling: Sampling,
     ) -> Result<Self, TrainError> {
-        let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
+        let err = TrainError::Corpus;
         let corpus = pmc_corpus::TokenCorpus::open(dir, pmc_corpus::Split::Train).map_err(err)?;
         let options = pmc_corpus::StreamOptions {
             seed,
@@ -285,7 +299,7 @@ impl CorpusShards {
     /// Up to `max` sequences of the corpus's validation split, in file order (empty when the
     /// corpus was prepared without one).
     pub fn held_out(dir: &std::path::Path, max: usize) -> Result<Vec<Vec<u32>>, TrainError> {
-        let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
+        let err = TrainError::Corpus;
         let valid = pmc_corpus::TokenCorpus::open(dir, pmc_corpus::Split::Valid).map_err(err)?;
         if valid.sequences() == 0 {
             return Ok(Vec::new());
@@ -311,7 +325,7 @@ impl TrainingData for CorpusShards {
         n: usize,
         device: &Device,
     ) -> Result<(Batch, Cursor), TrainError> {
-        let err = |e: pmc_corpus::CorpusError| TrainError::Config(e.to_string());
+        let err = TrainError::Corpus;
         let wanted = pmc_corpus::Cursor {
             epoch: cursor.epoch,
             consumed: cursor.position as u64,
@@ -352,6 +366,26 @@ impl TrainingData for CorpusShards {
 
     fn seq_len(&self) -> usize {
         self.corpus.manifest().seq_len
+    }
+
+    fn fingerprint(&self) -> String {
+        let manifest = self.corpus.manifest();
+        let shards: Vec<String> = manifest
+            .token_shards
+            .iter()
+            .map(|s| format!("{}:{}", s.file, s.rows))
+            .collect();
+        let sampling = match self.sampling {
+            Sampling::Packed => "packed",
+            Sampling::PaperWindows => "paper-windows",
+        };
+        format!(
+            "shards-{sampling}-{}-{}-{}-seed{}",
+            manifest.tokenizer_sha256,
+            manifest.sequences,
+            shards.join(","),
+            self.options.seed
+        )
     }
 }
 

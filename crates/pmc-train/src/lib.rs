@@ -5,22 +5,23 @@
 //! as `torch.nn.utils.clip_grad_norm_`, and atomic checkpoints (HF model, optimizer state,
 //! data cursor, counters) from which a run resumes bit for bit.
 
+pub mod checkpoint;
 pub mod data;
 pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod sft;
+pub mod step;
 pub mod trainer;
 
 use std::path::PathBuf;
 
+pub use checkpoint::{Checkpointer, DataGuard, checkpoint_dir, run_dir_of};
 pub use data::{Batch, CorpusShards, Cursor, Sampling, TokenWindows, TrainingData};
 pub use schedule::CosineSchedule;
 pub use sft::{Example, SftData, Template};
-pub use trainer::{
-    LoraRun, StepStats, TrainConfig, TrainState, Trainer, checkpoint_dir, clip_global_norm,
-    run_dir_of,
-};
+pub use step::{StepStats, TrainStep, dropout_seed};
+pub use trainer::{LoraRun, TrainConfig, TrainState, Trainer, clip_global_norm};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +39,38 @@ pub enum TrainError {
     },
     /// A file could not be read or written.
     #[error("{0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    /// A checkpoint is corrupt or does not match.
+    Io(PathBuf, #[source] std::io::Error),
+    /// A checkpoint's trainer state is corrupt or does not match.
     #[error("checkpoint {0}: {1}")]
     Checkpoint(PathBuf, String),
+    /// An optimizer-state file is damaged or of another model.
+    #[error("optimizer state {0}: {1}")]
+    OptimizerState(PathBuf, String),
+    /// `--resume` was given a path without a checkpoint.
+    #[error("{0}: no checkpoint to resume: {1}")]
+    NoCheckpoint(PathBuf, &'static str),
+    /// The run was resumed on other data than its checkpoint's cursor indexes into.
+    #[error(
+        "{checkpoint}: this checkpoint was trained on other data (fingerprint {saved}, now {now}); resume with the same data"
+    )]
+    OtherData {
+        /// The checkpoint resumed from.
+        checkpoint: PathBuf,
+        /// The fingerprint it saved.
+        saved: String,
+        /// The fingerprint of the data given now.
+        now: String,
+    },
     /// The model failed.
     #[error(transparent)]
     Model(#[from] pmc_model::ModelError),
+    /// The corpus (a manifest, a token shard) failed.
+    #[error(transparent)]
+    Corpus(#[from] pmc_corpus::CorpusError),
+    /// A LoRA adapter failed.
+    #[error(transparent)]
+    Peft(#[from] pmc_peft::PeftError),
+    /// A collective operation of a distributed trainer failed (a timeout, a dead worker).
+    #[error("distributed training: {0}")]
+    Distributed(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -11,38 +11,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::TrainError;
+use crate::checkpoint::Checkpointer;
 use crate::data::TrainingData;
-use crate::trainer::{TrainConfig, Trainer, checkpoint_dir};
-
-/// Model sizes for training from scratch. `vocab_size` comes from the tokenizer.
-pub fn preset(name: &str, vocab_size: usize) -> Result<LlamaConfig, TrainError> {
-    // (hidden, intermediate, layers, heads, kv heads, context)
-    let (h, i, l, nh, nkv, ctx) = match name {
-        "tiny" => (128, 344, 4, 4, 2, 512),
-        // The 33.7 M-parameter reference config of the trainer benchmark (with vocab 8192).
-        "small" => (512, 1376, 8, 8, 8, 2048),
-        "7b" => (4096, 11008, 32, 32, 32, 4096),
-        other => {
-            return Err(TrainError::Config(format!(
-                "unknown preset `{other}` (tiny, small, 7b)"
-            )));
-        }
-    };
-    LlamaConfig::from_json(
-        &json!({"vocab_size": vocab_size, "hidden_size": h, "intermediate_size": i,
-                "num_hidden_layers": l, "num_attention_heads": nh, "num_key_value_heads": nkv,
-                "max_position_embeddings": ctx, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-                "tie_word_embeddings": name == "tiny", "bos_token_id": 0, "eos_token_id": 0}),
-        Path::new(name),
-    )
-    .map_err(TrainError::Model)
-}
+use crate::step::TrainStep;
+use crate::trainer::TrainConfig;
 
 /// Trains a byte-level BPE of `vocab_size` tokens on `texts`, with `<|endoftext|>` (id 0) as
 /// the document separator.
 pub fn train_bpe(texts: &[String], vocab_size: usize) -> Result<Tokenizer, TrainError> {
-    let inner = pmc_corpus::tokens::train_byte_level_bpe(texts.iter().cloned(), vocab_size)
-        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let inner = pmc_corpus::tokens::train_byte_level_bpe(texts.iter().cloned(), vocab_size)?;
     let eos = inner.token_to_id("<|endoftext|>");
     Ok(Tokenizer::new(
         inner,
@@ -136,75 +113,66 @@ pub struct RunSummary {
     pub seconds: f64,
 }
 
-/// Trains until `options.steps` optimizer steps are done, logging into `run_dir`.
+/// Trains until `options.steps` optimizer steps are done, logging into the checkpointer's
+/// run directory. SPMD: every rank calls this with its own `trainer`; rank 0 alone prints,
+/// writes `metrics.jsonl` and the curves, and renames checkpoints.
 pub fn run(
-    trainer: &mut Trainer,
+    trainer: &mut dyn TrainStep,
     train: &dyn TrainingData,
     held_out: &[Vec<u32>],
     options: &RunOptions,
-    run_dir: &Path,
+    checkpointer: &Checkpointer,
 ) -> Result<RunSummary, TrainError> {
-    run_with(trainer, train, held_out, options, run_dir, |_| Ok(()))
-}
-
-/// As [`run`], calling `after_checkpoint(dir)` on each checkpoint written (to add files
-/// such as the tokenizer).
-pub fn run_with(
-    trainer: &mut Trainer,
-    train: &dyn TrainingData,
-    held_out: &[Vec<u32>],
-    options: &RunOptions,
-    run_dir: &Path,
-    after_checkpoint: impl Fn(&Path) -> Result<(), TrainError>,
-) -> Result<RunSummary, TrainError> {
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| TrainError::Io(p.clone(), e)
+    trainer.check_data(train)?;
+    let run_dir = checkpointer.run_dir();
+    let leader = trainer.rank() == 0;
+    let mut metrics = if leader {
+        Some(MetricsLog::open(run_dir)?)
+    } else {
+        None
     };
-    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
+    let mut log = |line: serde_json::Value| match metrics.as_mut() {
+        Some(m) => m.write(&line),
+        None => Ok(()),
+    };
+    let say = |text: String| {
+        if leader {
+            eprintln!("{text}");
+        }
+    };
     let held_out = &held_out[..held_out.len().min(options.max_eval_windows)];
     let ppl_before = trainer.eval_loss(held_out)?.exp();
-    eprintln!(
+    say(format!(
         "held-out perplexity at step {}: {ppl_before:.2}",
-        trainer.state.step
-    );
-    writeln!(
-        metrics,
-        "{}",
-        json!({"step": trainer.state.step, "val_loss": ppl_before.ln(), "val_ppl": ppl_before})
-    )
-    .map_err(io(&metrics_path))?;
+        trainer.state().step
+    ));
+    log(json!({"step": trainer.state().step, "val_loss": ppl_before.ln(), "val_ppl": ppl_before}))?;
 
-    let first_step = trainer.state.step;
+    let first_step = trainer.state().step;
     let started = Instant::now();
-    let first_tokens = trainer.state.tokens;
-    while trainer.state.step < options.steps {
+    let first_tokens = trainer.state().tokens;
+    while trainer.state().step < options.steps {
         let stats = trainer.step(train)?;
+        let tokens = trainer.state().tokens;
         let done = stats.step - first_step;
         let elapsed = started.elapsed().as_secs_f64();
-        let tokens_per_s = (trainer.state.tokens - first_tokens) as f64 / elapsed;
+        let tokens_per_s = (tokens - first_tokens) as f64 / elapsed;
         let mut line = json!({"step": stats.step, "loss": stats.loss, "lr": stats.lr,
                               "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
-                              "tokens": trainer.state.tokens});
+                              "tokens": tokens});
         let evaluate = options.eval_every > 0 && stats.step.is_multiple_of(options.eval_every);
         if evaluate {
             let val_loss = trainer.eval_loss(held_out)?;
             line["val_loss"] = json!(val_loss);
             line["val_ppl"] = json!(val_loss.exp());
         }
-        writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+        log(line.clone())?;
         if stats.step.is_multiple_of(options.log_every.max(1))
             || evaluate
             || stats.step == options.steps
         {
             let eta = elapsed / done as f64 * (options.steps - stats.step) as f64;
-            eprintln!(
+            say(format!(
                 "step {:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s ETA {:.0}s{}",
                 stats.step,
                 options.steps,
@@ -217,76 +185,63 @@ pub fn run_with(
                     " val ppl {:.2}",
                     p.as_f64().unwrap_or(f64::NAN)
                 ))
-            );
+            ));
         }
-        let stopping = STOP.load(std::sync::atomic::Ordering::SeqCst);
+        // Every rank must stop at the same step, whichever saw the signal.
+        let stopping = trainer.any(STOP.load(std::sync::atomic::Ordering::SeqCst))?;
         if stats.step.is_multiple_of(options.checkpoint_every.max(1))
             || stats.step == options.steps
             || stopping
         {
-            let dir = save_and_prune(trainer, run_dir, options.keep_checkpoints)?;
-            after_checkpoint(&dir)?;
+            let dir = checkpointer.save(&*trainer)?;
             if stopping {
-                eprintln!(
+                say(format!(
                     "interrupted: checkpoint {} written; continue with --resume {}",
                     dir.display(),
-                    dir.display()
-                );
+                    run_dir.display()
+                ));
                 break;
             }
         }
     }
     let seconds = started.elapsed().as_secs_f64();
     let ppl_after = trainer.eval_loss(held_out)?.exp();
-    writeln!(
-        metrics,
-        "{}",
-        json!({"step": trainer.state.step, "val_loss": ppl_after.ln(), "val_ppl": ppl_after})
-    )
-    .map_err(io(&metrics_path))?;
-    drop(metrics);
-    let chart = crate::plot::write_curves(run_dir)?;
-    eprintln!("curves: {} (and .png)", chart.display());
+    log(json!({"step": trainer.state().step, "val_loss": ppl_after.ln(), "val_ppl": ppl_after}))?;
+    if leader {
+        drop(metrics);
+        let chart = crate::plot::write_curves(run_dir)?;
+        eprintln!("curves: {} (and .png)", chart.display());
+    }
     Ok(RunSummary {
         ppl_before,
         ppl_after,
-        steps: trainer.state.step - first_step,
-        tokens: trainer.state.tokens - first_tokens,
+        steps: trainer.state().step - first_step,
+        tokens: trainer.state().tokens - first_tokens,
         seconds,
     })
 }
 
-fn save_and_prune(trainer: &Trainer, run_dir: &Path, keep: usize) -> Result<PathBuf, TrainError> {
-    let dir = checkpoint_dir(run_dir, trainer.state.step);
-    std::fs::create_dir_all(dir.parent().expect("checkpoints/"))
-        .map_err(|e| TrainError::Io(dir.clone(), e))?;
-    trainer.save_checkpoint(&dir)?;
-    let mut all = list_checkpoints(run_dir)?;
-    while all.len() > keep.max(1) {
-        let old = all.remove(0);
-        std::fs::remove_dir_all(&old).map_err(|e| TrainError::Io(old.clone(), e))?;
-    }
-    Ok(dir)
+/// `metrics.jsonl`: one JSON object per logged step or evaluation, appended across resumes.
+struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
 }
 
-/// The complete checkpoints of a run, oldest first (`step-N.tmp`/`.old` directories of an
-/// interrupted save are not checkpoints).
-pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<PathBuf>, TrainError> {
-    let parent = run_dir.join("checkpoints");
-    if !parent.exists() {
-        return Ok(Vec::new());
+impl MetricsLog {
+    fn open(run_dir: &Path) -> Result<Self, TrainError> {
+        std::fs::create_dir_all(run_dir).map_err(|e| TrainError::Io(run_dir.to_path_buf(), e))?;
+        let path = run_dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| TrainError::Io(path.clone(), e))?;
+        Ok(MetricsLog { path, file })
     }
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&parent)
-        .map_err(|e| TrainError::Io(parent.clone(), e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-") && !n.contains('.'))
-        })
-        .collect();
-    all.sort();
-    Ok(all)
+
+    fn write(&mut self, line: &serde_json::Value) -> Result<(), TrainError> {
+        writeln!(self.file, "{line}").map_err(|e| TrainError::Io(self.path.clone(), e))
+    }
 }
 
 /// A fresh model of `config` for training from scratch (f32, seeded).

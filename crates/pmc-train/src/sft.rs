@@ -221,4 +221,18 @@ impl TrainingData for SftData {
     fn seq_len(&self) -> usize {
         self.max_len
     }
+
+    fn fingerprint(&self) -> String {
+        let bytes = self.examples.iter().flat_map(|(ids, prompt_len)| {
+            let prompt = (*prompt_len as u32).to_le_bytes();
+            ids.iter().flat_map(|t| t.to_le_bytes()).chain(prompt)
+        });
+        format!(
+            "instructions-{:016x}-{}-max{}-seed{}",
+            pmc_model::fnv1a64(bytes),
+            self.examples.len(),
+            self.max_len,
+            self.order.seed
+        )
+    }
 }

@@ -10,8 +10,10 @@ use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_loss, masked
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::checkpoint::{DataGuard, STATE_FILE};
 use crate::data::{Batch, Cursor, TrainingData};
 use crate::schedule::CosineSchedule;
+use crate::step::{StepStats, TrainStep, dropout_seed};
 
 /// Optimisation hyper-parameters (PMC-LLaMA: AdamW, lr 2e-5, global batch 128, context 512).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -83,19 +85,6 @@ pub struct TrainState {
     pub cursor: Cursor,
 }
 
-/// What one optimizer step measured.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct StepStats {
-    /// The step just taken (1-based).
-    pub step: usize,
-    /// Mean loss over the global batch.
-    pub loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Learning rate used.
-    pub lr: f64,
-}
-
 /// A model, its optimizer and where training stands.
 pub struct Trainer {
     /// The model being trained (on an autodiff device).
@@ -110,6 +99,7 @@ pub struct Trainer {
     pub lora: Option<LoraRun>,
     optimizer: ModuleOptimizer,
     device: Device,
+    data: DataGuard,
 }
 
 /// The id and rank of every parameter, adapters included (frozen ones simply have no
@@ -258,8 +248,9 @@ fn on_threads<T: Send, R: Send>(
     })
 }
 
-/// The loss of one micro-batch and its gradients by parameter id.
-fn micro_batch_gradients(model: &Llama, batch: Batch) -> (f64, GradientsParams) {
+/// The loss of one micro-batch and its gradients by parameter id (the forward and backward
+/// pass every trainer shares).
+pub fn micro_batch_gradients(model: &Llama, batch: Batch) -> (f64, GradientsParams) {
     let loss = match batch.target_mask {
         Some(mask) => masked_causal_lm_loss(model, batch.tokens, mask),
         None => causal_lm_loss(model, batch.tokens),
@@ -343,13 +334,18 @@ impl Trainer {
             state: TrainState::default(),
             lora: None,
             device: device.clone(),
+            data: DataGuard::default(),
         })
     }
 
-    /// One optimizer step over the next global batch of `data`.
-    pub fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
+    /// Stage 1 of a step: the gradients of this process's micro-batches of the next global
+    /// batch, summed, with the sum of their losses and the tokens they held.
+    fn local_gradients(
+        &mut self,
+        data: &dyn TrainingData,
+        params: &[(ParamId, usize)],
+    ) -> Result<(GradientsParams, f64, u64), TrainError> {
         let accumulation = self.config.accumulation()?;
-        let params = parameters(&self.model);
         let lanes = self.config.parallel_micro_batches.clamp(1, accumulation);
         let mut total: Option<GradientsParams> = None;
         let mut loss_sum = 0.0;
@@ -365,14 +361,8 @@ impl Trainer {
                 tokens += batch.tokens.dims().iter().product::<usize>() as u64;
                 batches.push(batch);
             }
-            // LoRA dropout masks follow from (run seed, step, micro-batch) alone, so a resumed
-            // run draws the same ones, and so do micro-batches computed side by side.
             let seeds: Vec<u64> = (micro..micro + group)
-                .map(|m| {
-                    self.config.seed
-                        ^ ((self.state.step as u64) << 16 | m as u64)
-                            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                })
+                .map(|m| dropout_seed(self.config.seed, self.state.step, m))
                 .collect();
             let results = if group == 1 {
                 self.model.set_dropout_seed(seeds[0]);
@@ -392,7 +382,7 @@ impl Trainer {
                 total = Some(match total.take() {
                     None => grads,
                     Some(mut acc) => {
-                        map_grads(&mut acc, Some(&mut grads), &params, |a, b| match b {
+                        map_grads(&mut acc, Some(&mut grads), params, |a, b| match b {
                             Some(b) => a + b,
                             None => a,
                         });
@@ -402,67 +392,34 @@ impl Trainer {
             }
             micro += group;
         }
-        let mut grads = total.expect("at least one micro-batch");
+        Ok((total.expect("at least one micro-batch"), loss_sum, tokens))
+    }
+
+    /// Stage 2: the summed gradients of all micro-batches become their mean, which equals
+    /// the gradient of one batch `accumulation` times larger. (A data-parallel trainer
+    /// all-reduces or reduce-scatters here.)
+    fn reduce_gradients(
+        &self,
+        grads: &mut GradientsParams,
+        params: &[(ParamId, usize)],
+        accumulation: usize,
+    ) {
         if accumulation > 1 {
-            // The mean over micro-batches equals one batch `accumulation` times larger.
             let scale = 1.0 / accumulation as f64;
-            map_grads(&mut grads, None, &params, |g, _| g * scale);
+            map_grads(grads, None, params, |g, _| g * scale);
         }
-        let grad_norm = clip_global_norm(&mut grads, &params, self.config.max_grad_norm);
-        let lr = self.config.schedule.lr(self.state.step);
+    }
+
+    /// Stage 4: AdamW at this step's learning rate on the whole model.
+    fn update(&mut self, lr: f64, grads: GradientsParams) {
         // Modules are reference-counted handles: the clone is cheap.
         self.model = self.optimizer.step(lr, self.model.clone(), grads);
-        self.state.step += 1;
-        self.state.tokens += tokens;
-        Ok(StepStats {
-            step: self.state.step,
-            loss: loss_sum / accumulation as f64,
-            grad_norm,
-            lr,
-        })
     }
 
-    /// Writes a checkpoint into `dir` atomically: the model in HF layout (what `cargo xtask
-    /// score` and transformers load), `optimizer.bpk`, and `trainer_state.json`. Everything
-    /// goes into `dir.tmp` first, which replaces `dir` only when complete.
-    pub fn save_checkpoint(&self, dir: &Path) -> Result<(), TrainError> {
-        let tmp = dir.with_extension("tmp");
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| TrainError::Io(p.clone(), e)
-        };
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        match &self.lora {
-            Some(lora) => {
-                std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-                pmc_peft::Adapter::from_model(&self.model, lora.config.clone())
-                    .write_files(&tmp)
-                    .map_err(|e| TrainError::Checkpoint(tmp.clone(), e.to_string()))?;
-            }
-            None => pmc_model::save_hf(&self.model, &self.model_config, &tmp, Default::default())?,
-        }
-        let bytes = self
-            .optimizer
-            .into_bytes()
-            .map_err(|e| TrainError::Checkpoint(tmp.clone(), format!("optimizer state: {e:?}")))?;
-        std::fs::write(tmp.join("optimizer.bpk"), &bytes[..]).map_err(io(&tmp))?;
-        let mut state = serde_json::json!({"state": self.state, "config": self.config});
-        if let Some(lora) = &self.lora {
-            state["lora_base"] = serde_json::json!(lora.base);
-        }
-        std::fs::write(
-            tmp.join("trainer_state.json"),
-            serde_json::to_vec_pretty(&state).expect("JSON"),
-        )
-        .map_err(io(&tmp))?;
-        Ok(pmc_model::checkpoint::replace_dir(&tmp, dir)?)
-    }
-
-    /// Continues from a checkpoint written by [`Trainer::save_checkpoint`].
+    /// Continues from a checkpoint written by [`crate::Checkpointer::save`] of this trainer.
+    /// The first step after it refuses data other than the checkpoint's.
     pub fn resume(dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        let state_path = dir.join("trainer_state.json");
+        let state_path = dir.join(STATE_FILE);
         let text = std::fs::read_to_string(&state_path)
             .map_err(|e| TrainError::Io(state_path.clone(), e))?;
         let saved: serde_json::Value = serde_json::from_str(&text)
@@ -477,6 +434,14 @@ impl Trainer {
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
         let config: TrainConfig = serde_json::from_value(parse("config")?)
             .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
+        if saved.get("fsdp").is_some() {
+            return Err(TrainError::Checkpoint(
+                dir.to_path_buf(),
+                "a sharded checkpoint (pmc-fsdp): resume it with --shard-level and --world-size"
+                    .into(),
+            ));
+        }
+        let data = DataGuard::resumed_from(dir)?;
         // A LoRA checkpoint holds the adapter; the base model comes from where it was.
         let lora_base = saved
             .get("lora_base")
@@ -485,10 +450,8 @@ impl Trainer {
         let (model, model_config, lora) = match lora_base {
             Some(base) => {
                 let loaded = pmc_model::load_model(&base, &Default::default(), device)?;
-                let adapter = pmc_peft::Adapter::read(dir, device)
-                    .map_err(|e| TrainError::Checkpoint(dir.to_path_buf(), e.to_string()))?;
-                let model = pmc_peft::prepare_for_training(loaded.model, &adapter)
-                    .map_err(|e| TrainError::Checkpoint(dir.to_path_buf(), e.to_string()))?;
+                let adapter = pmc_peft::Adapter::read(dir, device)?;
+                let model = pmc_peft::prepare_for_training(loaded.model, &adapter)?;
                 (
                     model,
                     loaded.config,
@@ -509,16 +472,78 @@ impl Trainer {
         let optimizer = config
             .optimizer()
             .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| TrainError::Checkpoint(optimizer_path.clone(), format!("{e:?}")))?;
+            .map_err(|e| TrainError::OptimizerState(optimizer_path.clone(), format!("{e:?}")))?;
         let mut trainer = Self::new(model, model_config, config, device)?;
         trainer.optimizer = optimizer;
         trainer.state = state;
         trainer.lora = lora;
+        trainer.data = data;
         Ok(trainer)
     }
+}
 
-    /// Mean next-token loss on `windows` (no gradients kept).
-    pub fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError> {
+impl TrainStep for Trainer {
+    /// One optimizer step over the next global batch of `data`: local gradients, their
+    /// reduction to the batch mean, the global norm and clipping, the AdamW update.
+    fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
+        self.data.check(data)?;
+        let accumulation = self.config.accumulation()?;
+        let params = parameters(&self.model);
+        let (mut grads, loss_sum, tokens) = self.local_gradients(data, &params)?;
+        self.reduce_gradients(&mut grads, &params, accumulation);
+        let grad_norm = clip_global_norm(&mut grads, &params, self.config.max_grad_norm);
+        let lr = self.config.schedule.lr(self.state.step);
+        self.update(lr, grads);
+        self.state.step += 1;
+        self.state.tokens += tokens;
+        Ok(StepStats {
+            step: self.state.step,
+            loss: loss_sum / accumulation as f64,
+            grad_norm,
+            lr,
+        })
+    }
+
+    fn check_data(&mut self, data: &dyn TrainingData) -> Result<(), TrainError> {
+        self.data.check(data)
+    }
+
+    fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// The model in HF layout (what `cargo xtask score` and transformers load) or, for LoRA,
+    /// the PEFT adapter; `optimizer.bpk`; `trainer_state.json`; the data record.
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let io = |e| TrainError::Io(dir.to_path_buf(), e);
+        match &self.lora {
+            Some(lora) => {
+                pmc_peft::Adapter::from_model(&self.model, lora.config.clone()).write_files(dir)?
+            }
+            None => pmc_model::save_hf(&self.model, &self.model_config, dir, Default::default())?,
+        }
+        let bytes = self
+            .optimizer
+            .into_bytes()
+            .map_err(|e| TrainError::OptimizerState(dir.to_path_buf(), format!("{e:?}")))?;
+        std::fs::write(dir.join("optimizer.bpk"), &bytes[..]).map_err(io)?;
+        let mut state = serde_json::json!({"state": self.state, "config": self.config});
+        if let Some(lora) = &self.lora {
+            state["lora_base"] = serde_json::json!(lora.base);
+        }
+        std::fs::write(
+            dir.join(STATE_FILE),
+            serde_json::to_vec_pretty(&state).expect("JSON"),
+        )
+        .map_err(io)?;
+        self.data.record().write(dir)
+    }
+
+    fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError> {
         // Off the autodiff device: evaluation records no graph.
         let model = self.model.valid();
         let device = self.device.clone().inner();
@@ -528,15 +553,4 @@ impl Trainer {
         }
         Ok(sum / windows.len().max(1) as f64)
     }
-}
-
-/// The run directory a checkpoint of [`checkpoint_dir`] belongs to (`RUN/checkpoints/step-N`
-/// → `RUN`).
-pub fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
-    checkpoint.parent()?.parent().map(Path::to_path_buf)
-}
-
-/// The checkpoint directory of `step` under `run_dir`.
-pub fn checkpoint_dir(run_dir: &Path, step: usize) -> PathBuf {
-    run_dir.join("checkpoints").join(format!("step-{step:08}"))
 }

@@ -5,8 +5,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use pmc_model::{LlamaConfig, Precision, WeightDType, init_random};
 use pmc_train::{
-    CorpusShards, CosineSchedule, TokenWindows, TrainConfig, Trainer, TrainingData,
-    clip_global_norm,
+    Checkpointer, CorpusShards, CosineSchedule, TokenWindows, TrainConfig, TrainStep, Trainer,
+    TrainingData, clip_global_norm,
 };
 
 fn tiny_config() -> LlamaConfig {
@@ -219,13 +219,14 @@ fn assert_resume_bit_exact(
         straight.step(d).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = dir.path().join(format!("step-{stop}"));
     let mut first = make();
     for _ in 0..stop {
         first.step(d).unwrap();
     }
-    first.save_checkpoint(&ckpt).unwrap();
+    let ckpt = Checkpointer::new(dir.path(), 2).save(&first).unwrap();
     drop(first);
+    // The run directory names its newest complete checkpoint.
+    assert_eq!(pmc_train::checkpoint::resolve(dir.path()).unwrap(), ckpt);
     let mut resumed = Trainer::resume(&ckpt, &Device::flex().autodiff()).unwrap();
     assert_eq!(resumed.state.step, stop);
     for _ in stop..total {
@@ -243,6 +244,78 @@ fn assert_resume_bit_exact(
 #[test]
 fn resume_is_bit_exact() {
     assert_resume_bit_exact(&data(16), || trainer(2, 4), 3, 6);
+}
+
+/// The cursor of a checkpoint indexes into its own data: resuming on other data is refused
+/// by the trainer itself, naming the checkpoint; the same data is accepted.
+#[test]
+fn resume_on_other_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(2, 4);
+    t.step(&data(16)).unwrap();
+    let ckpt = Checkpointer::new(dir.path(), 1).save(&t).unwrap();
+    let device = Device::flex().autodiff();
+    let other = TokenWindows::new(
+        &(0..64 * 16).map(|i| (i % 61) as u32).collect::<Vec<_>>(),
+        16,
+        11,
+    );
+    let err = Trainer::resume(&ckpt, &device)
+        .unwrap()
+        .step(&other)
+        .unwrap_err();
+    assert!(
+        matches!(&err, pmc_train::TrainError::OtherData { checkpoint, .. } if *checkpoint == ckpt),
+        "{err}"
+    );
+    assert!(err.to_string().contains("other data"), "{err}");
+    // Another seed is another stream, too.
+    let reseeded = TokenWindows::new(
+        &(0..64 * 16)
+            .map(|i| ((i / 16 * 7 + i) % 64) as u32)
+            .collect::<Vec<_>>(),
+        16,
+        12,
+    );
+    assert!(
+        Trainer::resume(&ckpt, &device)
+            .unwrap()
+            .step(&reseeded)
+            .is_err()
+    );
+    Trainer::resume(&ckpt, &device)
+        .unwrap()
+        .step(&data(16))
+        .unwrap();
+}
+
+/// Keep-last-K, and an interrupted save (`step-N.tmp`) is never taken for a checkpoint.
+#[test]
+fn checkpointer_keeps_the_last_k_and_never_takes_a_tmp_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpointer = Checkpointer::new(dir.path(), 2);
+    let mut t = trainer(2, 4);
+    for _ in 0..3 {
+        t.step(&data(16)).unwrap();
+        checkpointer.save(&t).unwrap();
+    }
+    let kept = pmc_train::checkpoint::list(dir.path()).unwrap();
+    assert_eq!(
+        kept,
+        [2, 3].map(|s| pmc_train::checkpoint_dir(dir.path(), s))
+    );
+    // A half-written newer checkpoint is ignored, and refused when named.
+    let tmp = pmc_train::checkpoint_dir(dir.path(), 4).with_extension("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::write(tmp.join("trainer_state.json"), "{").unwrap();
+    assert_eq!(
+        pmc_train::checkpoint::resolve(dir.path()).unwrap(),
+        pmc_train::checkpoint_dir(dir.path(), 3)
+    );
+    assert!(pmc_train::checkpoint::resolve(&tmp).is_err());
+    let empty = tempfile::tempdir().unwrap();
+    let err = pmc_train::checkpoint::resolve(empty.path()).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint"), "{err}");
 }
 
 /// The same on packed parquet shards from pmc-corpus, across an epoch boundary.
@@ -403,9 +476,9 @@ fn lora_training_resumes_bit_exact_and_leaves_the_base_untouched() {
     );
     // The checkpoint is a PEFT adapter directory, not a model.
     let dir = tempfile::tempdir().unwrap();
-    t.save_checkpoint(&dir.path().join("ckpt")).unwrap();
-    assert!(dir.path().join("ckpt/adapter_model.safetensors").exists());
-    assert!(!dir.path().join("ckpt/model.safetensors").exists());
+    let ckpt = Checkpointer::new(dir.path(), 1).save(&t).unwrap();
+    assert!(ckpt.join("adapter_model.safetensors").exists());
+    assert!(!ckpt.join("model.safetensors").exists());
 }
 
 /// Instruction data: the loss mask covers exactly the response and its EOS, never the prompt

@@ -1,0 +1,212 @@
+//! FSDP's flat parameters: the model split into units (the embedding, each decoder layer, the
+//! final norm with the LM head — PyTorch FSDP's `auto_wrap` on `LlamaDecoderLayer`), each
+//! unit's parameters laid end to end in one f32 buffer padded to a multiple of the world
+//! size, so that rank `r` owns the `r`-th equal slice.
+
+use std::collections::HashMap;
+
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use pmc_model::{Llama, LlamaConfig, WeightRef};
+use serde::{Deserialize, Serialize};
+
+/// One parameter's place in its unit's flat buffer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSlot {
+    /// HF tensor name.
+    pub name: String,
+    /// Shape in the checkpoint (1-D for norms and biases).
+    pub shape: Vec<usize>,
+    /// First element in the unit's buffer.
+    pub offset: usize,
+}
+
+impl ParamSlot {
+    /// Elements.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A unit of sharding: parameters gathered together, just before they are used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    /// `embed`, `layer.N` or `head`.
+    pub name: String,
+    /// Its parameters, in checkpoint order.
+    pub params: Vec<ParamSlot>,
+    /// Elements without padding.
+    pub len: usize,
+}
+
+impl Unit {
+    /// Elements with padding to a multiple of `world`.
+    pub fn padded(&self, world: usize) -> usize {
+        self.len.div_ceil(world) * world
+    }
+
+    /// Elements of one rank's shard.
+    pub fn shard_len(&self, world: usize) -> usize {
+        self.padded(world) / world
+    }
+
+    /// The elements rank `rank` owns.
+    pub fn shard_range(&self, rank: usize, world: usize) -> std::ops::Range<usize> {
+        let n = self.shard_len(world);
+        rank * n..(rank + 1) * n
+    }
+}
+
+/// The units of a model, in forward order: `embed`, `layer.0` … `layer.{L-1}`, `head`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Layout {
+    /// The units.
+    pub units: Vec<Unit>,
+}
+
+/// Which unit a parameter belongs to: 0 the embedding, `1 + i` layer `i`, the last the head.
+fn unit_of(name: &str, layers: usize) -> usize {
+    match name.strip_prefix("model.layers.") {
+        Some(rest) => {
+            1 + rest
+                .split('.')
+                .next()
+                .and_then(|i| i.parse::<usize>().ok())
+                .expect("HF layer names carry their index")
+        }
+        None if name == "model.embed_tokens.weight" => 0,
+        None => layers + 1,
+    }
+}
+
+impl Layout {
+    /// The layout of `model`'s parameters (adapters are not sharded).
+    pub fn of(model: &Llama) -> Self {
+        let layers = model.num_layers();
+        let mut units: Vec<Unit> = std::iter::once("embed".to_string())
+            .chain((0..layers).map(|i| format!("layer.{i}")))
+            .chain(std::iter::once("head".to_string()))
+            .map(|name| Unit {
+                name,
+                params: Vec::new(),
+                len: 0,
+            })
+            .collect();
+        model.visit_weights(|name, weight| {
+            let shape = match weight {
+                WeightRef::Matrix(p) => p.dims().to_vec(),
+                WeightRef::Vector(p) => p.dims().to_vec(),
+            };
+            let unit = &mut units[unit_of(&name, layers)];
+            let slot = ParamSlot {
+                name,
+                shape,
+                offset: unit.len,
+            };
+            unit.len += slot.numel();
+            unit.params.push(slot);
+        });
+        Layout { units }
+    }
+
+    /// Parameters in all units.
+    pub fn num_parameters(&self) -> usize {
+        self.units.iter().map(|u| u.len).sum()
+    }
+
+    /// Index of unit `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.units.iter().position(|u| u.name == name)
+    }
+
+    /// Where each parameter lives: name → (unit, slot).
+    pub fn slots(&self) -> HashMap<&str, (usize, &ParamSlot)> {
+        self.units
+            .iter()
+            .enumerate()
+            .flat_map(|(u, unit)| unit.params.iter().map(move |p| (p.name.as_str(), (u, p))))
+            .collect()
+    }
+}
+
+/// A tensor's values as f32.
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// The unit buffers (each padded to a multiple of `world`) of `model`'s parameter values.
+pub fn model_flats(model: &Llama, layout: &Layout, world: usize) -> Vec<Vec<f32>> {
+    let mut flats: Vec<Vec<f32>> = layout
+        .units
+        .iter()
+        .map(|u| vec![0.0; u.padded(world)])
+        .collect();
+    let slots = layout.slots();
+    model.visit_weights(|name, weight| {
+        let (u, slot) = slots[name.as_str()];
+        let v = match weight {
+            WeightRef::Matrix(p) => values(p.val()),
+            WeightRef::Vector(p) => values(p.val()),
+        };
+        flats[u][slot.offset..slot.offset + v.len()].copy_from_slice(&v);
+    });
+    flats
+}
+
+/// Adds the gradients `grads` of `model`'s parameters into the unit buffers `flats`
+/// (a parameter without a gradient contributes nothing).
+pub fn add_model_grads(
+    model: &Llama,
+    grads: &GradientsParams,
+    layout: &Layout,
+    flats: &mut [Vec<f32>],
+) {
+    let slots = layout.slots();
+    model.visit_weights(|name, weight| {
+        let (u, slot) = slots[name.as_str()];
+        let g = match weight {
+            WeightRef::Matrix(p) => grads.get::<2>(p.id).map(values),
+            WeightRef::Vector(p) => grads.get::<1>(p.id).map(values),
+        };
+        if let Some(g) = g {
+            add_into(&mut flats[u][slot.offset..slot.offset + g.len()], &g);
+        }
+    });
+}
+
+/// `acc += x`, element-wise.
+pub(crate) fn add_into(acc: &mut [f32], x: &[f32]) {
+    for (a, &b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// The `[rows, cols]` tensor (a 1-D weight as one row) of `slot` in unit buffer `flat`, on
+/// `device`: what [`Llama::build`] and the unit builders ask for.
+pub(crate) fn slot_tensor(
+    flat: &[f32],
+    slot: &ParamSlot,
+    shape: &[usize],
+    device: &Device,
+) -> Tensor<2> {
+    let data = flat[slot.offset..slot.offset + slot.numel()].to_vec();
+    Tensor::from_data(TensorData::new(data, [shape[0], shape[1]]), device)
+}
+
+/// A whole model of `config` built from full unit buffers, on `device`.
+pub fn build_model(
+    config: &LlamaConfig,
+    layout: &Layout,
+    flats: &[Vec<f32>],
+    device: &Device,
+) -> Llama {
+    let slots = layout.slots();
+    Llama::build(config, |name, shape| {
+        let (u, slot) = slots[name];
+        Ok::<_, std::convert::Infallible>(slot_tensor(&flats[u], slot, shape, device))
+    })
+    .unwrap_or_else(|never| match never {})
+}

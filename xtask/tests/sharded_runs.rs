@@ -1,0 +1,183 @@
+//! Sharded `pretrain` end to end (threads engine): a run checkpointed by 2 ranks at level 3
+//! and resumed by 4 ranks at level 2 continues the unsharded run's loss curve and ends with
+//! its weights; its checkpoints are HF models that load and score like the unsharded ones.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn pretrain(out: &Path, extra: &[&str]) -> Command {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.current_dir(&root).args([
+        "pretrain",
+        "--steps",
+        "8",
+        "--seq-len",
+        "32",
+        "--micro-batch",
+        "1",
+        "--global-batch",
+        "4",
+        "--vocab-size",
+        "400",
+        "--warmup",
+        "2",
+        "--checkpoint-every",
+        "4",
+        "--keep",
+        "10",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "100",
+    ]);
+    cmd.arg("--out").arg(out).args(extra);
+    cmd
+}
+
+fn ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "{stderr}");
+    stderr
+}
+
+/// The step losses of a run's metrics.jsonl, the last line of each step winning (a resumed
+/// run appends its own).
+fn losses(run: &Path) -> Vec<f64> {
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let (Some(step), Some(loss)) = (v["step"].as_u64(), v["loss"].as_f64()) {
+            by_step.insert(step, loss);
+        }
+    }
+    by_step.into_values().collect()
+}
+
+fn weights(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
+    let device = pmc_model::burn::prelude::Device::flex();
+    let loaded = pmc_model::load_model(checkpoint, &Default::default(), &device).unwrap();
+    loaded
+        .model
+        .named_weights()
+        .into_iter()
+        .map(|w| {
+            let v = w
+                .value
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
+            (w.name, v)
+        })
+        .collect()
+}
+
+fn step_dir(run: &Path, step: usize) -> PathBuf {
+    pmc_train::checkpoint_dir(run, step)
+}
+
+#[test]
+fn a_sharded_run_resumed_at_another_world_size_follows_the_unsharded_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (single, sharded) = (dir.path().join("single"), dir.path().join("sharded"));
+    ok(pretrain(&single, &[]));
+    let log = ok(pretrain(
+        &sharded,
+        &["--world-size", "2", "--shard-level", "3"],
+    ));
+    assert!(log.contains("held-out perplexity"), "{log}");
+    // Resume the step-4 checkpoint of the 2-rank run with 4 ranks at level 2.
+    let resume = step_dir(&sharded, 4);
+    std::fs::remove_dir_all(step_dir(&sharded, 8)).unwrap();
+    let log = ok(pretrain(
+        &sharded,
+        &[
+            "--resume",
+            resume.to_str().unwrap(),
+            "--world-size",
+            "4",
+            "--shard-level",
+            "2",
+        ],
+    ));
+    assert!(log.contains("resuming"), "{log}");
+
+    let (want, got) = (losses(&single), losses(&sharded));
+    assert_eq!(want.len(), 8);
+    assert_eq!(got.len(), 8);
+    for (step, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b,
+            "step {}: loss {a} vs {b}",
+            step + 1
+        );
+    }
+    let mut worst = 0f32;
+    for ((name, a), (_, b)) in weights(&step_dir(&sharded, 8))
+        .iter()
+        .zip(&weights(&step_dir(&single, 8)))
+    {
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+    println!("max |Δw| after resuming at another world size: {worst:.2e}");
+
+    // The consolidated checkpoint is an HF model directory: it scores like the unsharded run's.
+    let device = pmc_model::burn::prelude::Device::flex();
+    let tokens: Vec<u32> = (0..64).map(|i| (i * 7 % 400) as u32).collect();
+    let nll = |ckpt: &Path| {
+        let loaded = pmc_model::load_model(ckpt, &Default::default(), &device).unwrap();
+        assert!(
+            loaded.tokenizer.is_some(),
+            "{} carries its tokenizer",
+            ckpt.display()
+        );
+        pmc_model::mean_nll(&loaded.model, &tokens, 64, &device).unwrap()
+    };
+    let (a, b) = (nll(&step_dir(&sharded, 8)), nll(&step_dir(&single, 8)));
+    assert!((a - b).abs() < 1e-5 * b, "{a} vs {b}");
+}
+
+#[test]
+fn sharding_options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pretrain(
+        &dir.path().join("r"),
+        &["--world-size", "3", "--global-batch", "4"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("do not split evenly over 3 ranks"),
+        "{stderr}"
+    );
+    let out = pretrain(
+        &dir.path().join("r"),
+        &["--world-size", "2", "--shard-level", "7"],
+    )
+    .output()
+    .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shard-level must be 0, 1, 2 or 3"));
+    if !cfg!(feature = "mpi") {
+        let out = pretrain(
+            &dir.path().join("r"),
+            &["--engine", "mpi", "--world-size", "2"],
+        )
+        .output()
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--features mpi"), "{stderr}");
+    }
+}
