@@ -12,7 +12,8 @@ use std::time::Duration;
 pub enum CollectiveError {
     /// Not every rank arrived before the deadline.
     #[error(
-        "collective `{op}` (call {call}) on rank {rank} timed out after {waited:?} waiting for ranks {missing:?}"
+        "collective `{op}` (call {call}) on rank {rank} timed out after {waited:.1?} waiting for {}",
+        waited_on(.missing)
     )]
     Timeout {
         /// The operation.
@@ -63,6 +64,14 @@ pub enum CollectiveError {
     /// The engine reported an error.
     #[error("{0}")]
     Engine(String),
+}
+
+fn waited_on(missing: &[usize]) -> String {
+    if missing.is_empty() {
+        "another rank (the engine cannot tell which)".into()
+    } else {
+        format!("ranks {missing:?}")
+    }
 }
 
 /// Elements moved by one rank, counted as the ZeRO paper counts communication volume: an

@@ -64,7 +64,7 @@ impl MpiComm {
                     missing: Vec::new(),
                 };
                 eprintln!(
-                    "error: {err} (some other rank of {} never joined: dead, stuck, or on another code path); aborting the MPI job",
+                    "error: {err}: of {} ranks, one never joined (dead, stuck, or on another code path); aborting the MPI job",
                     self.world_size()
                 );
                 self.world.abort(3);

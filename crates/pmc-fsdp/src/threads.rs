@@ -330,3 +330,75 @@ pub fn run<R: Send, E: std::fmt::Display + Send>(
         handles.into_iter().map(|h| h.join()).collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collectives_sum_in_rank_order_and_split_by_rank() {
+        let results = run(group(3, Duration::from_secs(10)), |comm| {
+            let r = comm.rank() as f32;
+            let mut sum = vec![r, 10.0 * r];
+            comm.all_reduce_sum(&mut sum)?;
+            let input: Vec<f32> = (0..6).map(|i| i as f32 + r).collect();
+            let mut part = vec![0.0; 2];
+            comm.reduce_scatter_sum(&input, &mut part)?;
+            let mut gathered = vec![0.0; 6];
+            comm.all_gather(&[r, -r], &mut gathered)?;
+            let mut b = if comm.rank() == 2 {
+                vec![7.0]
+            } else {
+                vec![0.0]
+            };
+            comm.broadcast(&mut b, 2)?;
+            comm.barrier()?;
+            Ok::<_, CollectiveError>((sum, part, gathered, b, comm.traffic()))
+        });
+        for (rank, result) in results.into_iter().enumerate() {
+            let (sum, part, gathered, b, traffic) = result.unwrap().unwrap();
+            assert_eq!(sum, [3.0, 30.0]);
+            let first = 2.0 * rank as f32;
+            assert_eq!(part, [3.0 * first + 3.0, 3.0 * (first + 1.0) + 3.0]);
+            assert_eq!(gathered, [0.0, -0.0, 1.0, -1.0, 2.0, -2.0]);
+            assert_eq!(b, [7.0]);
+            assert_eq!(traffic.total(), 4 + 6 + 6);
+        }
+    }
+
+    #[test]
+    fn a_failed_rank_ends_the_others_instead_of_leaving_them_waiting() {
+        let started = Instant::now();
+        let results = run(group(2, Duration::from_secs(60)), |comm| {
+            if comm.rank() == 1 {
+                return Err(CollectiveError::Engine("out of memory".into()));
+            }
+            comm.all_reduce_sum(&mut [1.0])
+        });
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let err = results.into_iter().next().unwrap().unwrap().unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(err, CollectiveError::PeerLeft { peer: 1, .. })
+                && text.contains("out of memory"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_stuck_rank_times_out_naming_the_collective_and_the_rank() {
+        let results = run(group(2, Duration::from_millis(200)), |comm| {
+            if comm.rank() == 1 {
+                std::thread::sleep(Duration::from_secs(2));
+                return Ok(());
+            }
+            comm.barrier()
+        });
+        let err = results.into_iter().next().unwrap().unwrap().unwrap_err();
+        assert!(
+            matches!(&err, CollectiveError::Timeout { op: "barrier", missing, .. } if missing == &[1]),
+            "{err}"
+        );
+        assert!(err.to_string().contains("waiting for ranks [1]"), "{err}");
+    }
+}
