@@ -8,9 +8,9 @@ use clap::{Args, ValueEnum};
 use pmc_bench::data::{self, Split, Task};
 use pmc_model::burn::prelude::*;
 use pmc_train::run::{self, RunOptions};
-use pmc_train::{
-    Checkpointer, CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig, Trainer,
-};
+use pmc_train::{Checkpointer, CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig};
+
+use crate::pretrain::Start;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -98,6 +98,9 @@ pub struct FinetuneArgs {
     pub keep: usize,
     #[command(flatten)]
     pub compute: crate::ComputeArgs,
+    /// Sharded training (with --method full).
+    #[command(flatten)]
+    pub distributed: crate::DistributedArgs,
 }
 
 fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
@@ -132,6 +135,7 @@ fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
 }
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {
+    args.distributed.relaunch_if_needed()?;
     let device = args.compute.device();
     let Some(template) = Template::parse(&args.template) else {
         bail!(
@@ -147,9 +151,13 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         bail!("need at least two examples (one is held out)");
     }
 
-    let (mut trainer, tokenizer) = match &args.resume {
+    let (start, lora, tokenizer, train_config) = match &args.resume {
         // The checkpoint carries the tokenizer: the base model is not loaded a second time.
-        Some(ckpt) => crate::pretrain::resume(ckpt, &device)?,
+        Some(path) => {
+            let (ckpt, tokenizer) = crate::pretrain::resume_point(path)?;
+            let config = pmc_train::checkpoint::saved_config(&ckpt)?;
+            (Start::Resume(ckpt), None, tokenizer, config)
+        }
         None => {
             let loaded = pmc_model::load_model(&args.model, &Default::default(), &device)?;
             let tokenizer = loaded
@@ -211,24 +219,26 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                     })
                 }
             };
-            let mut trainer = Trainer::new(model, loaded.config, config, &device)?;
-            trainer.lora = lora;
-            (trainer, tokenizer)
+            let total = loaded.config.num_parameters();
+            let trainable = pmc_peft::trainable_parameters(&model);
+            eprintln!(
+                "{:?} fine-tuning: {trainable} trainable parameters of {total} ({:.3} %)",
+                args.method,
+                100.0 * trainable as f64 / total as f64
+            );
+            let start = Start::Fresh {
+                model,
+                model_config: loaded.config,
+            };
+            (start, lora, tokenizer, config)
         }
     };
-    let total = pmc_model::LlamaConfig::num_parameters(&trainer.model_config);
-    let trainable = pmc_peft::trainable_parameters(&trainer.model);
-    eprintln!(
-        "{:?} fine-tuning: {trainable} trainable parameters of {total} ({:.3} %)",
-        args.method,
-        100.0 * trainable as f64 / total as f64
-    );
     let data = SftData::new(
         &tokenizer,
         &examples,
         template,
         args.max_len,
-        trainer.config.seed,
+        train_config.seed,
     )?;
     if data.truncated > 0 {
         eprintln!(
@@ -247,21 +257,15 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         examples.len(),
         data.longest(),
         held_out.len(),
-        trainer.config.global_batch
+        train_config.global_batch
     );
     let run_dir = match &args.resume {
         Some(path) => pmc_train::run_dir_of(&pmc_train::checkpoint::resolve(path)?)
             .context("the checkpoint is not inside a run directory")?,
         None => args.out.clone(),
     };
-    run::save_run_config(
-        &run_dir,
-        &serde_json::json!({"train": trainer.config, "method": format!("{:?}", args.method), "base": args.model,
-            "data": args.data, "task": args.task.map(|t| t.name()), "fraction": args.fraction, "template": args.template,
-            "lora": trainer.lora.as_ref().map(|l| l.config.to_json())}),
-    )?;
     let options = RunOptions {
-        steps: trainer.config.schedule.total_steps,
+        steps: train_config.schedule.total_steps,
         log_every: args.log_every,
         eval_every: 0,
         checkpoint_every: args.checkpoint_every,
@@ -270,25 +274,53 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     };
     crate::install_stop_handler()?;
     let checkpointer = Checkpointer::new(&run_dir, args.keep).with_tokenizer(tokenizer.clone());
-    let summary = run::run(&mut trainer, &data, &held_out, &options, &checkpointer)?;
-    // The result beside the checkpoints: the adapter (PEFT format) or the whole model.
-    let result = match &trainer.lora {
-        Some(lora) => {
-            let dir = run_dir.join("adapter");
-            pmc_peft::Adapter::from_model(&trainer.model, lora.config.clone()).save(&dir)?;
-            dir
-        }
-        None => {
-            let dir = run_dir.join("model");
-            pmc_model::save_hf(
-                &trainer.model.valid(),
-                &trainer.model_config,
-                &dir,
-                Default::default(),
-            )?;
-            tokenizer.save(&dir)?;
-            dir
-        }
+    let lora_json = lora.as_ref().map(|l| l.config.to_json());
+    let save_config = |config: &TrainConfig, _: &pmc_model::LlamaConfig| {
+        run::save_run_config(
+            &run_dir,
+            &serde_json::json!({"train": config, "method": format!("{:?}", args.method),
+                "base": args.model, "data": args.data, "task": args.task.map(|t| t.name()),
+                "fraction": args.fraction, "template": args.template, "lora": lora_json,
+                "distributed": args.distributed.describe()}),
+        )
+    };
+    let Some((summary, trainer)) = crate::pretrain::run_training(
+        start,
+        lora,
+        train_config,
+        &args.compute,
+        &args.distributed,
+        &data,
+        &held_out,
+        &options,
+        &checkpointer,
+        save_config,
+    )?
+    else {
+        return Ok(());
+    };
+    // The result beside the checkpoints: the adapter (PEFT format) or the whole model. A
+    // sharded run's last checkpoint holds the consolidated model.
+    let result = match &trainer {
+        None => pmc_train::checkpoint::latest(&run_dir)?.context("no checkpoint written")?,
+        Some(trainer) => match &trainer.lora {
+            Some(lora) => {
+                let dir = run_dir.join("adapter");
+                pmc_peft::Adapter::from_model(&trainer.model, lora.config.clone()).save(&dir)?;
+                dir
+            }
+            None => {
+                let dir = run_dir.join("model");
+                pmc_model::save_hf(
+                    &trainer.model.valid(),
+                    &trainer.model_config,
+                    &dir,
+                    Default::default(),
+                )?;
+                tokenizer.save(&dir)?;
+                dir
+            }
+        },
     };
     println!("\n| | held-out loss (prompt + response) |\n|---|---|");
     println!(

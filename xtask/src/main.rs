@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's commands. Each parses its arguments and calls the crates.
 
 mod bench;
+mod bench_fsdp;
 mod commands;
 mod corpus;
 mod eval;
@@ -54,6 +55,9 @@ enum Command {
     BenchEval(eval::BenchEvalArgs),
     /// Training tokens/s of the 33.7 M reference config against PyTorch eager.
     BenchTrain(bench::BenchTrainArgs),
+    /// Sharded training: state bytes per rank at levels 0-3 against the ZeRO formulas,
+    /// communication per step, and two MPI workers against one process.
+    BenchFsdp(bench_fsdp::BenchFsdpArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
@@ -117,7 +121,7 @@ impl ComputeArgs {
 }
 
 /// Sharded data-parallel training (pretrain and finetune share these options).
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct DistributedArgs {
     /// Workers of a sharded data-parallel run (FSDP). Without it and without --shard-level,
     /// the single-process trainer runs. Under MPI it defaults to the job's size.
@@ -135,6 +139,18 @@ pub struct DistributedArgs {
     /// Seconds any collective may wait before the job is aborted with a message.
     #[arg(long, default_value_t = 600.0)]
     pub collective_timeout: f64,
+}
+
+impl Default for DistributedArgs {
+    /// The options' defaults: the single-process trainer.
+    fn default() -> Self {
+        Self {
+            world_size: None,
+            shard_level: None,
+            engine: "threads".into(),
+            collective_timeout: 600.0,
+        }
+    }
 }
 
 /// A sharded run's settings, checked.
@@ -248,6 +264,7 @@ fn main() {
         Command::BenchEval(args) => eval::bench_eval(args),
         Command::BenchModel(args) => bench::bench_model(args),
         Command::BenchTrain(args) => bench::bench_train(args),
+        Command::BenchFsdp(args) => bench_fsdp::bench_fsdp(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -276,20 +276,9 @@ pub fn resume_point(path: &Path) -> Result<(PathBuf, pmc_model::Tokenizer)> {
     Ok((ckpt, tokenizer))
 }
 
-/// The trainer of the checkpoint `--resume` names and the tokenizer saved with it.
-pub fn resume(
-    path: &Path,
-    device: &pmc_model::burn::prelude::Device,
-) -> Result<(Trainer, pmc_model::Tokenizer)> {
-    let (ckpt, tokenizer) = resume_point(path)?;
-    let trainer = Trainer::resume(&ckpt, device)?;
-    eprintln!("at step {}", trainer.state.step);
-    Ok((trainer, tokenizer))
-}
-
 /// Where a run starts. (One value per run: its size does not matter.)
 #[allow(clippy::large_enum_variant)]
-enum Start {
+pub enum Start {
     /// A model and its config, at step 0.
     Fresh {
         model: pmc_model::Llama,
@@ -471,61 +460,20 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 "distributed": args.distributed.describe()}),
         )
     };
-    let summary = match args.distributed.sharding()? {
-        None => {
-            let mut trainer = match start {
-                Start::Fresh {
-                    model,
-                    model_config,
-                } => Trainer::new(model, model_config, train_config, &device)?,
-                Start::Resume(ckpt) => Trainer::resume(&ckpt, &device)?,
-            };
-            save_config(&trainer.config, &trainer.model_config)?;
-            run::run(
-                &mut trainer,
-                train.as_ref(),
-                &held_out,
-                &options,
-                &checkpointer,
-            )?
-        }
-        Some(sharding) => {
-            let launched = sharding.launch(|comm| {
-                let device = args.compute.device();
-                let mut trainer = match &start {
-                    Start::Fresh {
-                        model,
-                        model_config,
-                    } => pmc_fsdp::FsdpTrainer::new(
-                        model.clone(),
-                        model_config.clone(),
-                        train_config.clone(),
-                        sharding.level,
-                        comm,
-                        &device,
-                    )?,
-                    Start::Resume(ckpt) => {
-                        pmc_fsdp::checkpoint::resume(ckpt, sharding.level, comm, &device)?
-                    }
-                };
-                if comm.rank() == 0 {
-                    save_config(&trainer.config, &trainer.model_config)?;
-                }
-                run::run(
-                    &mut trainer,
-                    train.as_ref(),
-                    &held_out,
-                    &options,
-                    &checkpointer,
-                )
-            })?;
-            match launched {
-                // Only rank 0 reports.
-                pmc_fsdp::Launched::Ran { rank: 0, result } => result,
-                pmc_fsdp::Launched::Ran { .. } => return Ok(()),
-                pmc_fsdp::Launched::Relaunched(code) => std::process::exit(code),
-            }
-        }
+    let Some((summary, _)) = run_training(
+        start,
+        None,
+        train_config,
+        &args.compute,
+        &args.distributed,
+        train.as_ref(),
+        &held_out,
+        &options,
+        &checkpointer,
+        save_config,
+    )?
+    else {
+        return Ok(());
     };
     println!("\n| | held-out perplexity |\n|---|---|");
     println!(
@@ -541,6 +489,78 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+/// Runs the training loop from `start` with the single-process trainer, or sharded as
+/// `distributed` says (full training only). Returns the summary and, unsharded, the trainer;
+/// `None` on the MPI ranks other than 0, which print nothing.
+#[allow(clippy::too_many_arguments)]
+pub fn run_training(
+    start: Start,
+    lora: Option<pmc_train::LoraRun>,
+    train_config: pmc_train::TrainConfig,
+    compute: &crate::ComputeArgs,
+    distributed: &crate::DistributedArgs,
+    data: &dyn TrainingData,
+    held_out: &[Vec<u32>],
+    options: &RunOptions,
+    checkpointer: &Checkpointer,
+    save_config: impl Fn(
+        &pmc_train::TrainConfig,
+        &pmc_model::LlamaConfig,
+    ) -> Result<(), pmc_train::TrainError>
+    + Sync,
+) -> Result<Option<(run::RunSummary, Option<Trainer>)>> {
+    let Some(sharding) = distributed.sharding()? else {
+        let device = compute.device();
+        let mut trainer = match start {
+            Start::Fresh {
+                model,
+                model_config,
+            } => {
+                let mut t = Trainer::new(model, model_config, train_config, &device)?;
+                t.lora = lora;
+                t
+            }
+            Start::Resume(ckpt) => Trainer::resume(&ckpt, &device)?,
+        };
+        save_config(&trainer.config, &trainer.model_config)?;
+        let summary = run::run(&mut trainer, data, held_out, options, checkpointer)?;
+        return Ok(Some((summary, Some(trainer))));
+    };
+    if lora.is_some() {
+        bail!(
+            "sharded training (--world-size/--shard-level/--engine) is for full training; LoRA trains in one process"
+        );
+    }
+    let launched = sharding.launch(|comm| {
+        let device = compute.device();
+        let mut trainer = match &start {
+            Start::Fresh {
+                model,
+                model_config,
+            } => pmc_fsdp::FsdpTrainer::new(
+                model.clone(),
+                model_config.clone(),
+                train_config.clone(),
+                sharding.level,
+                comm,
+                &device,
+            )?,
+            Start::Resume(ckpt) => {
+                pmc_fsdp::checkpoint::resume(ckpt, sharding.level, comm, &device)?
+            }
+        };
+        if comm.rank() == 0 {
+            save_config(&trainer.config, &trainer.model_config)?;
+        }
+        run::run(&mut trainer, data, held_out, options, checkpointer)
+    })?;
+    match launched {
+        pmc_fsdp::Launched::Ran { rank: 0, result } => Ok(Some((result, None))),
+        pmc_fsdp::Launched::Ran { .. } => Ok(None),
+        pmc_fsdp::Launched::Relaunched(code) => std::process::exit(code),
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ fn finetune_args(
         seed: 0,
         out,
         resume: None,
+        distributed: Default::default(),
         log_every: 10,
         checkpoint_every: 1_000_000,
         keep: 1,

@@ -77,7 +77,7 @@ fn waited_on(missing: &[usize]) -> String {
 /// Elements moved by one rank, counted as the ZeRO paper counts communication volume: an
 /// all-reduce of n elements is 2n (a reduce-scatter then an all-gather), a reduce-scatter or
 /// all-gather whose full buffer is n elements is n.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Traffic {
     /// Elements of all-reduces (counted twice, see above).
     pub all_reduce: u64,

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod flat;
 pub mod launch;
+pub mod measure;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod threads;
