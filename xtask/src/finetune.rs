@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use pmc_bench::data::{self, Split, Task};
+use pmc_bench::data::Task;
 use pmc_model::burn::prelude::*;
 use pmc_train::run::{self, RunOptions};
 use pmc_train::{Checkpointer, CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig};
@@ -104,34 +104,24 @@ pub struct FinetuneArgs {
 }
 
 fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {
-    let mut examples = match (&args.data, args.task) {
-        (Some(path), None) => pmc_train::sft::read_examples(path)?,
+    Ok(match (&args.data, args.task) {
+        (Some(path), None) => pmc_bench::regimes::keep_fraction(
+            pmc_train::sft::read_examples(path)?,
+            args.fraction,
+            args.seed,
+        )?,
         (None, Some(task)) => {
-            let questions = data::load(task, Split::Train, &args.data_dir).with_context(|| {
-                format!(
-                    "{}'s training pool under {}",
-                    task.name(),
-                    args.data_dir.display()
-                )
-            })?;
-            questions
-                .iter()
-                .map(|q| pmc_bench::prompt::instruction_example(task, q))
-                .collect()
+            pmc_bench::regimes::training_pool(task, &args.data_dir, args.fraction, args.seed)
+                .with_context(|| {
+                    format!(
+                        "{}'s training pool under {}",
+                        task.name(),
+                        args.data_dir.display()
+                    )
+                })?
         }
         _ => bail!("give --data FILE.jsonl or --task pubmedqa|medqa|medmcqa"),
-    };
-    if !(args.fraction > 0.0 && args.fraction <= 1.0) {
-        bail!("--fraction must be in (0, 1], got {}", args.fraction);
-    }
-    if args.fraction < 1.0 {
-        use rand::SeedableRng;
-        use rand::seq::SliceRandom;
-        let keep = ((examples.len() as f64 * args.fraction).round() as usize).max(1);
-        examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(args.seed));
-        examples.truncate(keep);
-    }
-    Ok(examples)
+    })
 }
 
 pub fn finetune(args: FinetuneArgs) -> Result<()> {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use pmc_bench::data::{self, Split, Task};
+use pmc_bench::regimes::Regime;
 use pmc_bench::run::Mode;
 
 use crate::commands::ModelArgs;
@@ -26,7 +27,7 @@ pub struct ReproduceArgs {
     pub tasks: Vec<Task>,
     /// Regimes (comma-separated): zero-shot, lora, full.
     #[arg(long, value_delimiter = ',', default_value = "zero-shot,lora,full")]
-    pub regimes: Vec<String>,
+    pub regimes: Vec<Regime>,
     /// Where the benchmarks are (laid out like ../shared/data).
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
@@ -125,20 +126,8 @@ fn finetune_args(
     }
 }
 
-/// `acc` and its Wilson interval from an eval run's `results.json`.
 fn accuracy(dir: &Path, task: Task) -> Result<String> {
-    let path = dir.join("results.json");
-    let results: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-    let r = &results["results"][task.name()];
-    let acc = r["acc,none"]
-        .as_f64()
-        .with_context(|| format!("{}: no acc", path.display()))?;
-    let ci = &r["acc_wilson_95,none"];
-    Ok(format!(
-        "{acc:.3} [{:.3}, {:.3}]",
-        ci[0].as_f64().unwrap_or(f64::NAN),
-        ci[1].as_f64().unwrap_or(f64::NAN)
-    ))
+    Ok(pmc_bench::regimes::read_accuracy(dir, task)?.to_string())
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
@@ -151,14 +140,18 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         for &task in &args.tasks {
             let has_train = data::resolve(task, Split::Train, &args.data).is_ok();
             for regime in &args.regimes {
-                let dir = args.out.join(format!("{label}-{}-{regime}", task.name()));
-                let cell = match regime.as_str() {
-                    "zero-shot" => {
+                let dir = args
+                    .out
+                    .join(format!("{label}-{}-{}", task.name(), regime.name()));
+                let cell = match regime {
+                    Regime::ZeroShot => {
                         eval(eval_args(task, model, None, &args, dir.join("eval")))?;
                         accuracy(&dir.join("eval"), task)?
                     }
-                    "lora" | "full" if !has_train => "— (no training split in --data)".to_string(),
-                    "lora" => {
+                    Regime::Lora | Regime::Full if !has_train => {
+                        "— (no training split in --data)".to_string()
+                    }
+                    Regime::Lora => {
                         finetune(finetune_args(task, model, Method::Lora, &args, dir.clone()))?;
                         eval(eval_args(
                             task,
@@ -169,7 +162,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                         ))?;
                         accuracy(&dir.join("eval"), task)?
                     }
-                    "full" => {
+                    Regime::Full => {
                         finetune(finetune_args(task, model, Method::Full, &args, dir.clone()))?;
                         eval(eval_args(
                             task,
@@ -180,9 +173,12 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                         ))?;
                         accuracy(&dir.join("eval"), task)?
                     }
-                    other => anyhow::bail!("unknown regime {other:?} (zero-shot, lora, full)"),
                 };
-                rows.push(format!("| {label} | {} | {regime} | {cell} |", task.name()));
+                rows.push(format!(
+                    "| {label} | {} | {} | {cell} |",
+                    task.name(),
+                    regime.name()
+                ));
             }
         }
     }
@@ -198,7 +194,11 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             .map(|t| t.name())
             .collect::<Vec<_>>()
             .join(","),
-        args.regimes.join(","),
+        args.regimes
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>()
+            .join(","),
         args.fraction,
         args.steps
             .map_or(String::new(), |s| format!(" --steps {s}")),

@@ -181,3 +181,69 @@ fn sharding_options_are_checked() {
         assert!(stderr.contains("--features mpi"), "{stderr}");
     }
 }
+
+/// `finetune --method full` shards the same way: 2 ranks at level 3 end with the weights of the
+/// single-process run on instruction data (masked loss, padded micro-batches); its result is
+/// the last checkpoint's consolidated model. LoRA is refused with a message.
+#[test]
+fn sharded_full_fine_tuning_equals_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("qa.jsonl");
+    let lines: String = (0..24)
+        .map(|i| {
+            serde_json::json!({"instruction": format!("Is drug {i} an inhibitor of enzyme {}?", i % 5),
+                "output": if i % 3 == 0 { "yes" } else { "no" }})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model = root.join("crates/pmc-model/tests/fixtures/gqa_tied");
+    let finetune = |out: &Path, method: &str, extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.current_dir(&root)
+            .args(["finetune", "--method", method, "--model"])
+            .arg(&model)
+            .arg("--data")
+            .arg(&data)
+            .args([
+                "--steps",
+                "3",
+                "--micro-batch",
+                "1",
+                "--global-batch",
+                "4",
+                "--max-len",
+                "64",
+            ])
+            .args(["--lr", "1e-3", "--checkpoint-every", "100", "--out"])
+            .arg(out)
+            .args(extra);
+        cmd
+    };
+    let (single, sharded) = (dir.path().join("single"), dir.path().join("sharded"));
+    ok(finetune(&single, "full", &[]));
+    let log = ok(finetune(
+        &sharded,
+        "full",
+        &["--world-size", "2", "--shard-level", "3"],
+    ));
+    assert!(log.contains("held-out"), "{log}");
+    for ((name, a), (_, b)) in weights(&step_dir(&sharded, 3))
+        .iter()
+        .zip(&weights(&single.join("model")))
+    {
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "{name}: {x} vs {y}"
+            );
+        }
+    }
+    let out = finetune(&dir.path().join("lora"), "lora", &["--world-size", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is for full training"));
+}

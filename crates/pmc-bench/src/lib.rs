@@ -8,6 +8,7 @@ pub mod contamination;
 pub mod data;
 pub mod metrics;
 pub mod prompt;
+pub mod regimes;
 pub mod run;
 
 use std::path::PathBuf;
@@ -32,6 +33,9 @@ pub enum BenchError {
         /// What is wrong.
         message: String,
     },
+    /// A setting is invalid.
+    #[error("{0}")]
+    Config(String),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] pmc_model::ModelError),

@@ -221,6 +221,11 @@ fn report(correct: &[bool], seed: u64) -> AccuracyReport {
     }
 }
 
+/// The key of accuracy in `results.json` (lm-eval's `metric,filter`).
+pub const ACC_KEY: &str = "acc,none";
+/// The key of accuracy's Wilson 95 % interval in `results.json`.
+pub const ACC_WILSON_KEY: &str = "acc_wilson_95,none";
+
 /// Everything `results.json` holds.
 pub fn results_json(
     config: &EvalConfig,
@@ -233,9 +238,9 @@ pub fn results_json(
     let acc: Vec<bool> = predictions.iter().map(|p| p.pred == Some(p.gold)).collect();
     let mut metrics = serde_json::Map::new();
     let a = report(&acc, config.seed);
-    metrics.insert("acc,none".into(), json!(a.value));
+    metrics.insert(ACC_KEY.into(), json!(a.value));
     metrics.insert("acc_stderr,none".into(), json!(a.stderr));
-    metrics.insert("acc_wilson_95,none".into(), json!(a.wilson_95));
+    metrics.insert(ACC_WILSON_KEY.into(), json!(a.wilson_95));
     metrics.insert("acc_bootstrap_95,none".into(), json!(a.bootstrap_95));
     if config.mode == Mode::Loglik {
         let norm: Vec<bool> = predictions

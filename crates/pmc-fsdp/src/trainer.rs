@@ -128,6 +128,13 @@ impl<'c> FsdpTrainer<'c> {
         comm: &'c dyn Collective,
         device: &Device,
     ) -> Result<Self, TrainError> {
+        let mut adapters = 0;
+        model.visit_linears(|_, l| adapters += usize::from(l.lora.is_some()));
+        if adapters > 0 {
+            return Err(TrainError::Config(format!(
+                "the model carries {adapters} LoRA adapters: sharded training is for full training (LoRA trains in one process)"
+            )));
+        }
         let layout = Layout::of(&model);
         let world = comm.world_size();
         let mut flats = flat::model_flats(&model, &layout, world);
@@ -186,17 +193,7 @@ impl<'c> FsdpTrainer<'c> {
     ) -> Result<Self, TrainError> {
         let world = comm.world_size();
         Self::check_split(&config, world)?;
-        if !device.is_autodiff() {
-            return Err(TrainError::Config(
-                "training needs an autodiff device (Device::autodiff())".into(),
-            ));
-        }
-        if !device.supports_dtype(config.precision.dtype()) {
-            return Err(TrainError::Config(format!(
-                "{} compute is not supported on {device:?}; use f32",
-                config.precision
-            )));
-        }
+        pmc_train::trainer::check_device(device, config.precision)?;
         let (model, shards) = if level == ShardLevel::Parameters {
             let rank = comm.rank();
             let shards = layout

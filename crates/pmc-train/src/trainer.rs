@@ -303,6 +303,23 @@ impl burn::module::ModuleMapper for FreshLeaves {
     }
 }
 
+/// Refuses a device training cannot run on: one without autodiff, or without arithmetic in
+/// the `precision` asked for (a backend without bf16 computes garbage in it).
+pub fn check_device(device: &Device, precision: Precision) -> Result<(), TrainError> {
+    if !device.is_autodiff() {
+        return Err(TrainError::Config(
+            "training needs an autodiff device (Device::autodiff())".into(),
+        ));
+    }
+    if !device.supports_dtype(precision.dtype()) {
+        return Err(TrainError::Config(format!(
+            "{precision} compute is not supported on {device:?} (no {:?} arithmetic); use f32",
+            precision.dtype()
+        )));
+    }
+    Ok(())
+}
+
 impl Trainer {
     /// A trainer for `model` (which must live on an autodiff device) starting at step 0,
     /// computing in `config.precision`.
@@ -313,18 +330,7 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self, TrainError> {
         config.accumulation()?;
-        if !device.is_autodiff() {
-            return Err(TrainError::Config(
-                "training needs an autodiff device (Device::autodiff())".into(),
-            ));
-        }
-        if !device.supports_dtype(config.precision.dtype()) {
-            return Err(TrainError::Config(format!(
-                "{} compute is not supported on {device:?} (no {:?} arithmetic); use f32",
-                config.precision,
-                config.precision.dtype()
-            )));
-        }
+        check_device(device, config.precision)?;
         model.set_precision(config.precision);
         Ok(Self {
             optimizer: config.optimizer(),
