@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::adamw::Moments;
 use crate::collective::Collective;
-use crate::flat::{self, Layout};
+use crate::flat::Layout;
 use crate::trainer::{FsdpTrainer, ShardLevel};
 
 /// The index of a sharded checkpoint.
@@ -97,28 +97,37 @@ pub(crate) fn save(
     let bytes = safetensors::serialize(views, None).map_err(|e| corrupt(&path, e))?;
     std::fs::write(&path, bytes).map_err(io(&path))?;
 
-    // The consolidated HF model: level 3 gathers it one unit at a time.
-    let mut full = Vec::new();
-    if trainer.level() == ShardLevel::Parameters {
-        trainer.for_each_full_unit(|_, f| {
-            if rank == 0 {
-                full.push(f.to_vec());
-            }
-            Ok(())
-        })?;
-    }
-    if rank != 0 {
-        return Ok(());
-    }
-    let inner = Device::flex();
-    match trainer.model() {
-        Some(model) => pmc_model::save_hf(model, &trainer.model_config, dir, Default::default())?,
-        None => {
-            let model = flat::build_model(&trainer.model_config, layout, &full, &inner);
-            drop(full);
-            pmc_model::save_hf(&model, &trainer.model_config, dir, Default::default())?
+    // The consolidated HF model, one safetensors file per unit as it is gathered, so rank 0
+    // never holds more than one whole unit.
+    let mut writer = if rank == 0 {
+        Some(pmc_model::checkpoint::ShardedHfWriter::new(
+            dir,
+            layout.units.len(),
+        )?)
+    } else {
+        None
+    };
+    trainer.for_each_full_unit(|u, full| {
+        if let Some(w) = writer.as_mut() {
+            let tensors: Vec<(&str, &[usize], &[f32])> = layout.units[u]
+                .params
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.as_str(),
+                        p.shape.as_slice(),
+                        &full[p.offset..p.offset + p.numel()],
+                    )
+                })
+                .collect();
+            w.write_shard(u, &tensors)?;
         }
-    }
+        Ok(())
+    })?;
+    let Some(writer) = writer else {
+        return Ok(());
+    };
+    writer.finish(&trainer.model_config)?;
     let index = ShardIndex {
         world_size: world,
         shard_level: trainer.level().number(),

@@ -308,7 +308,7 @@ impl<'c> FsdpTrainer<'c> {
     }
 
     /// Whole unit buffers of the current parameters, unit by unit through `each` (level 3
-    /// gathers them; every rank must call this together).
+    /// gathers them, one at a time; every rank must call this together).
     pub fn for_each_full_unit(
         &self,
         mut each: impl FnMut(usize, &[f32]) -> Result<(), TrainError>,
@@ -316,6 +316,7 @@ impl<'c> FsdpTrainer<'c> {
         let world = self.comm.world_size();
         match &self.model {
             Some(model) => {
+                // The whole model is here already: its buffers cost no more than it does.
                 let flats = flat::model_flats(model, &self.layout, world);
                 for (u, f) in flats.iter().enumerate() {
                     each(u, f)?;

@@ -448,17 +448,100 @@ pub fn save_hf(
             .map_err(|e| ModelError::checkpoint(&tmp, e.to_string()))?;
         rename(&tmp, &final_path)?;
     }
-    if n > 1 {
-        let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
+    finish_hf(dir, config, options.dtype, n, weight_map, total)
+}
+
+/// The files of an HF checkpoint besides the weights: the index of a sharded one (and no
+/// stale `model.safetensors` beside it, or no stale index beside a single file) and
+/// `config.json` declaring the weights' dtype.
+fn finish_hf(
+    dir: &Path,
+    config: &LlamaConfig,
+    dtype: WeightDType,
+    shards: usize,
+    weight_map: serde_json::Map<String, Value>,
+    total_bytes: usize,
+) -> Result<()> {
+    if shards > 1 {
+        let index = json!({"metadata": {"total_size": total_bytes}, "weight_map": weight_map});
         write_atomic(&dir.join("model.safetensors.index.json"), &pretty(&index))?;
         remove_if_exists(&dir.join("model.safetensors"))?;
     } else {
         remove_if_exists(&dir.join("model.safetensors.index.json"))?;
     }
     let mut config = config.clone();
-    config.dtype = Some(options.dtype.checkpoint());
+    config.dtype = Some(dtype.checkpoint());
     write_atomic(&dir.join("config.json"), &pretty(&config.to_json()))?;
     Ok(())
+}
+
+/// Writes an f32 HF checkpoint one shard file at a time, for writers that never hold the
+/// whole model (a sharded trainer gathering one unit after another): shard `k` of `n` is
+/// `model-0000{k+1}-of-0000n.safetensors` (or `model.safetensors` when `n` is 1), and
+/// [`ShardedHfWriter::finish`] writes the index and `config.json`.
+pub struct ShardedHfWriter {
+    dir: PathBuf,
+    shards: usize,
+    weight_map: serde_json::Map<String, Value>,
+    total_bytes: usize,
+}
+
+impl ShardedHfWriter {
+    /// A checkpoint of `shards` files in `dir` (created).
+    pub fn new(dir: &Path, shards: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        Ok(ShardedHfWriter {
+            dir: dir.to_path_buf(),
+            shards: shards.max(1),
+            weight_map: Default::default(),
+            total_bytes: 0,
+        })
+    }
+
+    fn file_name(&self, k: usize) -> String {
+        if self.shards == 1 {
+            "model.safetensors".into()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", k + 1, self.shards)
+        }
+    }
+
+    /// Writes shard `k`: `(HF name, shape, values)` of its tensors.
+    pub fn write_shard(&mut self, k: usize, tensors: &[(&str, &[usize], &[f32])]) -> Result<()> {
+        let name = self.file_name(k);
+        let path = self.dir.join(&name);
+        let tmp = temp_path(&path);
+        let views = tensors
+            .iter()
+            .map(|(tensor, shape, values)| {
+                self.weight_map.insert(tensor.to_string(), json!(name));
+                self.total_bytes += values.len() * 4;
+                safetensors::tensor::TensorView::new(
+                    StDtype::F32,
+                    shape.to_vec(),
+                    bytemuck::cast_slice(values),
+                )
+                .map(|v| (tensor.to_string(), v))
+                .map_err(|e| ModelError::tensor(&path, *tensor, e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::tensor::serialize_to_file(views, Some(metadata), &tmp)
+            .map_err(|e| ModelError::checkpoint(&tmp, e.to_string()))?;
+        rename(&tmp, &path)
+    }
+
+    /// The index (when sharded) and `config.json`.
+    pub fn finish(self, config: &LlamaConfig) -> Result<()> {
+        finish_hf(
+            &self.dir,
+            config,
+            WeightDType::F32,
+            self.shards,
+            self.weight_map,
+            self.total_bytes,
+        )
+    }
 }
 
 fn pretty(value: &Value) -> Vec<u8> {
