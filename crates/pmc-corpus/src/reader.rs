@@ -113,7 +113,11 @@ impl StreamOptions {
 /// has consumed. Serialise it with a checkpoint; [`TokenCorpus::stream`] resumes from it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
+    /// 0-based epoch.
     pub epoch: u64,
+    /// Items of this epoch already consumed (`position` in trainer checkpoints written before
+    /// the trainer used this cursor).
+    #[serde(alias = "position")]
     pub consumed: u64,
 }
 

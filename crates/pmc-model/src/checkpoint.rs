@@ -14,11 +14,12 @@ use memmap2::Mmap;
 use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, TensorInfo, View};
 use serde_json::{Value, json};
 
-use crate::config::{CheckpointDType, LlamaConfig};
+use crate::config::LlamaConfig;
 use crate::error::{ModelError, Result};
 use crate::model::Llama;
 
-/// How weights are held in memory. Activations are f32 whatever this is.
+/// The floating-point type of weights: how they are held in memory, written, and declared
+/// in a checkpoint's `config.json`. Activations are f32 whatever this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightDType {
     /// 4 bytes per weight; the default.
@@ -56,11 +57,22 @@ impl WeightDType {
         }
     }
 
-    fn checkpoint(self) -> CheckpointDType {
+    /// The name transformers uses (`"float32"`, `"float16"`, `"bfloat16"`).
+    pub fn hf_name(self) -> &'static str {
         match self {
-            Self::F32 => CheckpointDType::F32,
-            Self::BF16 => CheckpointDType::BF16,
-            Self::F16 => CheckpointDType::F16,
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+        }
+    }
+
+    /// Parses transformers' names, with or without the `torch.` prefix, and the short forms.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim_start_matches("torch.") {
+            "float32" | "f32" | "fp32" | "float" => Some(Self::F32),
+            "float16" | "f16" | "fp16" | "half" => Some(Self::F16),
+            "bfloat16" | "bf16" => Some(Self::BF16),
+            _ => None,
         }
     }
 }
@@ -68,12 +80,7 @@ impl WeightDType {
 impl std::str::FromStr for WeightDType {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match CheckpointDType::parse(s) {
-            Some(CheckpointDType::F32) => Ok(Self::F32),
-            Some(CheckpointDType::BF16) => Ok(Self::BF16),
-            Some(CheckpointDType::F16) => Ok(Self::F16),
-            None => Err(format!("unknown dtype `{s}` (expected f32, bf16 or f16)")),
-        }
+        Self::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
     }
 }
 
@@ -470,7 +477,7 @@ fn finish_hf(
         remove_if_exists(&dir.join("model.safetensors.index.json"))?;
     }
     let mut config = config.clone();
-    config.dtype = Some(dtype.checkpoint());
+    config.dtype = Some(dtype);
     write_atomic(&dir.join("config.json"), &pretty(&config.to_json()))?;
     Ok(())
 }

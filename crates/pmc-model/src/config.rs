@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
+use crate::checkpoint::WeightDType;
 use crate::error::{ModelError, Result};
 
 /// How RoPE frequencies are scaled for contexts longer than the pretraining length.
@@ -42,38 +43,6 @@ pub enum RopeScaling {
         /// The pretraining context length.
         original_max_position_embeddings: usize,
     },
-}
-
-/// The floating-point type a checkpoint declares (`torch_dtype` / `dtype`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CheckpointDType {
-    /// 32-bit IEEE float.
-    F32,
-    /// 16-bit IEEE float.
-    F16,
-    /// bfloat16.
-    BF16,
-}
-
-impl CheckpointDType {
-    /// The name transformers uses (`"float32"`, `"float16"`, `"bfloat16"`).
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Self::F32 => "float32",
-            Self::F16 => "float16",
-            Self::BF16 => "bfloat16",
-        }
-    }
-
-    /// Parses transformers' names, with or without the `torch.` prefix, and the short forms.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.trim_start_matches("torch.") {
-            "float32" | "f32" | "fp32" | "float" => Some(Self::F32),
-            "float16" | "f16" | "fp16" | "half" => Some(Self::F16),
-            "bfloat16" | "bf16" => Some(Self::BF16),
-            _ => None,
-        }
-    }
 }
 
 /// The LLaMA architecture, as transformers' `LlamaConfig` describes it.
@@ -113,8 +82,9 @@ pub struct LlamaConfig {
     pub eos_token_ids: Vec<u32>,
     /// Padding token id.
     pub pad_token_id: Option<u32>,
-    /// The dtype the checkpoint declares, when it declares one.
-    pub dtype: Option<CheckpointDType>,
+    /// The floating-point type the checkpoint declares (`torch_dtype` / `dtype`), when it
+    /// declares one.
+    pub dtype: Option<WeightDType>,
 }
 
 impl LlamaConfig {
@@ -285,7 +255,7 @@ impl LlamaConfig {
         }
 
         let dtype = match obj.get("dtype").or(obj.get("torch_dtype")) {
-            Some(Value::String(name)) => Some(CheckpointDType::parse(name).ok_or_else(|| {
+            Some(Value::String(name)) => Some(WeightDType::parse(name).ok_or_else(|| {
                 ModelError::config(path, "torch_dtype", format!("unknown dtype `{name}`"))
             })?),
             _ => None,
@@ -368,7 +338,7 @@ impl LlamaConfig {
             "bos_token_id": self.bos_token_id,
             "eos_token_id": eos,
             "pad_token_id": self.pad_token_id,
-            "torch_dtype": self.dtype.map(CheckpointDType::hf_name),
+            "torch_dtype": self.dtype.map(WeightDType::hf_name),
             "use_cache": true,
         })
     }
@@ -543,7 +513,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.rope_theta, 500000.0);
         assert_eq!(a.num_key_value_heads, 4);
-        assert_eq!(a.dtype, Some(CheckpointDType::BF16));
+        assert_eq!(a.dtype, Some(WeightDType::BF16));
     }
 
     #[test]

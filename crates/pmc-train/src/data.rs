@@ -8,18 +8,12 @@
 use burn::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
-use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
 
-/// A position in the stream: which epoch and how many windows of it were consumed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cursor {
-    /// 0-based epoch.
-    pub epoch: u64,
-    /// Windows of this epoch already consumed.
-    pub position: usize,
-}
+/// A position in the stream: which epoch and how many of its items were consumed — the
+/// corpus reader's own cursor, so prepared shards resume from it without conversion.
+pub use pmc_corpus::Cursor;
 
 /// A micro-batch: token ids and, for instruction data and padded rows, which tokens are
 /// targets of the loss (`None`: every token after the first).
@@ -81,15 +75,15 @@ impl EpochOrder {
         let mut order = self.order(cursor.epoch);
         let mut picked = Vec::with_capacity(n);
         for _ in 0..n {
-            if cursor.position >= order.len() {
+            if cursor.consumed as usize >= order.len() {
                 cursor = Cursor {
                     epoch: cursor.epoch + 1,
-                    position: 0,
+                    consumed: 0,
                 };
                 order = self.order(cursor.epoch);
             }
-            picked.push(order[cursor.position]);
-            cursor.position += 1;
+            picked.push(order[cursor.consumed as usize]);
+            cursor.consumed += 1;
         }
         (picked, cursor)
     }
@@ -326,10 +320,7 @@ impl TrainingData for CorpusShards {
         device: &Device,
     ) -> Result<(Batch, Cursor), TrainError> {
         let err = TrainError::Corpus;
-        let wanted = pmc_corpus::Cursor {
-            epoch: cursor.epoch,
-            consumed: cursor.position as u64,
-        };
+        let wanted = *cursor;
         let mut guard = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         if guard
             .as_ref()
@@ -351,11 +342,7 @@ impl TrainingData for CorpusShards {
         for _ in 0..n {
             ids.extend(stream.next().map_err(err)?.iter().map(|&t| i64::from(t)));
         }
-        let after = self.normalised(stream.cursor());
-        let next = Cursor {
-            epoch: after.epoch,
-            position: after.consumed as usize,
-        };
+        let next = self.normalised(stream.cursor());
         let tokens = Tensor::from_data(TensorData::new(ids, [n, self.seq_len()]), device);
         Ok((Batch::packed(tokens), next))
     }
@@ -404,7 +391,7 @@ mod tests {
             end,
             Cursor {
                 epoch: 0,
-                position: 10
+                consumed: 10
             }
         );
         let mut starts: Vec<i64> = first
@@ -425,7 +412,7 @@ mod tests {
             c,
             Cursor {
                 epoch: 1,
-                position: 10
+                consumed: 10
             }
         );
         assert_ne!(

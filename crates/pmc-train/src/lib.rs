@@ -40,6 +40,16 @@ pub enum TrainError {
     /// A file could not be read or written.
     #[error("{0}: {1}")]
     Io(PathBuf, #[source] std::io::Error),
+    /// A training-data file (text, JSONL documents, instruction examples) is malformed.
+    #[error("{}{}: {message}", path.display(), line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, where there is one.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
     /// A checkpoint's trainer state is corrupt or does not match.
     #[error("checkpoint {0}: {1}")]
     Checkpoint(PathBuf, String),

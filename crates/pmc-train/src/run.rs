@@ -43,16 +43,16 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<String>, TrainError> {
             .filter(|(_, l)| !l.trim().is_empty())
         {
             if jsonl {
-                let v: serde_json::Value = serde_json::from_str(line).map_err(|e| {
-                    TrainError::Config(format!("{}: line {}: {e}", path.display(), i + 1))
-                })?;
-                let t = v["text"].as_str().ok_or_else(|| {
-                    TrainError::Config(format!(
-                        "{}: line {}: no string `text`",
-                        path.display(),
-                        i + 1
-                    ))
-                })?;
+                let bad = |message: String| TrainError::Data {
+                    path: path.clone(),
+                    line: Some(i + 1),
+                    message,
+                };
+                let v: serde_json::Value =
+                    serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+                let t = v["text"]
+                    .as_str()
+                    .ok_or_else(|| bad("no string `text`".into()))?;
                 docs.push(t.to_string());
             } else {
                 docs.push(line.to_string());

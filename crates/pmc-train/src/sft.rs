@@ -67,7 +67,11 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let bad = |m: &str| TrainError::Config(format!("{}: line {}: {m}", path.display(), i + 1));
+        let bad = |m: &str| TrainError::Data {
+            path: path.to_path_buf(),
+            line: Some(i + 1),
+            message: m.to_string(),
+        };
         let v: Value = serde_json::from_str(line).map_err(|e| bad(&e.to_string()))?;
         let field = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
         let example = match (
@@ -95,10 +99,11 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
         out.push(example);
     }
     if out.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{}: no examples",
-            path.display()
-        )));
+        return Err(TrainError::Data {
+            path: path.to_path_buf(),
+            line: None,
+            message: "no examples".into(),
+        });
     }
     Ok(out)
 }
