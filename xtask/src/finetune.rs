@@ -134,12 +134,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         );
     };
     let mut examples = examples(&args)?;
-    // A few examples held out for the loss before and after (never trained on).
-    let held_out_examples = examples
-        .split_off(examples.len() - (examples.len() / 20).clamp(1, 16).min(examples.len() - 1));
-    if examples.is_empty() {
-        bail!("need at least two examples (one is held out)");
-    }
+    let held_out_examples = pmc_train::sft::hold_out(&mut examples)?;
 
     let (start, lora, tokenizer, train_config) = match &args.resume {
         // The checkpoint carries the tokenizer: the base model is not loaded a second time.
@@ -196,17 +191,10 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                     }
                     adapter_config.lora_dropout = args.lora_dropout;
                     adapter_config.base_model_name_or_path = Some(args.model.display().to_string());
-                    let adapter = pmc_peft::Adapter::init(
-                        &mut model,
-                        adapter_config.clone(),
-                        args.seed,
-                        &device,
-                    )?;
-                    model = pmc_peft::prepare_for_training(model, &adapter)?;
-                    Some(LoraRun {
-                        config: adapter_config,
-                        base: std::fs::canonicalize(&args.model)?,
-                    })
+                    let (with_adapter, run) =
+                        LoraRun::attach(model, adapter_config, &args.model, args.seed, &device)?;
+                    model = with_adapter;
+                    Some(run)
                 }
             };
             let total = loaded.config.num_parameters();

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use pmc_train::run::{self, RunOptions};
+use pmc_train::source::Source;
 use pmc_train::{Checkpointer, CorpusShards, CosineSchedule, TokenWindows, Trainer, TrainingData};
 
 /// `pretrain --config FILE.toml ...`: the file's keys (the option names, `-` or `_`) become
@@ -144,113 +145,6 @@ fn bundled(path: &Path) -> bool {
     path == Path::new("datasets/pmc-sample/train.txt")
 }
 
-/// Where the training text comes from.
-enum Source {
-    /// Text files, tokenized here.
-    Text {
-        docs: Vec<String>,
-        valid_docs: Vec<String>,
-        valid_paths: Vec<PathBuf>,
-    },
-    /// A directory prepared by `prepare-corpus` (token shards and their tokenizer).
-    Shards {
-        dir: PathBuf,
-        manifest: Box<pmc_corpus::Manifest>,
-    },
-}
-
-fn read_source(args: &PretrainArgs) -> Result<Source> {
-    let prepared: Vec<&PathBuf> = args
-        .corpus
-        .iter()
-        .filter(|p| p.join("manifest.json").is_file())
-        .collect();
-    if let Some(dir) = prepared.first() {
-        if args.corpus.len() > 1 {
-            bail!(
-                "--corpus takes one prepared corpus directory ({}) or text files, not both",
-                dir.display()
-            );
-        }
-        let manifest = pmc_corpus::read_manifest(dir)?;
-        return Ok(Source::Shards {
-            dir: dir.to_path_buf(),
-            manifest: Box::new(manifest),
-        });
-    }
-    if let Some(dir) = args.corpus.iter().find(|p| p.is_dir()) {
-        bail!(
-            "{}: a directory without manifest.json; prepare it with `cargo xtask prepare-corpus`",
-            dir.display()
-        );
-    }
-    let mut docs = run::read_documents(&args.corpus)?;
-    let valid_paths = if args.valid.is_empty() && args.corpus.len() == 1 && bundled(&args.corpus[0])
-    {
-        vec![PathBuf::from("datasets/pmc-sample/valid.txt")]
-    } else {
-        args.valid.clone()
-    };
-    let valid_docs = if valid_paths.is_empty() {
-        let n = (docs.len() / 20).max(1);
-        if docs.len() < 2 {
-            bail!(
-                "the corpus has {} document(s); at least 2 are needed to hold one out",
-                docs.len()
-            );
-        }
-        docs.split_off(docs.len() - n)
-    } else {
-        run::read_documents(&valid_paths)?
-    };
-    Ok(Source::Text {
-        docs,
-        valid_docs,
-        valid_paths,
-    })
-}
-
-/// The tokenizer a prepared corpus was tokenized with, with its EOS.
-fn corpus_tokenizer(dir: &Path, manifest: &pmc_corpus::Manifest) -> Result<pmc_model::Tokenizer> {
-    let path = dir.join(&manifest.tokenizer_file);
-    let inner = tokenizers::Tokenizer::from_file(&path)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(pmc_model::Tokenizer::new(
-        inner,
-        None,
-        vec![manifest.eos_id],
-        false,
-        false,
-    ))
-}
-
-/// Refuse a base model whose tokenizer is not the one the corpus was tokenized with: the ids
-/// would mean other tokens.
-fn check_same_tokenizer(
-    base: &pmc_model::Tokenizer,
-    corpus: &pmc_model::Tokenizer,
-    dir: &Path,
-) -> Result<()> {
-    let probe =
-        "Metformin lowers hepatic glucose output; HbA1c fell by 1.2 % (p < 0.001) in 12 weeks.";
-    let ids = |t: &pmc_model::Tokenizer| -> Result<Vec<u32>> {
-        Ok(t.inner()
-            .encode(probe, false)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .get_ids()
-            .to_vec())
-    };
-    if base.inner().get_vocab_size(true) != corpus.inner().get_vocab_size(true)
-        || ids(base)? != ids(corpus)?
-    {
-        bail!(
-            "{} was tokenized with another tokenizer than the base model's; prepare it with the model's tokenizer.json",
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
 /// The checkpoint `--resume` names (a run directory: its newest complete checkpoint) and
 /// the tokenizer saved with it (every checkpoint of `pretrain` and `finetune` carries one,
 /// adapter checkpoints included).
@@ -291,7 +185,10 @@ pub enum Start {
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     args.distributed.relaunch_if_needed()?;
     let device = args.compute.device();
-    let source = read_source(&args)?;
+    let default_valid =
+        (args.valid.is_empty() && args.corpus.len() == 1 && bundled(&args.corpus[0]))
+            .then(|| PathBuf::from("datasets/pmc-sample/valid.txt"));
+    let source = Source::read(&args.corpus, &args.valid, default_valid)?;
     let seq_len = match &source {
         Source::Shards { manifest, dir } => match args.seq_len {
             Some(n) if n != manifest.seq_len => bail!(
@@ -333,7 +230,11 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                         .tokenizer
                         .with_context(|| format!("{} has no tokenizer", base.display()))?;
                     if let Source::Shards { dir, manifest } = &source {
-                        check_same_tokenizer(&tokenizer, &corpus_tokenizer(dir, manifest)?, dir)?;
+                        pmc_train::source::check_same_tokenizer(
+                            &tokenizer,
+                            &pmc_train::source::corpus_tokenizer(dir, manifest)?,
+                            dir,
+                        )?;
                     }
                     (loaded.model, loaded.config, tokenizer)
                 }
@@ -341,7 +242,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     let Source::Shards { dir, manifest } = &source else {
                         unreachable!()
                     };
-                    let tokenizer = corpus_tokenizer(dir, manifest)?;
+                    let tokenizer = pmc_train::source::corpus_tokenizer(dir, manifest)?;
                     let config = pmc_model::LlamaConfig::preset(&args.preset, manifest.vocab_size)?;
                     (
                         run::fresh_model(&config, args.seed, &device),

@@ -11,6 +11,7 @@ pub mod plot;
 pub mod run;
 pub mod schedule;
 pub mod sft;
+pub mod source;
 pub mod step;
 pub mod trainer;
 

@@ -108,6 +108,18 @@ pub fn read_examples(path: &Path) -> Result<Vec<Example>, TrainError> {
     Ok(out)
 }
 
+/// Splits off the examples held out for the loss before and after training (never trained
+/// on): the last 5 %, between 1 and 16. At least two examples are needed.
+pub fn hold_out(examples: &mut Vec<Example>) -> Result<Vec<Example>, TrainError> {
+    if examples.len() < 2 {
+        return Err(TrainError::Config(
+            "need at least two examples (one is held out)".into(),
+        ));
+    }
+    let n = (examples.len() / 20).clamp(1, 16);
+    Ok(examples.split_off(examples.len() - n))
+}
+
 /// Tokenized examples served in seeded order per epoch, padded per micro-batch.
 pub struct SftData {
     /// Token ids of prompt + response + EOS, and how many of them are the prompt.

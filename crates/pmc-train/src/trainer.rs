@@ -129,6 +129,24 @@ pub struct LoraRun {
     pub base: PathBuf,
 }
 
+impl LoraRun {
+    /// Attaches a fresh adapter of `config` (initialised from `seed`) to `model`, the base
+    /// model loaded from `base`, and makes the adapter alone trainable.
+    pub fn attach(
+        mut model: Llama,
+        config: pmc_peft::AdapterConfig,
+        base: &Path,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Llama, LoraRun), TrainError> {
+        let adapter = pmc_peft::Adapter::init(&mut model, config.clone(), seed, device)?;
+        let model = pmc_peft::prepare_for_training(model, &adapter)?;
+        let base =
+            std::fs::canonicalize(base).map_err(|e| TrainError::Io(base.to_path_buf(), e))?;
+        Ok((model, LoraRun { config, base }))
+    }
+}
+
 /// Removes the gradient of `id`, viewing a rank-1 gradient as one row so one code path
 /// serves both ranks; [`put_grad`] puts it back in its own shape.
 fn take_grad(grads: &mut GradientsParams, id: ParamId, rank: usize) -> Option<Tensor<2>> {
