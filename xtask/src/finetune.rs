@@ -199,7 +199,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
             };
             let total = loaded.config.num_parameters();
             let trainable = pmc_peft::trainable_parameters(&model);
-            eprintln!(
+            say!(
                 "{:?} fine-tuning: {trainable} trainable parameters of {total} ({:.3} %)",
                 args.method,
                 100.0 * trainable as f64 / total as f64
@@ -219,7 +219,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         train_config.seed,
     )?;
     if data.truncated > 0 {
-        eprintln!(
+        say!(
             "note: {} of {} prompts were cut to fit --max-len {}",
             data.truncated,
             examples.len(),
@@ -230,7 +230,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
     let held_out: Vec<Vec<u32>> = (0..held_out_examples.len())
         .map(|i| held.example_ids(i).to_vec())
         .collect();
-    eprintln!(
+    say!(
         "data: {} examples (longest {} tokens), {} held out; global batch {}",
         examples.len(),
         data.longest(),

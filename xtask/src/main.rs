@@ -1,5 +1,15 @@
 //! `cargo xtask`: the project's commands. Each parses its arguments and calls the crates.
 
+/// `eprintln!` for progress and setup lines, which only the first process of an MPI job
+/// prints (every rank prepares the same data; one report is enough).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if pmc_fsdp::launch::launcher_rank().unwrap_or(0) == 0 {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
 mod bench;
 mod bench_fsdp;
 mod commands;

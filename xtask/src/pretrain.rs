@@ -166,7 +166,7 @@ pub fn resume_point(path: &Path) -> Result<(PathBuf, pmc_model::Tokenizer)> {
     let tokenizer =
         pmc_model::Tokenizer::from_dir(&ckpt, config.bos_token_id, &config.eos_token_ids)
             .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
-    eprintln!("resuming {}", ckpt.display());
+    say!("resuming {}", ckpt.display());
     Ok((ckpt, tokenizer))
 }
 
@@ -254,7 +254,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     let Source::Text { docs, .. } = &source else {
                         unreachable!()
                     };
-                    eprintln!(
+                    say!(
                         "training a {}-token BPE tokenizer on {} documents",
                         args.vocab_size,
                         docs.len()
@@ -269,7 +269,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     )
                 }
             };
-            eprintln!(
+            say!(
                 "model: {} — {:.2} M parameters, {} layers, hidden {}",
                 args.base
                     .as_ref()
@@ -327,7 +327,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     if train.sequences() == 0 || held_out.is_empty() {
         bail!("not enough text for one {seq_len}-token window in the training or held-out split");
     }
-    eprintln!(
+    say!(
         "data: {} training sequences, {} held-out sequences of {seq_len} tokens; global batch {} sequences",
         train.sequences(),
         held_out.len(),

@@ -9,6 +9,15 @@ use pmc_train::TrainError;
 use crate::FsdpError;
 use crate::collective::{Collective, CollectiveError};
 
+/// This process's rank as its MPI launcher announced it (MPICH's Hydra, PMIx, Open MPI), or
+/// `None` outside an MPI job — known before MPI is initialised, so that a command can keep
+/// the other ranks quiet from its first line.
+pub fn launcher_rank() -> Option<usize> {
+    ["PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+}
+
 /// Which engine moves the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {

@@ -169,7 +169,5 @@ impl Collective for MpiComm {
 
 /// Whether this process was started by an MPI launcher (MPICH's Hydra or Open MPI's mpirun).
 pub fn launched_by_mpiexec() -> bool {
-    ["PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
+    crate::launch::launcher_rank().is_some()
 }
