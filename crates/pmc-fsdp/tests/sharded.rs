@@ -20,7 +20,7 @@ fn model_config(tied: bool) -> LlamaConfig {
     .unwrap()
 }
 
-fn train_config() -> TrainConfig {
+fn train_config_in(precision: Precision) -> TrainConfig {
     TrainConfig {
         schedule: CosineSchedule {
             peak_lr: 3e-3,
@@ -37,7 +37,7 @@ fn train_config() -> TrainConfig {
         global_batch: 8,
         seq_len: 16,
         seed: 3,
-        precision: Precision::F32,
+        precision,
         parallel_micro_batches: 1,
     }
 }
@@ -74,11 +74,11 @@ fn weights_of(model: &pmc_model::Llama) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-fn unsharded(tied: bool) -> Run {
+fn unsharded(tied: bool, precision: Precision) -> Run {
     let device = Device::flex().autodiff();
     let config = model_config(tied);
     let model = init_random(&config, WeightDType::F32, 42, &device);
-    let mut t = Trainer::new(model, config, train_config(), &device).unwrap();
+    let mut t = Trainer::new(model, config, train_config_in(precision), &device).unwrap();
     let d = data();
     let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for _ in 0..STEPS {
@@ -99,7 +99,7 @@ fn consolidated(dir: &std::path::Path) -> Vec<(String, Vec<f32>)> {
     weights_of(&loaded.model)
 }
 
-fn sharded(world: usize, level: ShardLevel, tied: bool) -> Run {
+fn sharded(world: usize, level: ShardLevel, tied: bool, precision: Precision) -> Run {
     let d = data();
     let scratch = tempfile::tempdir().unwrap();
     let comms = threads::group(world, Duration::from_secs(60));
@@ -107,7 +107,14 @@ fn sharded(world: usize, level: ShardLevel, tied: bool) -> Run {
         let device = Device::flex().autodiff();
         let config = model_config(tied);
         let model = init_random(&config, WeightDType::F32, 42, &device);
-        let mut t = FsdpTrainer::new(model, config, train_config(), level, comm, &device)?;
+        let mut t = FsdpTrainer::new(
+            model,
+            config,
+            train_config_in(precision),
+            level,
+            comm,
+            &device,
+        )?;
         let (mut losses, mut norms) = (Vec::new(), Vec::new());
         for _ in 0..STEPS {
             let s = t.step(&d)?;
@@ -164,7 +171,7 @@ fn assert_close(what: &str, got: &Run, want: &Run) {
 #[test]
 fn every_level_and_world_size_trains_like_the_unsharded_trainer() {
     for tied in [true, false] {
-        let reference = unsharded(tied);
+        let reference = unsharded(tied, Precision::F32);
         assert!(
             reference.losses[STEPS - 1] < reference.losses[0],
             "the reference learns"
@@ -172,7 +179,7 @@ fn every_level_and_world_size_trains_like_the_unsharded_trainer() {
         for level in 0..4 {
             let level = ShardLevel::from_number(level).unwrap();
             for world in [1, 2, 4] {
-                let run = sharded(world, level, tied);
+                let run = sharded(world, level, tied, Precision::F32);
                 assert_close(
                     &format!("tied {tied}, {level:?}, N = {world}"),
                     &run,
@@ -180,5 +187,21 @@ fn every_level_and_world_size_trains_like_the_unsharded_trainer() {
                 );
             }
         }
+    }
+}
+
+/// Mixed precision (bf16 products, f32 master weights) shards the same way: level 3, where
+/// each layer is rebuilt from its gathered buffer, keeps the layer's bf16 products.
+#[test]
+fn bf16_products_shard_like_the_unsharded_trainer() {
+    let reference = unsharded(false, Precision::Bf16);
+    let f32_reference = unsharded(false, Precision::F32);
+    assert_ne!(
+        reference.losses, f32_reference.losses,
+        "bf16 products change the losses"
+    );
+    for level in [ShardLevel::DataParallel, ShardLevel::Parameters] {
+        let run = sharded(2, level, false, Precision::Bf16);
+        assert_close(&format!("bf16, {level:?}, N = 2"), &run, &reference);
     }
 }
