@@ -178,6 +178,11 @@ pub enum Start {
         model: pmc_model::Llama,
         model_config: pmc_model::LlamaConfig,
     },
+    /// A fresh model of `model_config` from `seed` (a sharded run makes only its shards).
+    Seeded {
+        model_config: pmc_model::LlamaConfig,
+        seed: u64,
+    },
     /// A checkpoint.
     Resume(PathBuf),
 }
@@ -223,7 +228,8 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 parallel_micro_batches: args.compute.parallel_micro_batches,
                 ..run::default_train_config(seq_len)
             };
-            let (model, model_config, tokenizer) = match &args.base {
+            // (start, its config, tokenizer)
+            let (start, model_config, tokenizer) = match &args.base {
                 Some(base) => {
                     let loaded = pmc_model::load_model(base, &Default::default(), &device)?;
                     let tokenizer = loaded
@@ -236,7 +242,12 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                             dir,
                         )?;
                     }
-                    (loaded.model, loaded.config, tokenizer)
+                    let model_config = loaded.config.clone();
+                    let start = Start::Fresh {
+                        model: loaded.model,
+                        model_config: loaded.config,
+                    };
+                    (start, model_config, tokenizer)
                 }
                 None if matches!(source, Source::Shards { .. }) => {
                     let Source::Shards { dir, manifest } = &source else {
@@ -244,11 +255,11 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     };
                     let tokenizer = pmc_train::source::corpus_tokenizer(dir, manifest)?;
                     let config = pmc_model::LlamaConfig::preset(&args.preset, manifest.vocab_size)?;
-                    (
-                        run::fresh_model(&config, args.seed, &device),
-                        config,
-                        tokenizer,
-                    )
+                    let start = Start::Seeded {
+                        model_config: config.clone(),
+                        seed: args.seed,
+                    };
+                    (start, config, tokenizer)
                 }
                 None => {
                     let Source::Text { docs, .. } = &source else {
@@ -262,11 +273,11 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                     let tokenizer = run::train_bpe(docs, args.vocab_size)?;
                     let vocab = tokenizer.inner().get_vocab_size(true);
                     let config = pmc_model::LlamaConfig::preset(&args.preset, vocab)?;
-                    (
-                        run::fresh_model(&config, args.seed, &device),
-                        config,
-                        tokenizer,
-                    )
+                    let start = Start::Seeded {
+                        model_config: config.clone(),
+                        seed: args.seed,
+                    };
+                    (start, config, tokenizer)
                 }
             };
             say!(
@@ -280,14 +291,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 model_config.num_hidden_layers,
                 model_config.hidden_size
             );
-            (
-                Start::Fresh {
-                    model,
-                    model_config,
-                },
-                tokenizer,
-                config,
-            )
+            (start, tokenizer, config)
         }
     };
     // The training stream and the held-out sequences. (The trainer refuses a stream other
@@ -423,6 +427,10 @@ pub fn run_training(
                 t.lora = lora;
                 t
             }
+            Start::Seeded { model_config, seed } => {
+                let model = run::fresh_model(&model_config, seed, &device);
+                Trainer::new(model, model_config, train_config, &device)?
+            }
             Start::Resume(ckpt) => Trainer::resume(&ckpt, &device)?,
         };
         save_config(&trainer.config, &trainer.model_config)?;
@@ -443,6 +451,14 @@ pub fn run_training(
             } => pmc_fsdp::FsdpTrainer::new(
                 model.clone(),
                 model_config.clone(),
+                train_config.clone(),
+                sharding.level,
+                comm,
+                &device,
+            )?,
+            Start::Seeded { model_config, seed } => pmc_fsdp::FsdpTrainer::from_seed(
+                model_config.clone(),
+                *seed,
                 train_config.clone(),
                 sharding.level,
                 comm,

@@ -220,11 +220,12 @@ pub fn resume<'c>(
         v.resize(n, 0.0);
         v
     };
-    let mut flats = Vec::new();
+    let mut held = Vec::new();
     let mut moments = Vec::new();
-    for unit in &index.layout.units {
+    for (u, unit) in index.layout.units.iter().enumerate() {
         let n = unit.padded(world);
-        flats.push(padded(whole(&format!("{}.param", unit.name), unit.len)?, n));
+        let full = padded(whole(&format!("{}.param", unit.name), unit.len)?, n);
+        held.push(FsdpTrainer::keep(level, &index.layout, u, full, comm));
         let m = padded(whole(&format!("{}.exp_avg", unit.name), unit.len)?, n);
         let v = padded(whole(&format!("{}.exp_avg_sq", unit.name), unit.len)?, n);
         moments.push(if level == ShardLevel::DataParallel {
@@ -242,7 +243,7 @@ pub fn resume<'c>(
     let data = DataGuard::resumed_from(dir)?;
     let mut trainer = FsdpTrainer::assemble(
         index.layout,
-        flats,
+        held,
         moments,
         model_config,
         config,

@@ -80,9 +80,10 @@ fn unit_of(name: &str, layers: usize) -> usize {
 }
 
 impl Layout {
-    /// The layout of `model`'s parameters (adapters are not sharded).
-    pub fn of(model: &Llama) -> Self {
-        let layers = model.num_layers();
+    /// The layout of a model of `config` (adapters are not sharded), computed without
+    /// building the model.
+    pub fn of(config: &LlamaConfig) -> Self {
+        let layers = config.num_hidden_layers;
         let mut units: Vec<Unit> = std::iter::once("embed".to_string())
             .chain((0..layers).map(|i| format!("layer.{i}")))
             .chain(std::iter::once("head".to_string()))
@@ -92,11 +93,7 @@ impl Layout {
                 len: 0,
             })
             .collect();
-        model.visit_weights(|name, weight| {
-            let shape = match weight {
-                WeightRef::Matrix(p) => p.dims().to_vec(),
-                WeightRef::Vector(p) => p.dims().to_vec(),
-            };
+        for (name, shape) in Llama::parameter_shapes(config) {
             let unit = &mut units[unit_of(&name, layers)];
             let slot = ParamSlot {
                 name,
@@ -105,8 +102,20 @@ impl Layout {
             };
             unit.len += slot.numel();
             unit.params.push(slot);
-        });
+        }
         Layout { units }
+    }
+
+    /// Unit `u`'s buffer (padded to a multiple of `world`) of [`pmc_model::init_random`]'s
+    /// values for `seed`, made without building the model.
+    pub fn init_unit(&self, u: usize, seed: u64, world: usize) -> Vec<f32> {
+        let unit = &self.units[u];
+        let mut flat = vec![0.0; unit.padded(world)];
+        for p in &unit.params {
+            let values = pmc_model::init_values(&p.name, &p.shape, seed);
+            flat[p.offset..p.offset + values.len()].copy_from_slice(&values);
+        }
+        flat
     }
 
     /// Parameters in all units.

@@ -135,21 +135,22 @@ impl<'c> FsdpTrainer<'c> {
                 "the model carries {adapters} LoRA adapters: sharded training is for full training (LoRA trains in one process)"
             )));
         }
-        let layout = Layout::of(&model);
+        let layout = Layout::of(&model_config);
         let world = comm.world_size();
         let mut flats = flat::model_flats(&model, &layout, world);
         drop(model);
         for f in &mut flats {
             comm.broadcast(f, 0).map_err(comm_err)?;
         }
-        let moments = layout
-            .units
-            .iter()
-            .map(|u| Moments::zeros(Self::moment_len(level, u, world)))
+        let held = flats
+            .into_iter()
+            .enumerate()
+            .map(|(u, f)| Self::keep(level, &layout, u, f, comm))
             .collect();
+        let moments = Self::zero_moments(level, &layout, world);
         Self::assemble(
             layout,
-            flats,
+            held,
             moments,
             model_config,
             config,
@@ -157,6 +158,60 @@ impl<'c> FsdpTrainer<'c> {
             comm,
             device,
         )
+    }
+
+    /// Rank `comm.rank()` of a run starting at step 0 from [`pmc_model::init_random`]'s
+    /// weights for `seed`, made unit by unit without building the model: at level 3 a rank
+    /// never holds more than one whole unit, so a model larger than one worker's memory can
+    /// start.
+    pub fn from_seed(
+        model_config: LlamaConfig,
+        seed: u64,
+        config: TrainConfig,
+        level: ShardLevel,
+        comm: &'c dyn Collective,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        let layout = Layout::of(&model_config);
+        let world = comm.world_size();
+        let held = (0..layout.units.len())
+            .map(|u| Self::keep(level, &layout, u, layout.init_unit(u, seed, world), comm))
+            .collect();
+        let moments = Self::zero_moments(level, &layout, world);
+        Self::assemble(
+            layout,
+            held,
+            moments,
+            model_config,
+            config,
+            level,
+            comm,
+            device,
+        )
+    }
+
+    /// What a rank keeps of unit `u`'s whole buffer `full`: all of it, or at level 3 its
+    /// shard.
+    pub(crate) fn keep(
+        level: ShardLevel,
+        layout: &Layout,
+        u: usize,
+        full: Vec<f32>,
+        comm: &dyn Collective,
+    ) -> Vec<f32> {
+        if level == ShardLevel::Parameters {
+            full[layout.units[u].shard_range(comm.rank(), comm.world_size())].to_vec()
+        } else {
+            full
+        }
+    }
+
+    fn zero_moments(level: ShardLevel, layout: &Layout, world: usize) -> Vec<Moments> {
+        layout
+            .units
+            .iter()
+            .map(|u| Moments::zeros(Self::moment_len(level, u, world)))
+            .collect()
     }
 
     /// The micro-batches of a step, which must split evenly over the ranks.
@@ -179,11 +234,11 @@ impl<'c> FsdpTrainer<'c> {
         }
     }
 
-    /// A trainer holding what `level` says of the whole unit buffers `flats`.
+    /// A trainer from the unit buffers this rank holds at `level` (see [`Self::keep`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn assemble(
         layout: Layout,
-        flats: Vec<Vec<f32>>,
+        held: Vec<Vec<f32>>,
         moments: Vec<Moments>,
         model_config: LlamaConfig,
         config: TrainConfig,
@@ -195,16 +250,9 @@ impl<'c> FsdpTrainer<'c> {
         Self::check_split(&config, world)?;
         pmc_train::trainer::check_device(device, config.precision)?;
         let (model, shards) = if level == ShardLevel::Parameters {
-            let rank = comm.rank();
-            let shards = layout
-                .units
-                .iter()
-                .zip(flats)
-                .map(|(u, f)| f[u.shard_range(rank, world)].to_vec())
-                .collect();
-            (None, shards)
+            (None, held)
         } else {
-            let mut model = flat::build_model(&model_config, &layout, &flats, device);
+            let mut model = flat::build_model(&model_config, &layout, &held, device);
             model.set_precision(config.precision);
             (Some(model), Vec::new())
         };
@@ -513,12 +561,12 @@ impl<'c> FsdpTrainer<'c> {
             upstream = x_in.grad(&grads).expect("the layer input's gradient");
             let unit = &self.layout.units[1 + i];
             let mut grad = vec![0.0; unit.padded(world)];
-            let mut slots = unit.params.iter();
             layer.visit_weights(&format!("model.layers.{i}"), &mut |name, weight| {
-                let slot = slots
-                    .next()
-                    .filter(|s| s.name == name)
-                    .expect("layer order");
+                let slot = unit
+                    .params
+                    .iter()
+                    .find(|s| s.name == name)
+                    .expect("the layout names every parameter of the layer");
                 match weight {
                     WeightRef::Matrix(p) => add_param_grad(&mut grad, slot, p.val().grad(&grads)),
                     WeightRef::Vector(p) => add_param_grad(&mut grad, slot, p.val().grad(&grads)),

@@ -100,21 +100,31 @@ fn consolidated(dir: &std::path::Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn sharded(world: usize, level: ShardLevel, tied: bool, precision: Precision) -> Run {
+    sharded_from(world, level, tied, precision, false)
+}
+
+/// A sharded run; with `from_seed` each rank makes its units from the seed instead of
+/// receiving a whole model.
+fn sharded_from(
+    world: usize,
+    level: ShardLevel,
+    tied: bool,
+    precision: Precision,
+    from_seed: bool,
+) -> Run {
     let d = data();
     let scratch = tempfile::tempdir().unwrap();
     let comms = threads::group(world, Duration::from_secs(60));
     let results = threads::run(comms, |comm| {
         let device = Device::flex().autodiff();
         let config = model_config(tied);
-        let model = init_random(&config, WeightDType::F32, 42, &device);
-        let mut t = FsdpTrainer::new(
-            model,
-            config,
-            train_config_in(precision),
-            level,
-            comm,
-            &device,
-        )?;
+        let train = train_config_in(precision);
+        let mut t = if from_seed {
+            FsdpTrainer::from_seed(config, 42, train, level, comm, &device)?
+        } else {
+            let model = init_random(&config, WeightDType::F32, 42, &device);
+            FsdpTrainer::new(model, config, train, level, comm, &device)?
+        };
         let (mut losses, mut norms) = (Vec::new(), Vec::new());
         for _ in 0..STEPS {
             let s = t.step(&d)?;
@@ -203,5 +213,22 @@ fn bf16_products_shard_like_the_unsharded_trainer() {
     for level in [ShardLevel::DataParallel, ShardLevel::Parameters] {
         let run = sharded(2, level, false, Precision::Bf16);
         assert_close(&format!("bf16, {level:?}, N = 2"), &run, &reference);
+    }
+}
+
+/// A run whose ranks make their shards from the seed, unit by unit, trains exactly like one
+/// started from the whole model.
+#[test]
+fn starting_from_the_seed_equals_starting_from_the_model() {
+    for tied in [true, false] {
+        let reference = unsharded(tied, Precision::F32);
+        for level in [ShardLevel::Gradients, ShardLevel::Parameters] {
+            let run = sharded_from(2, level, tied, Precision::F32, true);
+            assert_close(
+                &format!("from the seed, tied {tied}, {level:?}"),
+                &run,
+                &reference,
+            );
+        }
     }
 }

@@ -198,39 +198,47 @@ pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<
 }
 
 /// A model with random weights: N(0, 0.02²) matrices and unit norms, as transformers
-/// initialises LLaMA. Each tensor draws from its own generator seeded by `seed` and its name,
-/// so the weights depend on nothing else (not on the backend, not on other threads).
+/// initialises LLaMA. Each tensor draws from its own generator seeded by `seed` and its name
+/// ([`init_values`]), so the weights depend on nothing else (not on the backend, not on other
+/// threads, not on which part of the model is built first).
 pub fn init_random(config: &LlamaConfig, dtype: WeightDType, seed: u64, device: &Device) -> Llama {
-    use rand::{Rng, SeedableRng};
     let options = TensorCreationOptions::new(device.clone()).with_dtype(dtype.dtype());
     let built: std::result::Result<Llama, std::convert::Infallible> =
         Llama::build(config, |name, shape| {
-            let n = shape[0] * shape[1];
-            let values: Vec<f32> = if name.ends_with("norm.weight") {
-                vec![1.0; n]
-            } else if name.ends_with(".bias") {
-                vec![0.0; n]
-            } else {
-                let name_hash = name.bytes().fold(seed, |h, b| h.rotate_left(5) ^ b as u64);
-                let mut rng = rand::rngs::StdRng::seed_from_u64(name_hash);
-                // Box–Muller: two uniforms give two independent normals.
-                (0..n.div_ceil(2))
-                    .flat_map(|_| {
-                        let u1: f64 = 1.0 - rng.random::<f64>();
-                        let u2: f64 = rng.random::<f64>();
-                        let r = (-2.0 * u1.ln()).sqrt() * 0.02;
-                        let t = 2.0 * std::f64::consts::PI * u2;
-                        [(r * t.cos()) as f32, (r * t.sin()) as f32]
-                    })
-                    .take(n)
-                    .collect()
-            };
             Ok(Tensor::from_data(
-                TensorData::new(values, [shape[0], shape[1]]),
+                TensorData::new(init_values(name, shape, seed), [shape[0], shape[1]]),
                 options.clone(),
             ))
         });
     match built {
         Ok(model) => model,
     }
+}
+
+/// The initial values of tensor `name` (`shape` elements) of [`init_random`]: ones for norms,
+/// zeros for biases, N(0, 0.02²) from a generator seeded by `seed` and the name otherwise —
+/// for trainers that build a model one part at a time (a sharded trainer keeps only its
+/// slice).
+pub fn init_values(name: &str, shape: &[usize], seed: u64) -> Vec<f32> {
+    use rand::{Rng, SeedableRng};
+    let n: usize = shape.iter().product();
+    if name.ends_with("norm.weight") {
+        return vec![1.0; n];
+    }
+    if name.ends_with(".bias") {
+        return vec![0.0; n];
+    }
+    let name_hash = name.bytes().fold(seed, |h, b| h.rotate_left(5) ^ b as u64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(name_hash);
+    // Box–Muller: two uniforms give two independent normals.
+    (0..n.div_ceil(2))
+        .flat_map(|_| {
+            let u1: f64 = 1.0 - rng.random::<f64>();
+            let u2: f64 = rng.random::<f64>();
+            let r = (-2.0 * u1.ln()).sqrt() * 0.02;
+            let t = 2.0 * std::f64::consts::PI * u2;
+            [(r * t.cos()) as f32, (r * t.sin()) as f32]
+        })
+        .take(n)
+        .collect()
 }

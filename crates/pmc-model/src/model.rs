@@ -691,6 +691,32 @@ impl Llama {
         })
     }
 
+    /// The HF name and checkpoint shape of every parameter of a model of `config`, in the
+    /// order [`Llama::build`] creates them, without allocating the weights (a sharded trainer
+    /// lays out its flat buffers from this before any unit exists).
+    pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+        let device = Device::flex();
+        let mut shapes = Vec::new();
+        // Vectors travel as [1, n] rows and are reshaped by `build`, so they must have their
+        // n elements (norms and biases are small); matrices are only named, so an empty
+        // stand-in serves.
+        let built = Llama::build(config, |name, shape| {
+            let checkpoint_shape = if shape[0] == 1 {
+                vec![shape[1]]
+            } else {
+                shape.to_vec()
+            };
+            shapes.push((name.to_string(), checkpoint_shape));
+            let stand_in = if shape[0] == 1 { shape[1] } else { 0 };
+            Ok::<_, std::convert::Infallible>(Tensor::from_data(
+                TensorData::new(vec![0f32; stand_in], [shape[0].min(1), stand_in]),
+                &device,
+            ))
+        });
+        drop(built);
+        shapes
+    }
+
     /// Number of decoder layers.
     pub fn num_layers(&self) -> usize {
         self.layers.len()
