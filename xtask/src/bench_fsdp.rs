@@ -65,20 +65,14 @@ fn sharded(
 ) -> Result<Launched<StepMeasure>> {
     let (config, train, data) = setup(args)?;
     let device = crate::training_device(false);
-    let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
     Ok(pmc_fsdp::launch(
         engine,
         world,
         pmc_fsdp::DEFAULT_TIMEOUT,
         |comm| {
-            let mut t = FsdpTrainer::new(
-                model.clone(),
-                config.clone(),
-                train.clone(),
-                level,
-                comm,
-                &device,
-            )?;
+            // Each rank makes only what it holds, as a sharded pretraining run does.
+            let mut t =
+                FsdpTrainer::from_seed(config.clone(), 0, train.clone(), level, comm, &device)?;
             pmc_fsdp::measure::measure(&mut t, &data, args.steps)
         },
     )?)
