@@ -182,14 +182,18 @@ pub fn resume<'c>(
     let model_config = LlamaConfig::from_file(dir.join("config.json"))?;
 
     // Every unit's whole buffer (and moments), from the saved shards in rank order.
-    let files: Vec<(PathBuf, Vec<u8>)> = index
+    // Mapped, not read: each unit's slices are copied out one unit at a time, so a rank holds
+    // its own shard plus one whole unit, whatever the size of the checkpoint.
+    let files: Vec<(PathBuf, memmap2::Mmap)> = index
         .files
         .iter()
         .map(|f| {
             let path = dir.join(f);
-            std::fs::read(&path)
-                .map(|b| (path.clone(), b))
-                .map_err(io(&path))
+            let file = std::fs::File::open(&path).map_err(io(&path))?;
+            // SAFETY: checkpoint files are written once into a directory that is renamed
+            // into place complete, and are not modified while a run reads them.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io(&path))?;
+            Ok::<_, TrainError>((path, map))
         })
         .collect::<Result<_, _>>()?;
     let parsed: Vec<(&Path, SafeTensors<'_>)> = files
