@@ -7,7 +7,6 @@
 //! A run resumes with the same or another number of ranks: the flat shards are concatenated
 //! and re-sliced.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
@@ -68,14 +67,15 @@ pub(crate) fn save(
         .iter()
         .zip(&layout.units)
         .map(|(m, u)| {
-            if m.m.len() == u.shard_len(world) {
-                m.clone()
-            } else {
+            // Level 0 holds every unit's whole moments; each rank writes its slice of them.
+            if trainer.level() == ShardLevel::DataParallel {
                 let r = u.shard_range(rank, world);
                 Moments {
                     m: m.m[r.clone()].to_vec(),
                     v: m.v[r].to_vec(),
                 }
+            } else {
+                m.clone()
             }
         })
         .collect();
@@ -257,15 +257,4 @@ pub fn resume<'c>(
     )?;
     trainer.set_progress(state, data);
     Ok(trainer)
-}
-
-/// Unit buffers keyed by HF name, for tests and tools: `name → values`.
-pub fn named_values(layout: &Layout, flats: &[Vec<f32>]) -> HashMap<String, Vec<f32>> {
-    let mut out = HashMap::new();
-    for (unit, f) in layout.units.iter().zip(flats) {
-        for p in &unit.params {
-            out.insert(p.name.clone(), f[p.offset..p.offset + p.numel()].to_vec());
-        }
-    }
-    out
 }

@@ -123,11 +123,6 @@ impl Layout {
         self.units.iter().map(|u| u.len).sum()
     }
 
-    /// Index of unit `name`.
-    pub fn index(&self, name: &str) -> Option<usize> {
-        self.units.iter().position(|u| u.name == name)
-    }
-
     /// Where each parameter lives: name → (unit, slot).
     pub fn slots(&self) -> HashMap<&str, (usize, &ParamSlot)> {
         self.units

@@ -32,7 +32,7 @@ pub use trainer::{FsdpTrainer, ShardLevel, StateBytes};
 pub enum FsdpError {
     /// A collective failed.
     #[error(transparent)]
-    Collective(CollectiveError),
+    Collective(#[from] CollectiveError),
     /// Training failed.
     #[error(transparent)]
     Train(#[from] pmc_train::TrainError),

@@ -54,12 +54,6 @@ impl ShardLevel {
     }
 }
 
-impl From<CollectiveError> for crate::FsdpError {
-    fn from(e: CollectiveError) -> Self {
-        crate::FsdpError::Collective(e)
-    }
-}
-
 /// A collective failure as the trainer's error type.
 pub(crate) fn comm_err(e: CollectiveError) -> TrainError {
     TrainError::Distributed(Box::new(e))
@@ -106,14 +100,6 @@ pub struct FsdpTrainer<'c> {
     moments: Vec<Moments>,
     adam: AdamW,
     rope: Rope,
-}
-
-/// Gradients of one step as a rank holds them after reduction.
-enum Reduced {
-    /// Whole unit buffers (level 0).
-    Full(Vec<Vec<f32>>),
-    /// This rank's shard of each unit.
-    Shards(Vec<Vec<f32>>),
 }
 
 impl<'c> FsdpTrainer<'c> {
@@ -256,9 +242,16 @@ impl<'c> FsdpTrainer<'c> {
             model.set_precision(config.precision);
             (Some(model), Vec::new())
         };
+        let adam = AdamW {
+            beta1: config.beta1,
+            beta2: config.beta2,
+            eps: config.eps,
+            weight_decay: config.weight_decay,
+        };
         Ok(FsdpTrainer {
             comm,
             level,
+            adam,
             rope: Rope::new(&model_config),
             layout,
             model_config,
@@ -269,24 +262,7 @@ impl<'c> FsdpTrainer<'c> {
             model,
             shards,
             moments,
-            adam: AdamW {
-                beta1: 0.0,
-                beta2: 0.0,
-                eps: 0.0,
-                weight_decay: 0.0,
-            },
-        }
-        .with_adam())
-    }
-
-    fn with_adam(mut self) -> Self {
-        self.adam = AdamW {
-            beta1: self.config.beta1,
-            beta2: self.config.beta2,
-            eps: self.config.eps,
-            weight_decay: self.config.weight_decay,
-        };
-        self
+        })
     }
 
     pub(crate) fn set_progress(&mut self, state: TrainState, data: DataGuard) {
@@ -493,31 +469,18 @@ impl<'c> FsdpTrainer<'c> {
         grad_shards: &mut [Vec<f32>],
     ) -> Result<f64, TrainError> {
         let ad = &self.device;
-        let inner = ad.clone().inner();
         let layers = self.model_config.num_hidden_layers;
         let head_u = layers + 1;
         let world = self.comm.world_size();
-        let tied = self.layout.units[head_u]
-            .params
-            .iter()
-            .all(|p| p.name != "lm_head.weight");
+        let tied = self.model_config.tie_word_embeddings;
         let inputs = pmc_model::loss_inputs(batch.tokens.clone());
         let t = inputs.dims()[1];
 
         // Forward: no graph, each layer's input kept (the activation checkpoints).
-        let tables = RopeTables::new(&self.rope, 0, t, &inner);
-        let embed_w = self.gather(0)?;
-        let e = self.matrix_param(0, "model.embed_tokens.weight", &embed_w, &inner)?;
-        let mut x = pmc_model::model::embed(&e, inputs.clone().inner());
-        drop((e, embed_w));
-        let mut kept = Vec::with_capacity(layers + 1);
-        for i in 0..layers {
-            let w = self.gather(1 + i)?;
-            let layer = self.layer(i, &w, &inner)?;
-            kept.push(x.clone());
-            x = layer.forward(x, &tables, None);
-        }
-        kept.push(x);
+        let mut kept = self
+            .forward_layers(std::slice::from_ref(&inputs), true)?
+            .pop()
+            .expect("one batch");
 
         // Backward, head first.
         let tables = RopeTables::new(&self.rope, 0, t, ad);
@@ -605,9 +568,10 @@ impl<'c> FsdpTrainer<'c> {
     }
 
     /// Stages 1 and 2: this rank's micro-batches and the reduction of their gradients (the
-    /// sum over every micro-batch of the step), as the level says; the local sum of losses.
-    fn reduced_gradients(&self, mine: Vec<Batch>) -> Result<(f64, Reduced), TrainError> {
-        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+    /// sum over every micro-batch of the step), as the level says — whole unit buffers at
+    /// level 0, this rank's shard of each unit above; and the local sum of losses.
+    fn reduced_gradients(&self, mine: Vec<Batch>) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
+        let world = self.comm.world_size();
         let units = &self.layout.units;
         let shard_zeros = || -> Vec<Vec<f32>> {
             units
@@ -632,13 +596,13 @@ impl<'c> FsdpTrainer<'c> {
                     for g in &mut total {
                         self.comm.all_reduce_sum(g).map_err(comm_err)?;
                     }
-                    Ok((loss_sum, Reduced::Full(total)))
+                    Ok((loss_sum, total))
                 } else {
                     let mut shards = shard_zeros();
                     for (u, g) in total.iter().enumerate() {
                         self.reduce_into(g, &mut shards[u])?;
                     }
-                    Ok((loss_sum, Reduced::Shards(shards)))
+                    Ok((loss_sum, shards))
                 }
             }
             ShardLevel::Gradients => {
@@ -650,24 +614,65 @@ impl<'c> FsdpTrainer<'c> {
                         self.reduce_into(g, &mut shards[u])?;
                     }
                 }
-                Ok((loss_sum, Reduced::Shards(shards)))
+                Ok((loss_sum, shards))
             }
             ShardLevel::Parameters => {
-                let _ = rank;
                 let mut shards = shard_zeros();
                 for batch in mine {
                     loss_sum += self.unit_wise_micro_batch(batch, &mut shards)?;
                 }
-                Ok((loss_sum, Reduced::Shards(shards)))
+                Ok((loss_sum, shards))
             }
         }
+    }
+
+    /// Level 3: the embedding and every decoder layer applied to each of `inputs` (token ids
+    /// `[batch, seq]`) without a graph, gathering each unit once for all of them. Returns,
+    /// per input, the last layer's output — preceded, with `keep_inputs`, by every layer's
+    /// input (the activation checkpoints a backward pass recomputes from).
+    fn forward_layers(
+        &self,
+        inputs: &[Tensor<2, Int>],
+        keep_inputs: bool,
+    ) -> Result<Vec<Vec<Tensor<3>>>, TrainError> {
+        let inner = self.device.clone().inner();
+        let tables: Vec<RopeTables> = inputs
+            .iter()
+            .map(|t| RopeTables::new(&self.rope, 0, t.dims()[1], &inner))
+            .collect();
+        let w = self.gather(0)?;
+        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, &inner)?;
+        let mut xs: Vec<Tensor<3>> = inputs
+            .iter()
+            .map(|t| pmc_model::model::embed(&e, t.clone().inner()))
+            .collect();
+        drop((e, w));
+        let mut kept: Vec<Vec<Tensor<3>>> = vec![Vec::new(); inputs.len()];
+        for i in 0..self.model_config.num_hidden_layers {
+            let w = self.gather(1 + i)?;
+            let layer = self.layer(i, &w, &inner)?;
+            xs = xs
+                .into_iter()
+                .zip(&tables)
+                .zip(&mut kept)
+                .map(|((x, tables), kept)| {
+                    if keep_inputs {
+                        kept.push(x.clone());
+                    }
+                    layer.forward(x, tables, None)
+                })
+                .collect();
+        }
+        for (kept, x) in kept.iter_mut().zip(xs) {
+            kept.push(x);
+        }
+        Ok(kept)
     }
 
     /// Level 3 evaluation: this rank's `windows`, unit by unit (one gather per unit).
     fn unit_wise_nll_sum(&self, windows: &[&Vec<u32>]) -> Result<f64, TrainError> {
         let inner = self.device.clone().inner();
-        let layers = self.model_config.num_hidden_layers;
-        let head_u = layers + 1;
+        let head_u = self.model_config.num_hidden_layers + 1;
         // Windows of one length go through together.
         let mut groups: std::collections::BTreeMap<usize, Vec<&Vec<u32>>> = Default::default();
         for w in windows {
@@ -683,23 +688,11 @@ impl<'c> FsdpTrainer<'c> {
                 Tensor::from_data(TensorData::new(ids, [ws.len(), len]), &inner)
             })
             .collect();
-        let w = self.gather(0)?;
-        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, &inner)?;
-        let mut xs: Vec<Tensor<3>> = tokens
+        let inputs: Vec<Tensor<2, Int>> = tokens
             .iter()
-            .map(|t| pmc_model::model::embed(&e, pmc_model::loss_inputs(t.clone())))
+            .map(|t| pmc_model::loss_inputs(t.clone()))
             .collect();
-        for i in 0..layers {
-            let w = self.gather(1 + i)?;
-            let layer = self.layer(i, &w, &inner)?;
-            xs = xs
-                .into_iter()
-                .map(|x| {
-                    let t = x.dims()[1];
-                    layer.forward(x, &RopeTables::new(&self.rope, 0, t, &inner), None)
-                })
-                .collect();
-        }
+        let xs = self.forward_layers(&inputs, false)?.into_iter().flatten();
         let head_w = self.gather(head_u)?;
         let embed_w = if self.model_config.tie_word_embeddings {
             Some(self.gather(0)?)
@@ -752,7 +745,7 @@ impl TrainStep for FsdpTrainer<'_> {
                 mine.push(batch);
             }
         }
-        let (local_loss, reduced) = self.reduced_gradients(mine)?;
+        let (local_loss, mut grads) = self.reduced_gradients(mine)?;
         let mut loss = [local_loss];
         self.all_reduce_f64(&mut loss)?;
         let loss = loss[0] / accumulation as f64;
@@ -764,9 +757,6 @@ impl TrainStep for FsdpTrainer<'_> {
         }
         // The mean over micro-batches, as the unsharded trainer scales it.
         let scale = (1.0 / accumulation as f64) as f32;
-        let mut grads = match reduced {
-            Reduced::Full(g) | Reduced::Shards(g) => g,
-        };
         if accumulation > 1 {
             grads.iter_mut().flatten().for_each(|g| *g *= scale);
         }
@@ -795,29 +785,27 @@ impl TrainStep for FsdpTrainer<'_> {
         // Stage 4: AdamW on what this rank owns, then the new parameters where they are needed.
         let lr = self.config.schedule.lr(self.state.step);
         let time = self.state.step as i32 + 1;
-        match self.level {
-            ShardLevel::DataParallel => {
-                let model = self.model.as_ref().expect("whole model");
-                let mut flats = flat::model_flats(model, &self.layout, world);
-                for ((p, g), m) in flats.iter_mut().zip(&grads).zip(&mut self.moments) {
-                    self.adam.step(lr, time, p, g, m);
-                }
-                self.rebuild(&flats);
-            }
-            ShardLevel::OptimizerState | ShardLevel::Gradients => {
-                let model = self.model.as_ref().expect("whole model");
+        match &self.model {
+            // Levels 0–2: update the whole model's buffers (level 0) or this rank's shard of
+            // them, whose new values every rank then gathers (levels 1–2).
+            Some(model) => {
                 let mut flats = flat::model_flats(model, &self.layout, world);
                 for (u, unit) in self.layout.units.iter().enumerate() {
-                    let mut shard = flats[u][unit.shard_range(rank, world)].to_vec();
-                    self.adam
-                        .step(lr, time, &mut shard, &grads[u], &mut self.moments[u]);
-                    self.comm
-                        .all_gather(&shard, &mut flats[u])
-                        .map_err(comm_err)?;
+                    let (g, m) = (&grads[u], &mut self.moments[u]);
+                    if self.level == ShardLevel::DataParallel {
+                        self.adam.step(lr, time, &mut flats[u], g, m);
+                    } else {
+                        let mut shard = flats[u][unit.shard_range(rank, world)].to_vec();
+                        self.adam.step(lr, time, &mut shard, g, m);
+                        self.comm
+                            .all_gather(&shard, &mut flats[u])
+                            .map_err(comm_err)?;
+                    }
                 }
                 self.rebuild(&flats);
             }
-            ShardLevel::Parameters => {
+            // Level 3: the shards are all there is.
+            None => {
                 for ((p, g), m) in self.shards.iter_mut().zip(&grads).zip(&mut self.moments) {
                     self.adam.step(lr, time, p, g, m);
                 }
