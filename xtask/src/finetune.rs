@@ -140,7 +140,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         // The checkpoint carries the tokenizer: the base model is not loaded a second time.
         Some(path) => {
             let (ckpt, tokenizer) = crate::pretrain::resume_point(path)?;
-            let config = pmc_train::checkpoint::saved_config(&ckpt)?;
+            let config = pmc_train::checkpoint::SavedState::read(&ckpt)?.config;
             (Start::Resume(ckpt), None, tokenizer, config)
         }
         None => {

@@ -150,19 +150,17 @@ fn bundled(path: &Path) -> bool {
 /// adapter checkpoints included).
 pub fn resume_point(path: &Path) -> Result<(PathBuf, pmc_model::Tokenizer)> {
     let ckpt = pmc_train::checkpoint::resolve(path)?;
-    let config = pmc_model::LlamaConfig::from_file(ckpt.join("config.json"))
-        .or_else(|_| {
-            // An adapter checkpoint: the tokenizer's ids come with the base model's config.
-            let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
-                ckpt.join(pmc_train::checkpoint::STATE_FILE),
-            )?)?;
-            let base = PathBuf::from(state["lora_base"].as_str().unwrap_or_default());
-            anyhow::Ok(
-                pmc_model::load_model(&base, &Default::default(), &pmc_model::default_device())?
-                    .config,
-            )
-        })
-        .with_context(|| format!("{}: the checkpoint's model config", ckpt.display()))?;
+    // A model checkpoint has its config.json; an adapter checkpoint records its base model's
+    // (or, written before it did, names the base model to read it from).
+    let saved = pmc_train::checkpoint::SavedState::read(&ckpt)?.extra;
+    let config = match (saved.get("base_config"), saved.get("lora_base")) {
+        (Some(config), _) => pmc_model::LlamaConfig::from_json(config, &ckpt)?,
+        (None, Some(base)) => {
+            let base = PathBuf::from(base.as_str().unwrap_or_default());
+            pmc_model::load_model(&base, &Default::default(), &pmc_model::default_device())?.config
+        }
+        (None, None) => pmc_model::LlamaConfig::from_file(ckpt.join("config.json"))?,
+    };
     let tokenizer =
         pmc_model::Tokenizer::from_dir(&ckpt, config.bos_token_id, &config.eos_token_ids)
             .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
@@ -208,7 +206,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let (start, tokenizer, train_config) = match &args.resume {
         Some(path) => {
             let (ckpt, tokenizer) = resume_point(path)?;
-            let config = pmc_train::checkpoint::saved_config(&ckpt)?;
+            let config = pmc_train::checkpoint::SavedState::read(&ckpt)?.config;
             (Start::Resume(ckpt), tokenizer, config)
         }
         None => {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
 use pmc_model::LlamaConfig;
-use pmc_train::checkpoint::{DataGuard, DataRecord, STATE_FILE};
-use pmc_train::{TrainConfig, TrainError, TrainState, TrainStep};
+use pmc_train::checkpoint::{DataGuard, DataRecord, SavedState};
+use pmc_train::{TrainError, TrainStep};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -136,10 +136,17 @@ pub(crate) fn save(
     };
     let path = dir.join(INDEX_FILE);
     std::fs::write(&path, serde_json::to_vec_pretty(&index).expect("JSON")).map_err(io(&path))?;
-    let state = serde_json::json!({"state": trainer.state(), "config": trainer.config(),
-        "fsdp": {"world_size": world, "shard_level": trainer.level().number()}});
-    let path = dir.join(STATE_FILE);
-    std::fs::write(&path, serde_json::to_vec_pretty(&state).expect("JSON")).map_err(io(&path))?;
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "fsdp".into(),
+        serde_json::json!({"world_size": world, "shard_level": trainer.level().number()}),
+    );
+    SavedState {
+        state: trainer.state().clone(),
+        config: trainer.config().clone(),
+        extra,
+    }
+    .write(dir)?;
     record.write(dir)
 }
 
@@ -161,20 +168,7 @@ pub fn resume<'c>(
     comm: &'c dyn Collective,
     device: &Device,
 ) -> Result<FsdpTrainer<'c>, TrainError> {
-    let state_path = dir.join(STATE_FILE);
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).map_err(io(&state_path))?)
-            .map_err(|e| corrupt(&state_path, e))?;
-    let field = |key: &str| {
-        saved
-            .get(key)
-            .cloned()
-            .ok_or_else(|| corrupt(&state_path, format!("no `{key}`")))
-    };
-    let state: TrainState =
-        serde_json::from_value(field("state")?).map_err(|e| corrupt(&state_path, e))?;
-    let config: TrainConfig =
-        serde_json::from_value(field("config")?).map_err(|e| corrupt(&state_path, e))?;
+    let SavedState { state, config, .. } = SavedState::read(dir)?;
     let index_path = dir.join(INDEX_FILE);
     let index: ShardIndex =
         serde_json::from_str(&std::fs::read_to_string(&index_path).map_err(io(&index_path))?)

@@ -79,19 +79,34 @@ pub fn resolve(path: &Path) -> Result<PathBuf, TrainError> {
     })
 }
 
-/// The hyper-parameters a checkpoint was trained with (any trainer's checkpoint).
-pub fn saved_config(dir: &Path) -> Result<crate::TrainConfig, TrainError> {
-    let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io(path.clone(), e))?;
-    let saved: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(path.clone(), e.to_string()))?;
-    serde_json::from_value(saved["config"].clone())
-        .map_err(|e| TrainError::Checkpoint(path, format!("`config`: {e}")))
+/// What [`STATE_FILE`] holds, for every trainer: where training stands, its
+/// hyper-parameters, and what the trainer adds (`lora_base` and `base_config` for LoRA runs,
+/// `fsdp` for sharded ones).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SavedState {
+    /// Progress.
+    pub state: crate::TrainState,
+    /// Hyper-parameters.
+    pub config: crate::TrainConfig,
+    /// The trainer's own entries.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Whether checkpoint `dir` was written by a sharded trainer (pmc-fsdp).
-pub fn is_sharded(dir: &Path) -> bool {
-    dir.join("fsdp_index.json").is_file()
+impl SavedState {
+    /// Writes [`STATE_FILE`] into checkpoint directory `dir`.
+    pub fn write(&self, dir: &Path) -> Result<(), TrainError> {
+        let path = dir.join(STATE_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(self).expect("JSON"))
+            .map_err(|e| TrainError::Io(path, e))
+    }
+
+    /// Reads [`STATE_FILE`] of checkpoint `dir`.
+    pub fn read(dir: &Path) -> Result<Self, TrainError> {
+        let path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io(path.clone(), e))?;
+        serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(path, e.to_string()))
+    }
 }
 
 /// The fingerprint of the data a checkpoint's cursor indexes into, as saved in

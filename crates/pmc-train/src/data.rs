@@ -40,7 +40,7 @@ impl Batch {
 #[derive(Debug)]
 pub(crate) struct EpochOrder {
     len: usize,
-    pub(crate) seed: u64,
+    seed: u64,
     cache: std::sync::Mutex<Option<(u64, std::sync::Arc<Vec<usize>>)>>,
 }
 
@@ -104,6 +104,7 @@ pub trait TrainingData: Send + Sync {
     fn seq_len(&self) -> usize;
     /// What a cursor indexes into, as a string that changes when the stream would: saved
     /// with every checkpoint, and a resumed run on data with another fingerprint is refused.
+    /// Asked for at every step, so a source that hashes its contents does it once.
     fn fingerprint(&self) -> String;
 }
 
@@ -112,6 +113,8 @@ pub trait TrainingData: Send + Sync {
 pub struct TokenWindows {
     windows: Vec<Vec<u32>>,
     order: EpochOrder,
+    /// Of the windows, their shape and the seed (see [`TrainingData::fingerprint`]).
+    fingerprint: String,
 }
 
 impl TokenWindows {
@@ -119,7 +122,17 @@ impl TokenWindows {
     pub fn new(tokens: &[u32], seq_len: usize, seed: u64) -> Self {
         let windows: Vec<Vec<u32>> = tokens.chunks_exact(seq_len).map(<[u32]>::to_vec).collect();
         let order = EpochOrder::new(windows.len(), seed);
-        Self { windows, order }
+        let hash = pmc_model::fnv1a64(windows.iter().flatten().flat_map(|t| t.to_le_bytes()));
+        let fingerprint = format!(
+            "windows-{hash:016x}-{}x{}-seed{seed}",
+            windows.len(),
+            windows.first().map_or(0, Vec::len),
+        );
+        Self {
+            windows,
+            order,
+            fingerprint,
+        }
     }
 
     /// Number of windows per epoch.
@@ -181,14 +194,7 @@ impl TrainingData for TokenWindows {
     }
 
     fn fingerprint(&self) -> String {
-        let tokens = self.windows.iter().flatten();
-        let hash = pmc_model::fnv1a64(tokens.clone().flat_map(|t| t.to_le_bytes()));
-        format!(
-            "windows-{hash:016x}-{}x{}-seed{}",
-            self.windows.len(),
-            self.seq_len(),
-            self.order.seed
-        )
+        self.fingerprint.clone()
     }
 }
 

@@ -129,6 +129,8 @@ pub struct SftData {
     order: EpochOrder,
     /// Examples whose prompt was cut (from the left) to fit `max_len`.
     pub truncated: usize,
+    /// Of the tokenized examples, `max_len` and the seed (see [`TrainingData::fingerprint`]).
+    fingerprint: String,
 }
 
 impl SftData {
@@ -168,12 +170,22 @@ impl SftData {
             prompt.extend(response);
             out.push((prompt, prompt_len));
         }
+        let bytes = out.iter().flat_map(|(ids, prompt_len)| {
+            let prompt = (*prompt_len as u32).to_le_bytes();
+            ids.iter().flat_map(|t| t.to_le_bytes()).chain(prompt)
+        });
+        let fingerprint = format!(
+            "instructions-{:016x}-{}-max{max_len}-seed{seed}",
+            pmc_model::fnv1a64(bytes),
+            out.len(),
+        );
         Ok(SftData {
             order: EpochOrder::new(out.len(), seed),
             examples: out,
             pad: eos,
             max_len,
             truncated,
+            fingerprint,
         })
     }
 
@@ -240,16 +252,6 @@ impl TrainingData for SftData {
     }
 
     fn fingerprint(&self) -> String {
-        let bytes = self.examples.iter().flat_map(|(ids, prompt_len)| {
-            let prompt = (*prompt_len as u32).to_le_bytes();
-            ids.iter().flat_map(|t| t.to_le_bytes()).chain(prompt)
-        });
-        format!(
-            "instructions-{:016x}-{}-max{}-seed{}",
-            pmc_model::fnv1a64(bytes),
-            self.examples.len(),
-            self.max_len,
-            self.order.seed
-        )
+        self.fingerprint.clone()
     }
 }

@@ -10,7 +10,7 @@ use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_loss, masked
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
-use crate::checkpoint::{DataGuard, STATE_FILE};
+use crate::checkpoint::{DataGuard, SavedState};
 use crate::data::{Batch, Cursor, TrainingData};
 use crate::schedule::CosineSchedule;
 use crate::step::{StepStats, TrainStep, dropout_seed};
@@ -443,22 +443,12 @@ impl Trainer {
     /// Continues from a checkpoint written by [`crate::Checkpointer::save`] of this trainer.
     /// The first step after it refuses data other than the checkpoint's.
     pub fn resume(dir: &Path, device: &Device) -> Result<Self, TrainError> {
-        let state_path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path)
-            .map_err(|e| TrainError::Io(state_path.clone(), e))?;
-        let saved: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
-        let parse = |key: &str| {
-            saved
-                .get(key)
-                .cloned()
-                .ok_or_else(|| TrainError::Checkpoint(state_path.clone(), format!("no `{key}`")))
-        };
-        let state: TrainState = serde_json::from_value(parse("state")?)
-            .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
-        let config: TrainConfig = serde_json::from_value(parse("config")?)
-            .map_err(|e| TrainError::Checkpoint(state_path.clone(), e.to_string()))?;
-        if saved.get("fsdp").is_some() {
+        let SavedState {
+            state,
+            config,
+            extra,
+        } = SavedState::read(dir)?;
+        if extra.contains_key("fsdp") {
             return Err(TrainError::Checkpoint(
                 dir.to_path_buf(),
                 "a sharded checkpoint (pmc-fsdp): resume it with --shard-level and --world-size"
@@ -467,7 +457,7 @@ impl Trainer {
         }
         let data = DataGuard::resumed_from(dir)?;
         // A LoRA checkpoint holds the adapter; the base model comes from where it was.
-        let lora_base = saved
+        let lora_base = extra
             .get("lora_base")
             .and_then(|v| v.as_str())
             .map(PathBuf::from);
@@ -555,15 +545,18 @@ impl TrainStep for Trainer {
             .into_bytes()
             .map_err(|e| TrainError::OptimizerState(dir.to_path_buf(), format!("{e:?}")))?;
         std::fs::write(dir.join("optimizer.bpk"), &bytes[..]).map_err(io)?;
-        let mut state = serde_json::json!({"state": self.state, "config": self.config});
+        let mut extra = serde_json::Map::new();
         if let Some(lora) = &self.lora {
-            state["lora_base"] = serde_json::json!(lora.base);
+            // The base model to load again on resume, and its config for the tokenizer's ids.
+            extra.insert("lora_base".into(), serde_json::json!(lora.base));
+            extra.insert("base_config".into(), self.model_config.to_json());
         }
-        std::fs::write(
-            dir.join(STATE_FILE),
-            serde_json::to_vec_pretty(&state).expect("JSON"),
-        )
-        .map_err(io)?;
+        SavedState {
+            state: self.state.clone(),
+            config: self.config.clone(),
+            extra,
+        }
+        .write(dir)?;
         self.data.record().write(dir)
     }
 
