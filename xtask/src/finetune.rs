@@ -237,11 +237,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         held_out.len(),
         train_config.global_batch
     );
-    let run_dir = match &args.resume {
-        Some(path) => pmc_train::run_dir_of(&pmc_train::checkpoint::resolve(path)?)
-            .context("the checkpoint is not inside a run directory")?,
-        None => args.out.clone(),
-    };
+    let run_dir = start.run_dir(&args.out)?;
     let options = RunOptions {
         steps: train_config.schedule.total_steps,
         log_every: args.log_every,

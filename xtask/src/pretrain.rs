@@ -339,11 +339,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         Source::Text { valid_paths, .. } => valid_paths.clone(),
         Source::Shards { .. } => args.valid.clone(),
     };
-    let run_dir = match &args.resume {
-        Some(path) => pmc_train::run_dir_of(&pmc_train::checkpoint::resolve(path)?)
-            .context("the checkpoint is not inside a run directory")?,
-        None => args.out.clone(),
-    };
+    let run_dir = start.run_dir(&args.out)?;
     let options = RunOptions {
         steps: args.steps,
         log_every: args.log_every,
@@ -392,6 +388,17 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         run_dir.display()
     );
     Ok(())
+}
+
+impl Start {
+    /// Where the run writes: a resumed run's own directory, else `out`.
+    pub fn run_dir(&self, out: &Path) -> Result<PathBuf> {
+        match self {
+            Start::Resume(ckpt) => pmc_train::run_dir_of(ckpt)
+                .with_context(|| format!("{}: not inside a run directory", ckpt.display())),
+            _ => Ok(out.to_path_buf()),
+        }
+    }
 }
 
 /// Runs the training loop from `start` with the single-process trainer, or sharded as

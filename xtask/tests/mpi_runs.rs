@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
 
 fn root() -> PathBuf {
@@ -52,32 +54,12 @@ fn run_ok(cmd: &mut Command) {
     );
 }
 
-fn weights(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
-    let device = pmc_model::burn::prelude::Device::flex();
-    pmc_model::load_model(checkpoint, &Default::default(), &device)
-        .unwrap()
-        .model
-        .named_weights()
-        .into_iter()
-        .map(|w| {
-            (
-                w.name,
-                w.value
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .unwrap(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn two_mpi_processes_train_like_one_at_every_level() {
     let dir = tempfile::tempdir().unwrap();
     let single = dir.path().join("single");
     run_ok(Command::new(XTASK).args(pretrain_args(&single, "8")));
-    let want = weights(&pmc_train::checkpoint_dir(&single, 8));
+    let single_ckpt = pmc_train::checkpoint_dir(&single, 8);
     for level in 0..4 {
         let out = dir.path().join(format!("mpi-{level}"));
         let mut cmd = if level == 3 {
@@ -96,14 +78,7 @@ fn two_mpi_processes_train_like_one_at_every_level() {
             ckpt.join("fsdp-rank-00001-of-00002.safetensors").is_file(),
             "two ranks wrote shards"
         );
-        for ((name, a), (_, b)) in weights(&ckpt).iter().zip(&want) {
-            for (x, y) in a.iter().zip(b) {
-                assert!(
-                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                    "level {level}: {name}: {x} vs {y}"
-                );
-            }
-        }
+        common::assert_same_weights(&format!("level {level}"), &ckpt, &single_ckpt);
     }
 }
 

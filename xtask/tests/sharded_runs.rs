@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn pretrain(out: &Path, extra: &[&str]) -> Command {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
@@ -58,25 +60,6 @@ fn losses(run: &Path) -> Vec<f64> {
     by_step.into_values().collect()
 }
 
-fn weights(checkpoint: &Path) -> Vec<(String, Vec<f32>)> {
-    let device = pmc_model::burn::prelude::Device::flex();
-    let loaded = pmc_model::load_model(checkpoint, &Default::default(), &device).unwrap();
-    loaded
-        .model
-        .named_weights()
-        .into_iter()
-        .map(|w| {
-            let v = w
-                .value
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap();
-            (w.name, v)
-        })
-        .collect()
-}
-
 fn step_dir(run: &Path, step: usize) -> PathBuf {
     pmc_train::checkpoint_dir(run, step)
 }
@@ -117,19 +100,11 @@ fn a_sharded_run_resumed_at_another_world_size_follows_the_unsharded_run() {
             step + 1
         );
     }
-    let mut worst = 0f32;
-    for ((name, a), (_, b)) in weights(&step_dir(&sharded, 8))
-        .iter()
-        .zip(&weights(&step_dir(&single, 8)))
-    {
-        for (x, y) in a.iter().zip(b) {
-            worst = worst.max((x - y).abs());
-            assert!(
-                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                "{name}: {x} vs {y}"
-            );
-        }
-    }
+    let worst = common::assert_same_weights(
+        "resumed at another world size",
+        &step_dir(&sharded, 8),
+        &step_dir(&single, 8),
+    );
     println!("max |Δw| after resuming at another world size: {worst:.2e}");
 
     // The consolidated checkpoint is an HF model directory: it scores like the unsharded run's.
@@ -230,17 +205,11 @@ fn sharded_full_fine_tuning_equals_one_process() {
         &["--world-size", "2", "--shard-level", "3"],
     ));
     assert!(log.contains("held-out"), "{log}");
-    for ((name, a), (_, b)) in weights(&step_dir(&sharded, 3))
-        .iter()
-        .zip(&weights(&single.join("model")))
-    {
-        for (x, y) in a.iter().zip(b) {
-            assert!(
-                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
-                "{name}: {x} vs {y}"
-            );
-        }
-    }
+    common::assert_same_weights(
+        "sharded full fine-tuning",
+        &step_dir(&sharded, 3),
+        &single.join("model"),
+    );
     let out = finetune(&dir.path().join("lora"), "lora", &["--world-size", "2"])
         .output()
         .unwrap();
