@@ -1,30 +1,30 @@
 //! Continued pretraining through the crates' public API, as a downstream crate would write
-//! it: text → tokens → a LLaMA (fresh `tiny`, or `--base` an HF directory / .gguf) → the
-//! trainer → checkpoints → held-out perplexity before and after. With `--world-size N` the
+//! it: papers → packed token shards (prepared once, cached) → a LLaMA (fresh `tiny`, or
+//! `--base` an HF directory / .gguf / `smollm2-135m`) → the trainer → checkpoints →
+//! held-out perplexity on held-out papers before and after. With `--world-size N` the
 //! same run is sharded over N worker threads at FSDP level 3 (pmc-fsdp) — the run loop and
 //! the checkpointer do not change.
 //!
-//!     cargo run --example continued_pretraining -- [--base MODEL] [--corpus FILE.txt] \
+//!     cargo run --example continued_pretraining -- [--base MODEL] [--papers FILE_OR_DIR] \
 //!         [--steps 40] [--world-size 2] [--out runs/example]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pmc_llama::pmc_fsdp::{self, FsdpTrainer, ShardLevel};
 use pmc_llama::pmc_model::{self, LlamaConfig, WeightDType};
-use pmc_llama::pmc_train::{self, Checkpointer, TokenWindows, Trainer, run};
+use pmc_llama::pmc_train::source::{self, PaperPreparation, Source};
+use pmc_llama::pmc_train::{self, Checkpointer, CorpusShards, Sampling, Trainer, run};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut base = None;
-    let mut corpus = PathBuf::from("datasets/pmc-sample/train.txt");
-    let mut valid = PathBuf::from("datasets/pmc-sample/valid.txt");
+    let mut papers = PathBuf::from("datasets/pmc-oa/papers.tar.gz");
     let (mut steps, mut world, mut out) = (40usize, 1usize, PathBuf::from("runs/example"));
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--base" => base = Some(PathBuf::from(value)),
-            "--corpus" => corpus = PathBuf::from(value),
-            "--valid" => valid = PathBuf::from(value),
+            "--papers" => papers = PathBuf::from(value),
             "--steps" => steps = value.parse()?,
             "--world-size" => world = value.parse()?,
             "--out" => out = PathBuf::from(value),
@@ -32,29 +32,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // The model and its tokenizer: a base model's own, or a BPE learnt on the corpus.
+    // The model and its tokenizer (a base model's own; a fresh model's is learnt on the
+    // papers), then the papers as token shards in that tokenizer, a tenth held out.
     let device = pmc_model::default_device().autodiff();
-    let docs = run::read_documents(std::slice::from_ref(&corpus))?;
-    let (model, config, tokenizer) = match &base {
-        Some(path) => {
-            let loaded = pmc_model::load_model(path, &Default::default(), &device)?;
-            let tokenizer = loaded.tokenizer.ok_or("the base model has no tokenizer")?;
-            (loaded.model, loaded.config, tokenizer)
-        }
-        None => {
-            let tokenizer = run::train_bpe(&docs, 2048)?;
-            let config = LlamaConfig::preset("tiny", tokenizer.inner().get_vocab_size(true))?;
+    let loaded = match &base {
+        Some(path) => Some(pmc_model::load_model(path, &Default::default(), &device)?),
+        None => None,
+    };
+    let base_tokenizer = loaded.as_ref().and_then(|l| l.tokenizer.clone());
+    if loaded.is_some() && base_tokenizer.is_none() {
+        return Err("the base model has no tokenizer".into());
+    }
+    let seq_len = 128;
+    let how = PaperPreparation {
+        seq_len,
+        tokenizer: base_tokenizer.as_ref(),
+        vocab_size: 2048,
+        valid_fraction: 0.1,
+        cache: Path::new("runs/corpora"),
+    };
+    let Source::Shards { dir, manifest } = Source::prepare_papers(&[papers], &how, |_| {})? else {
+        unreachable!("prepare_papers makes shards")
+    };
+    let (model, config, tokenizer) = match (loaded, base_tokenizer) {
+        (Some(loaded), Some(tokenizer)) => (loaded.model, loaded.config, tokenizer),
+        _ => {
+            let config = LlamaConfig::preset("tiny", manifest.vocab_size)?;
             let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
-            (model, config, tokenizer)
+            (model, config, source::corpus_tokenizer(&dir, &manifest)?)
         }
     };
-    let seq_len = 128;
-    let train = TokenWindows::new(&run::tokenize(&tokenizer, &docs)?, seq_len, 0);
-    let held_out = TokenWindows::new(
-        &run::tokenize(&tokenizer, &run::read_documents(&[valid])?)?,
-        seq_len,
-        0,
-    );
+    let train = CorpusShards::open_with(&dir, 0, Sampling::Packed)?;
+    let held_out = CorpusShards::held_out(&dir, 32)?;
     let train_config = pmc_train::TrainConfig {
         schedule: pmc_train::CosineSchedule {
             total_steps: steps,
@@ -77,13 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let summary = if world == 1 {
         let mut trainer = Trainer::new(model, config, train_config, &device)?;
-        run::run(
-            &mut trainer,
-            &train,
-            held_out.windows(),
-            &options,
-            &checkpointer,
-        )?
+        run::run(&mut trainer, &train, &held_out, &options, &checkpointer)?
     } else {
         let launched = pmc_fsdp::launch(
             pmc_fsdp::Engine::Threads,
@@ -98,13 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     comm,
                     &device,
                 )?;
-                run::run(
-                    &mut trainer,
-                    &train,
-                    held_out.windows(),
-                    &options,
-                    &checkpointer,
-                )
+                run::run(&mut trainer, &train, &held_out, &options, &checkpointer)
             },
         )?;
         match launched {

@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use pmc_corpus::{
-    Citations, License, Manifest, PrepareConfig, Preset, Stage, TokenizerSource, prepare,
+    Citations, License, Manifest, PrepareConfig, Preset, Progress, Stage, TokenizerSource, prepare,
 };
 
 #[derive(Args, Debug)]
@@ -141,12 +141,26 @@ pub fn prepare_corpus(args: PrepareCorpusArgs) -> Result<()> {
             .num_threads(threads)
             .build_global()?;
     }
-    let total = pmc_corpus::input::total_bytes(&pmc_corpus::input::list_files(&config.inputs)?);
-    let bar = if args.quiet {
-        ProgressBar::hidden()
+    let manifest = if args.quiet {
+        prepare(&config, |_| {})?
     } else {
-        ProgressBar::new(total)
+        with_progress_bar(&config.inputs, |progress| prepare(&config, progress))?
     };
+    print_summary(&manifest);
+    Ok(())
+}
+
+/// Runs `work` (a corpus preparation of `inputs`) with a progress bar over the input bytes
+/// that shows the stage and the documents and sequences so far.
+pub fn with_progress_bar<T, E>(
+    inputs: &[PathBuf],
+    work: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<T, E>,
+) -> Result<T>
+where
+    anyhow::Error: From<E>,
+{
+    let total = pmc_corpus::input::total_bytes(&pmc_corpus::input::list_files(inputs)?);
+    let bar = ProgressBar::new(total);
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} {msg:40} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
@@ -154,7 +168,7 @@ pub fn prepare_corpus(args: PrepareCorpusArgs) -> Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let manifest = prepare(&config, |p| {
+    let result = work(&mut |p: Progress| {
         bar.set_position(p.input_bytes);
         let stage = match p.stage {
             Stage::Cleaning => "cleaning",
@@ -165,10 +179,9 @@ pub fn prepare_corpus(args: PrepareCorpusArgs) -> Result<()> {
             "{stage}: {} docs, {} kept, {} seqs",
             p.documents, p.kept, p.sequences
         ));
-    })?;
+    });
     bar.finish_and_clear();
-    print_summary(&manifest);
-    Ok(())
+    Ok(result?)
 }
 
 fn print_summary(m: &Manifest) {

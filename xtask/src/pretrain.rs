@@ -62,8 +62,9 @@ pub struct PretrainArgs {
     /// A TOML file of options (keys as the option names); command-line options override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The model to continue from: an HF directory or a .gguf file. Without it, a fresh
-    /// model of `--preset` is trained with a BPE tokenizer learnt on the corpus.
+    /// The model to continue from: an HF directory, a .gguf file or a model name the project
+    /// fetches (smollm2-135m). Without it, a fresh model of `--preset` is trained with a BPE
+    /// tokenizer learnt on the corpus.
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Size of a fresh model: tiny, small or 7b.
@@ -72,15 +73,24 @@ pub struct PretrainArgs {
     /// Vocabulary of the tokenizer trained for a fresh model.
     #[arg(long, default_value_t = 2048)]
     pub vocab_size: usize,
-    /// Training text: .txt (a document per line) or .jsonl ({"text": ...}) files.
-    #[arg(long, num_args = 1.., default_values = ["datasets/pmc-sample/train.txt"])]
+    /// Training data: papers (JATS .xml/.nxml, S2ORC .json, .tar.gz bundles, directories of
+    /// them: prepared into token shards once, under --corpus-cache), a corpus directory made
+    /// by prepare-corpus, or text files (.txt, a document per line; .jsonl with "text").
+    /// By default the bundled open-access papers.
+    #[arg(long, num_args = 1.., default_values = ["datasets/pmc-oa/papers.tar.gz"])]
     pub corpus: Vec<PathBuf>,
-    /// Held-out text; by default the bundled sample's valid.txt with the bundled corpus, else
-    /// the last 5 % of the corpus's documents.
+    /// Held-out text files; by default, with papers, the held-out papers (--valid-fraction),
+    /// with text files the last 5 % of their documents.
     #[arg(long, num_args = 1..)]
     pub valid: Vec<PathBuf>,
+    /// With papers: the share held out (whole papers, chosen by a hash of their ids).
+    #[arg(long, default_value_t = 0.1)]
+    pub valid_fraction: f64,
+    /// With papers: where the prepared corpora are kept and reused.
+    #[arg(long, default_value = "runs/corpora")]
+    pub corpus_cache: PathBuf,
     /// Optimizer steps in total.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 300)]
     pub steps: usize,
     /// Tokens per sequence (default 128; a prepared corpus brings its own packing length).
     #[arg(long)]
@@ -141,10 +151,6 @@ pub struct PretrainArgs {
     pub eval_sequences: usize,
 }
 
-fn bundled(path: &Path) -> bool {
-    path == Path::new("datasets/pmc-sample/train.txt")
-}
-
 /// The checkpoint `--resume` names (a run directory: its newest complete checkpoint) and
 /// the tokenizer saved with it (every checkpoint of `pretrain` and `finetune` carries one,
 /// adapter checkpoints included).
@@ -188,10 +194,51 @@ pub enum Start {
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     args.distributed.relaunch_if_needed()?;
     let device = args.compute.device();
-    let default_valid =
-        (args.valid.is_empty() && args.corpus.len() == 1 && bundled(&args.corpus[0]))
-            .then(|| PathBuf::from("datasets/pmc-sample/valid.txt"));
-    let source = Source::read(&args.corpus, &args.valid, default_valid)?;
+    let resumed = args.resume.as_deref().map(resume_point).transpose()?;
+    // A fresh run from a base model: loaded before the data, whose tokens are its tokenizer's.
+    let base = match (&resumed, &args.base) {
+        (None, Some(base)) => {
+            let loaded = pmc_model::load_model(base, &Default::default(), &device)?;
+            let tokenizer = loaded
+                .tokenizer
+                .clone()
+                .with_context(|| format!("{} has no tokenizer", loaded.source.display()))?;
+            Some((loaded, tokenizer))
+        }
+        _ => None,
+    };
+    let source = if pmc_corpus::are_papers(&args.corpus) {
+        // Continuing a base model (also on resume, when --base is given again) tokenizes with
+        // its tokenizer; a fresh model trains one on the papers.
+        let tokenizer = match (&base, &resumed) {
+            (Some((_, tokenizer)), _) => Some(tokenizer),
+            (None, Some((_, tokenizer))) if args.base.is_some() => Some(tokenizer),
+            _ => None,
+        };
+        let how = pmc_train::source::PaperPreparation {
+            seq_len: args.seq_len.unwrap_or(128),
+            tokenizer,
+            vocab_size: args.vocab_size,
+            valid_fraction: args.valid_fraction,
+            cache: &args.corpus_cache,
+        };
+        let source = crate::corpus::with_progress_bar(&args.corpus, |progress| {
+            Source::prepare_papers(&args.corpus, &how, progress)
+        })?;
+        if let Source::Shards { dir, manifest } = &source {
+            say!(
+                "papers: {} read, {} kept → {} training and {} held-out sequences (held-out papers), in {}",
+                manifest.documents.input,
+                manifest.documents.kept,
+                manifest.sequences,
+                manifest.valid_sequences,
+                dir.display()
+            );
+        }
+        source
+    } else {
+        Source::read(&args.corpus, &args.valid, None)?
+    };
     let seq_len = match &source {
         Source::Shards { manifest, dir } => match args.seq_len {
             Some(n) if n != manifest.seq_len => bail!(
@@ -203,9 +250,8 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         },
         Source::Text { .. } => args.seq_len.unwrap_or(128),
     };
-    let (start, tokenizer, train_config) = match &args.resume {
-        Some(path) => {
-            let (ckpt, tokenizer) = resume_point(path)?;
+    let (start, tokenizer, train_config) = match resumed {
+        Some((ckpt, tokenizer)) => {
             let config = pmc_train::checkpoint::SavedState::read(&ckpt)?.config;
             (Start::Resume(ckpt), tokenizer, config)
         }
@@ -227,12 +273,8 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 ..run::default_train_config(seq_len)
             };
             // (start, its config, tokenizer)
-            let (start, model_config, tokenizer) = match &args.base {
-                Some(base) => {
-                    let loaded = pmc_model::load_model(base, &Default::default(), &device)?;
-                    let tokenizer = loaded
-                        .tokenizer
-                        .with_context(|| format!("{} has no tokenizer", base.display()))?;
+            let (start, model_config, tokenizer) = match base {
+                Some((loaded, tokenizer)) => {
                     if let Source::Shards { dir, manifest } = &source {
                         pmc_train::source::check_same_tokenizer(
                             &tokenizer,

@@ -40,7 +40,8 @@ pub mod tokens;
 pub use clean::{Citations, CleanOptions, DropReason, Preset, clean_paper};
 pub use paper::{Block, License, Metadata, Paper, Paragraph, Span};
 pub use pipeline::{
-    Manifest, PrepareConfig, Progress, Stage, TokenizerSource, prepare, read_manifest,
+    Manifest, PrepareConfig, Progress, Stage, TokenizerSource, are_papers, prepare, prepare_cached,
+    read_manifest,
 };
 pub use reader::{Cursor, SequenceStream, Split, StreamOptions, TokenCorpus};
 pub use shards::Sequence;

@@ -576,3 +576,78 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, CorpusError> {
         message: e.to_string(),
     })
 }
+
+/// Whether `paths` are papers for [`prepare`] (JATS `.xml`/`.nxml`, S2ORC `.json`, `.gz`
+/// and `.tar.gz`/`.tgz` bundles, directories that are not prepared corpora) rather than plain
+/// text files (`.txt`, `.jsonl`) or one prepared corpus.
+pub fn are_papers(paths: &[PathBuf]) -> bool {
+    !paths.is_empty()
+        && paths.iter().all(|p| {
+            if p.is_dir() {
+                return !p.join("manifest.json").is_file();
+            }
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            [".xml", ".nxml", ".json", ".gz", ".tgz"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+        })
+}
+
+/// Prepares `config.inputs` once under `cache` and returns the corpus directory and its
+/// manifest: a later call with the same inputs (paths, sizes and modification times, as
+/// make decides) and the same settings reuses it. `config.out` is replaced by
+/// `cache/<hash of both>`, which only ever holds a complete corpus.
+pub fn prepare_cached(
+    config: &PrepareConfig,
+    cache: &Path,
+    progress: impl FnMut(Progress),
+) -> Result<(PathBuf, Manifest), CorpusError> {
+    let mut key = Sha256::new();
+    let mut settings = config.clone();
+    settings.out = PathBuf::new();
+    key.update(serde_json::to_vec(&settings).expect("the config serialises"));
+    let mut files = list_files(&config.inputs)
+        .map_err(|e| CorpusError::Io(config.inputs.first().cloned().unwrap_or_default(), e))?;
+    if let TokenizerSource::File(path) = &config.tokenizer {
+        files.push(path.clone());
+    }
+    for file in &files {
+        let meta = std::fs::metadata(file).map_err(|e| CorpusError::Io(file.clone(), e))?;
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        key.update(format!("{}\0{}\0{modified}\0", file.display(), meta.len()).as_bytes());
+    }
+    let digest = key.finalize();
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = cache.join(&name);
+    if dir.join("manifest.json").is_file() {
+        return Ok((dir.clone(), read_manifest(&dir)?));
+    }
+    // Prepared beside the final place and renamed into it when complete, so concurrent runs
+    // (two tests, two ranks) never read or remove each other's half-written corpus; the
+    // first to finish wins, the others use its result.
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let scratch = cache.join(format!("{name}.tmp-{}-{unique}", std::process::id()));
+    settings.out = scratch.clone();
+    let mut manifest = prepare(&settings, progress)?;
+    manifest.config.out = dir.clone();
+    let text = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
+    write_atomic(&scratch.join("manifest.json"), &text)?;
+    if dir.exists() && !dir.join("manifest.json").is_file() {
+        // Left by an interrupted run of an older version: not a corpus.
+        std::fs::remove_dir_all(&dir).map_err(|e| CorpusError::Io(dir.clone(), e))?;
+    }
+    if std::fs::rename(&scratch, &dir).is_err() {
+        std::fs::remove_dir_all(&scratch).map_err(|e| CorpusError::Io(scratch.clone(), e))?;
+        return Ok((dir.clone(), read_manifest(&dir)?));
+    }
+    Ok((dir, manifest))
+}

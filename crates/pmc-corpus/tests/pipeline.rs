@@ -409,3 +409,51 @@ fn paper_windows_take_one_window_per_paper_per_epoch_and_resume() {
     assert_eq!(next, again);
     assert_eq!(resumed.cursor().epoch, 1);
 }
+
+#[test]
+fn a_cached_corpus_is_prepared_once_and_remade_when_its_input_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("papers");
+    std::fs::create_dir(&input).unwrap();
+    for i in 0..6 {
+        let body: Vec<String> = (0..4).map(|k| prose(i * 10 + k, 60)).collect();
+        write(
+            &input.join(format!("p{i}.xml")),
+            jats(100 + i as u32, "A paper", &body).as_bytes(),
+        );
+    }
+    let cache = dir.path().join("cache");
+    let cfg = config(vec![input.clone()], PathBuf::from("ignored"));
+    let mut calls = 0;
+    let (first, manifest) = pmc_corpus::prepare_cached(&cfg, &cache, |_| calls += 1).unwrap();
+    assert!(calls > 0 && manifest.documents.kept == 6);
+    assert_eq!(manifest.config.out, first);
+    let mut again = 0;
+    let (second, _) = pmc_corpus::prepare_cached(&cfg, &cache, |_| again += 1).unwrap();
+    assert_eq!((second.as_path(), again), (first.as_path(), 0), "reused");
+    // Only complete corpora are in the cache: no scratch directory is left.
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+
+    let body: Vec<String> = (0..4).map(|k| prose(999 + k, 60)).collect();
+    write(
+        &input.join("p6.xml"),
+        jats(106, "Another", &body).as_bytes(),
+    );
+    let (third, manifest) = pmc_corpus::prepare_cached(&cfg, &cache, |_| {}).unwrap();
+    assert_ne!(third, first);
+    assert_eq!(manifest.documents.kept, 7);
+}
+
+#[test]
+fn papers_are_told_from_text_files_and_prepared_corpora() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = small_corpus(dir.path());
+    let papers = |names: &[&str]| {
+        pmc_corpus::are_papers(&names.iter().map(PathBuf::from).collect::<Vec<_>>())
+    };
+    assert!(papers(&["a.xml", "b.nxml", "bundle.tar.gz", "s2orc.json"]));
+    assert!(!papers(&["train.txt"]));
+    assert!(!papers(&["docs.jsonl"]));
+    assert!(!pmc_corpus::are_papers(&[corpus]));
+    assert!(pmc_corpus::are_papers(&[dir.path().to_path_buf()]));
+}

@@ -53,6 +53,9 @@ pub enum ModelError {
     /// The tokenizer could not be loaded or failed on an input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The model has no chat template, or its template does not compile or render.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
     /// A request to the model is invalid (empty input, token id out of range, ...).
     #[error("invalid request: {0}")]
     Request(String),

@@ -17,11 +17,13 @@
 //! ```
 
 pub mod allocator;
+pub mod chat;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
 pub mod gguf;
+pub mod hub;
 pub mod loss;
 pub mod model;
 pub mod rope;
@@ -34,6 +36,7 @@ use burn::prelude::*;
 use burn::tensor::TensorCreationOptions;
 
 pub use burn;
+pub use chat::{ChatTemplate, Message};
 pub use checkpoint::{SaveOptions, WeightDType, save_hf};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
@@ -94,8 +97,11 @@ pub struct LoadedModel {
 
 /// Loads a model: an HF directory (`config.json`, safetensors weights, optional
 /// `tokenizer.json`) or a llama.cpp `.gguf` file (weights dequantised, tokenizer rebuilt from
-/// its metadata).
+/// its metadata), or a model name of [`hub::known_names`] (fetched into the cache once).
 pub fn load_model(path: &Path, options: &LoadOptions, device: &Device) -> Result<LoadedModel> {
+    // A model name (`smollm2-135m`) is fetched into the cache once.
+    let resolved = hub::resolve(path)?;
+    let path = resolved.as_path();
     if path.is_file() {
         return load_gguf(path, options, device);
     }

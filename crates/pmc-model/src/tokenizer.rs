@@ -23,6 +23,8 @@ pub struct Tokenizer {
     pub add_bos: bool,
     /// Whether [`Tokenizer::encode`] ends every text with EOS.
     pub add_eos: bool,
+    /// The model's chat template (Jinja source), if it has one: see [`crate::ChatTemplate`].
+    pub chat_template: Option<String>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -33,6 +35,7 @@ impl std::fmt::Debug for Tokenizer {
             .field("eos_ids", &self.eos_ids)
             .field("add_bos", &self.add_bos)
             .field("add_eos", &self.add_eos)
+            .field("chat_template", &self.chat_template.is_some())
             .finish()
     }
 }
@@ -52,7 +55,14 @@ impl Tokenizer {
             eos_ids,
             add_bos,
             add_eos,
+            chat_template: None,
         }
+    }
+
+    /// The same tokenizer with `template` as its chat template.
+    pub fn with_chat_template(mut self, template: Option<String>) -> Self {
+        self.chat_template = template;
+        self
     }
 
     /// Loads `dir/tokenizer.json`; the special-token policy comes from
@@ -103,7 +113,24 @@ impl Tokenizer {
                     .last()
                     .is_some_and(|id| eos_ids.contains(id))
         });
-        Ok(Self::new(inner, bos_id, eos_ids, add_bos, add_eos))
+        // transformers ≥ 4.43 saves the template beside the config as chat_template.jinja;
+        // older files carry it as a string, or as a list of named templates.
+        let jinja_path = dir.join("chat_template.jinja");
+        let chat_template = if jinja_path.is_file() {
+            Some(std::fs::read_to_string(&jinja_path).map_err(|e| ModelError::io(&jinja_path, e))?)
+        } else {
+            match tok_config.as_ref().and_then(|c| c.get("chat_template")) {
+                Some(Value::String(text)) => Some(text.clone()),
+                Some(Value::Array(named)) => named
+                    .iter()
+                    .find(|t| t["name"] == "default")
+                    .or(named.first())
+                    .and_then(|t| t["template"].as_str())
+                    .map(String::from),
+                _ => None,
+            }
+        };
+        Ok(Self::new(inner, bos_id, eos_ids, add_bos, add_eos).with_chat_template(chat_template))
     }
 
     /// The wrapped `tokenizers` tokenizer.
@@ -172,7 +199,7 @@ impl Tokenizer {
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", json_path.display())))?;
         crate::checkpoint::write_atomic(&json_path, text.as_bytes())?;
         let token = |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id));
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": token(self.bos_id),
             "eos_token": token(self.eos_ids.first().copied()),
@@ -181,6 +208,9 @@ impl Tokenizer {
             "clean_up_tokenization_spaces": false,
             "model_max_length": 1_000_000_000_000_000_000u64,
         });
+        if let Some(template) = &self.chat_template {
+            config["chat_template"] = Value::String(template.clone());
+        }
         let mut text = serde_json::to_vec_pretty(&config).expect("JSON values serialise");
         text.push(b'\n');
         crate::checkpoint::write_atomic(&dir.join("tokenizer_config.json"), &text)

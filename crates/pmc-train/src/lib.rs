@@ -81,6 +81,9 @@ pub enum TrainError {
     /// A LoRA adapter failed.
     #[error(transparent)]
     Peft(#[from] pmc_peft::PeftError),
+    /// The training curves could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] pmc_plot::PlotError),
     /// A collective operation of a distributed trainer failed (a timeout, a dead worker).
     #[error("distributed training: {0}")]
     Distributed(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -5,6 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use indicatif::{ProgressBar, ProgressStyle};
+
 use burn::prelude::*;
 use pmc_model::{LlamaConfig, Precision, Tokenizer, WeightDType};
 use serde::{Deserialize, Serialize};
@@ -135,10 +137,23 @@ pub fn run(
         Some(m) => m.write(&line),
         None => Ok(()),
     };
-    let say = |text: String| {
-        if leader {
-            eprintln!("{text}");
-        }
+    // A progress bar on a terminal (hidden elsewhere, where the log lines alone are printed).
+    let bar = if leader {
+        ProgressBar::new(options.steps as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} steps {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(trainer.state().step as u64);
+    bar.reset_eta();
+    let say = |text: String| match (leader, bar.is_hidden()) {
+        (false, _) => {}
+        (true, true) => eprintln!("{text}"),
+        (true, false) => bar.println(text),
     };
     let held_out = &held_out[..held_out.len().min(options.max_eval_windows)];
     let ppl_before = trainer.eval_loss(held_out)?.exp();
@@ -167,6 +182,8 @@ pub fn run(
             line["val_ppl"] = json!(val_loss.exp());
         }
         log(line.clone())?;
+        bar.set_position(stats.step as u64);
+        bar.set_message(format!("loss {:.3} · {tokens_per_s:.0} tok/s", stats.loss));
         if stats.step.is_multiple_of(options.log_every.max(1))
             || evaluate
             || stats.step == options.steps
@@ -204,13 +221,14 @@ pub fn run(
             }
         }
     }
+    bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let ppl_after = trainer.eval_loss(held_out)?.exp();
     log(json!({"step": trainer.state().step, "val_loss": ppl_after.ln(), "val_ppl": ppl_after}))?;
     if leader {
         drop(metrics);
-        let chart = crate::plot::write_curves(run_dir)?;
-        eprintln!("curves: {} (and .png)", chart.display());
+        let (svg, png) = crate::plot::write_curves(run_dir)?;
+        eprintln!("curves: {} and {}", svg.display(), png.display());
     }
     Ok(RunSummary {
         ppl_before,

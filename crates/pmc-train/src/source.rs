@@ -82,6 +82,74 @@ impl Source {
     }
 }
 
+/// How [`Source::prepare_papers`] turns papers into a corpus.
+pub struct PaperPreparation<'a> {
+    /// Tokens per packed sequence.
+    pub seq_len: usize,
+    /// The base model's tokenizer; `None` trains a byte-level BPE of `vocab_size` tokens on
+    /// the cleaned papers (for a fresh model).
+    pub tokenizer: Option<&'a Tokenizer>,
+    pub vocab_size: usize,
+    /// Share of the papers held out (by a hash of their ids) for held-out perplexity.
+    pub valid_fraction: f64,
+    /// Where prepared corpora are kept for reuse.
+    pub cache: &'a Path,
+}
+
+impl Source {
+    /// Papers (JATS, S2ORC, `.tar.gz` bundles) through `pmc-corpus` with the PMC-LLaMA
+    /// cleaning preset — clean text, tokens, packed shards with a held-out split of whole
+    /// papers — prepared once into `how.cache` and reused by later runs.
+    pub fn prepare_papers(
+        inputs: &[PathBuf],
+        how: &PaperPreparation,
+        progress: impl FnMut(pmc_corpus::Progress),
+    ) -> Result<Self, TrainError> {
+        let tokenizer = match how.tokenizer {
+            None => pmc_corpus::TokenizerSource::Train {
+                vocab_size: how.vocab_size,
+            },
+            Some(tokenizer) => {
+                pmc_corpus::TokenizerSource::File(saved_tokenizer(tokenizer, how.cache)?)
+            }
+        };
+        let preset = pmc_corpus::Preset::PmcLlama;
+        let mut config = pmc_corpus::PrepareConfig::new(
+            inputs.to_vec(),
+            PathBuf::new(),
+            tokenizer,
+            preset.options(),
+        );
+        config.preset = preset.name().into();
+        config.seq_len = how.seq_len;
+        config.valid_fraction = how.valid_fraction;
+        let (dir, manifest) = pmc_corpus::prepare_cached(&config, how.cache, progress)?;
+        Ok(Source::Shards {
+            dir,
+            manifest: Box::new(manifest),
+        })
+    }
+}
+
+/// `tokenizer` as a `tokenizer.json` under `cache`, named by its content's hash so the
+/// same tokenizer is the same file (and a prepared corpus's cache key stays the same).
+fn saved_tokenizer(tokenizer: &Tokenizer, cache: &Path) -> Result<PathBuf, TrainError> {
+    let json = tokenizer
+        .inner()
+        .to_string(false)
+        .map_err(|e| TrainError::Model(pmc_model::ModelError::Tokenizer(e.to_string())))?;
+    let dir = cache.join(format!(
+        "tokenizer-{:016x}",
+        pmc_model::fnv1a64(json.bytes())
+    ));
+    let path = dir.join("tokenizer.json");
+    if !path.is_file() {
+        std::fs::create_dir_all(&dir).map_err(|e| TrainError::Io(dir.clone(), e))?;
+        pmc_model::checkpoint::write_atomic(&path, json.as_bytes())?;
+    }
+    Ok(path)
+}
+
 /// The tokenizer a prepared corpus was tokenized with, with its EOS.
 pub fn corpus_tokenizer(
     dir: &Path,

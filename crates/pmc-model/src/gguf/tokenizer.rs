@@ -261,7 +261,13 @@ impl GgufVocab {
 
 /// Builds the tokenizer of a GGUF file.
 pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Tokenizer> {
-    GgufVocab::from_gguf(file)?.build(file.path())
+    let chat_template = file
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.as_str())
+        .map(String::from);
+    Ok(GgufVocab::from_gguf(file)?
+        .build(file.path())?
+        .with_chat_template(chat_template))
 }
 
 /// Merges of a sentencepiece BPE vocabulary: every split of a piece into two pieces of the
