@@ -142,9 +142,17 @@ pub fn score(args: ScoreArgs) -> Result<()> {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The prompt text.
+    /// The prompt text (with --chat: the user's message).
     #[arg(long)]
     pub prompt: String,
+    /// Wrap the prompt in the model's own chat template as a user turn, and stop at the
+    /// template's end-of-turn token (for instruct models: without it they tend to copy the
+    /// input). Refused for models without a template.
+    #[arg(long)]
+    pub chat: bool,
+    /// With --chat: a system message before the user's.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
     /// Maximum number of new tokens.
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
@@ -168,7 +176,24 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             loaded.source.display()
         )
     })?;
-    let prompt = tokenizer.encode(&args.prompt)?;
+    let (prompt, stop_ids) = if args.chat {
+        let template = pmc_model::ChatTemplate::of(tokenizer, &loaded.source)?;
+        let mut messages: Vec<pmc_model::Message> = args
+            .system
+            .iter()
+            .map(|s| pmc_model::Message::new("system", s))
+            .collect();
+        messages.push(pmc_model::Message::new("user", &args.prompt));
+        let text = template.render(&messages, true)?;
+        tracing::debug!(prompt = %text, "chat prompt");
+        // The template writes the special tokens itself (as apply_chat_template).
+        (
+            tokenizer.encode_plain(&text)?,
+            template.end_of_turn_ids(tokenizer)?,
+        )
+    } else {
+        (tokenizer.encode(&args.prompt)?, tokenizer.eos_ids.clone())
+    };
     let config = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -178,19 +203,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     let mut stream = tokenizer.stream();
     let stdout = std::io::stdout();
     let started = std::time::Instant::now();
-    let tokens = pmc_model::generate(
-        &loaded.model,
-        &prompt,
-        &config,
-        &tokenizer.eos_ids,
-        &device,
-        |id| {
-            let piece = stream.push(id)?;
-            let mut out = stdout.lock();
-            let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
-            Ok(true)
-        },
-    )?;
+    let tokens = pmc_model::generate(&loaded.model, &prompt, &config, &stop_ids, &device, |id| {
+        let piece = stream.push(id)?;
+        let mut out = stdout.lock();
+        let _ = out.write_all(piece.as_bytes()).and_then(|_| out.flush());
+        Ok(true)
+    })?;
     println!();
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(

@@ -12,9 +12,10 @@ use crate::commands::ModelArgs;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// pubmedqa, medqa or medmcqa.
-    #[arg(long)]
-    pub task: Task,
+    /// pubmedqa, medqa, medmcqa, a comma-separated list, or all (the three: one results
+    /// table and one lm-eval-shaped results.json, each task's outputs in its subdirectory).
+    #[arg(long, value_parser = Task::parse_list)]
+    pub task: std::vec::Vec<Task>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// A directory laid out like ../shared/data, or the task's file itself.
@@ -23,7 +24,8 @@ pub struct EvalArgs {
     /// loglik (multiple choice by log-likelihood) or generate (PMC-LLaMA's setting).
     #[arg(long, default_value = "loglik")]
     pub mode: Mode,
-    /// Prompt template: lm-eval (loglik mode) or pmc-llama (generate mode).
+    /// Prompt template: lm-eval (loglik mode), pmc-llama or chat (generate mode; chat puts
+    /// PMC-LLaMA's instruction and the question into the model's own chat template).
     #[arg(long)]
     pub template: Option<Template>,
     /// Few-shot examples from the train pool.
@@ -55,62 +57,57 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         Mode::Generate => Template::PmcLlama,
     });
     match (args.mode, template) {
-        (Mode::Loglik, Template::LmEval) | (Mode::Generate, Template::PmcLlama) => {}
+        (Mode::Loglik, Template::LmEval)
+        | (Mode::Generate, Template::PmcLlama | Template::Chat) => {}
         (mode, template) => bail!(
-            "--template {template:?} does not go with --mode {mode:?} (loglik uses lm-eval, generate uses pmc-llama)"
+            "--template {template:?} does not go with --mode {mode:?} (loglik uses lm-eval, generate uses pmc-llama or chat)"
         ),
     }
-    let data_file = data::resolve(args.task, Split::Eval, &args.data)?;
-    let mut questions = data::load(args.task, Split::Eval, &args.data)?;
-    if let Some(n) = args.limit {
-        questions.truncate(n);
+    if args.shots > 0 && args.mode == Mode::Generate {
+        bail!("--shots is supported in loglik mode only");
     }
-    let shots = if args.shots > 0 {
-        if args.mode == Mode::Generate {
-            bail!("--shots is supported in loglik mode only");
+    // Every task's questions first: the progress bar and its ETA span all of them.
+    struct TaskRun {
+        task: Task,
+        data_file: PathBuf,
+        questions: Vec<pmc_bench::data::Question>,
+        shots: Vec<pmc_bench::data::Question>,
+    }
+    let mut runs = Vec::new();
+    for &task in &args.task {
+        let data_file = data::resolve(task, Split::Eval, &args.data)?;
+        let mut questions = data::load(task, Split::Eval, &args.data)?;
+        if let Some(n) = args.limit {
+            questions.truncate(n);
         }
-        let pool = data::load(args.task, Split::Train, &args.data)
-            .context("--shots needs the task's train split")?;
-        run::fewshot_examples(&pool, args.shots, args.seed)
-    } else {
-        Vec::new()
-    };
+        let shots = if args.shots > 0 {
+            let pool = data::load(task, Split::Train, &args.data)
+                .with_context(|| format!("--shots needs {}'s train split", task.name()))?;
+            run::fewshot_examples(&pool, args.shots, args.seed)
+        } else {
+            Vec::new()
+        };
+        eprintln!(
+            "{}: {} questions from {}, {:?} mode, {template:?} template, {} shots",
+            task.name(),
+            questions.len(),
+            data_file.display(),
+            args.mode,
+            args.shots
+        );
+        runs.push(TaskRun {
+            task,
+            data_file,
+            questions,
+            shots,
+        });
+    }
     let device = pmc_model::default_device();
     let loaded = args.model.load(&device)?;
     let tokenizer = loaded
         .tokenizer
         .as_ref()
         .with_context(|| format!("{} has no tokenizer", loaded.source.display()))?;
-    let config = EvalConfig {
-        task: args.task,
-        mode: args.mode,
-        template,
-        shots: args.shots,
-        seed: args.seed,
-        generation: GenerationConfig {
-            max_new_tokens: args.max_new_tokens,
-            temperature: args.temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-    };
-    eprintln!(
-        "{}: {} questions from {}, {:?} mode, {} shots",
-        args.task.name(),
-        questions.len(),
-        data_file.display(),
-        args.mode,
-        args.shots
-    );
-    let started = Instant::now();
-    let predictions = run::evaluate(
-        &loaded.model,
-        tokenizer,
-        &config,
-        &questions,
-        &shots,
-        &device,
-    )?;
     // The model as results.json names it: the base and, when one is applied, the adapter.
     let model_name = match &args.model.adapter {
         Some(adapter) => format!(
@@ -120,15 +117,73 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         ),
         None => args.model.model.display().to_string(),
     };
-    let results = run::results_json(
-        &config,
-        &predictions,
-        &model_name,
-        &data_file,
-        &data_hash(args.task, &data_file)?,
-        started.elapsed().as_secs_f64(),
+    let total: usize = runs.iter().map(|r| r.questions.len()).sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} questions {msg} {per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
-    run::write_outputs(&args.out, &predictions, &results)?;
+    let several = runs.len() > 1;
+    let mut all_results = Vec::new();
+    for r in &runs {
+        let config = EvalConfig {
+            task: r.task,
+            mode: args.mode,
+            template,
+            shots: args.shots,
+            seed: args.seed,
+            generation: GenerationConfig {
+                max_new_tokens: args.max_new_tokens,
+                temperature: args.temperature,
+                top_p: args.top_p,
+                seed: args.seed,
+            },
+        };
+        let evaluator =
+            run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &loaded.source)?;
+        let started = Instant::now();
+        let predictions = evaluator.evaluate(&r.questions, &r.shots, |done| {
+            let correct = done.iter().filter(|p| p.pred == Some(p.gold)).count();
+            bar.inc(1);
+            bar.set_message(format!(
+                "[{}] acc {:.3}",
+                r.task.name(),
+                correct as f64 / done.len() as f64
+            ));
+        })?;
+        let results = run::results_json(
+            &config,
+            &predictions,
+            &model_name,
+            &r.data_file,
+            &data_hash(r.task, &r.data_file)?,
+            started.elapsed().as_secs_f64(),
+        );
+        // One task writes into --out itself; several each into a subdirectory.
+        let dir = if several {
+            args.out.join(r.task.name())
+        } else {
+            args.out.clone()
+        };
+        run::write_outputs(&dir, &predictions, &results)?;
+        all_results.push(results);
+    }
+    bar.finish_and_clear();
+    let results = if several {
+        let merged = run::merge_results(&all_results);
+        let path = args.out.join("results.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&merged)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        let path = args.out.join("results.md");
+        std::fs::write(&path, run::results_markdown(&merged))
+            .with_context(|| format!("writing {}", path.display()))?;
+        merged
+    } else {
+        all_results.pop().expect("one task")
+    };
     print!("{}", run::results_markdown(&results));
     eprintln!("wrote {}", args.out.display());
     Ok(())
@@ -230,7 +285,8 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
         generation: GenerationConfig::default(),
     };
     let started = Instant::now();
-    let ours = run::evaluate(&loaded.model, tokenizer, &config, &questions, &[], &device)?;
+    let ours = run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &args.model)?
+        .evaluate(&questions, &[], |_| {})?;
     let ours_s = started.elapsed().as_secs_f64();
 
     let requests =

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use pmc_bench::data::{self, Split, Task};
-use pmc_bench::regimes::Regime;
+use pmc_bench::regimes::{Accuracy, Regime};
 use pmc_bench::run::Mode;
 
 use crate::commands::ModelArgs;
@@ -58,7 +58,7 @@ fn eval_args(
     out: PathBuf,
 ) -> EvalArgs {
     EvalArgs {
-        task,
+        task: vec![task],
         model: ModelArgs {
             model: model.to_path_buf(),
             adapter,
@@ -126,8 +126,8 @@ fn finetune_args(
     }
 }
 
-fn accuracy(dir: &Path, task: Task) -> Result<String> {
-    Ok(pmc_bench::regimes::read_accuracy(dir, task)?.to_string())
+fn accuracy(dir: &Path, task: Task) -> Result<Option<Accuracy>> {
+    Ok(Some(pmc_bench::regimes::read_accuracy(dir, task)?))
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
@@ -135,7 +135,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
     if let Some(c) = &args.continued {
         models.push(("continued", c.clone()));
     }
-    let mut rows = Vec::new();
+    let (mut rows, mut bars) = (Vec::new(), Vec::new());
     for (label, model) in &models {
         for &task in &args.tasks {
             let has_train = data::resolve(task, Split::Train, &args.data).is_ok();
@@ -148,9 +148,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                         eval(eval_args(task, model, None, &args, dir.join("eval")))?;
                         accuracy(&dir.join("eval"), task)?
                     }
-                    Regime::Lora | Regime::Full if !has_train => {
-                        "— (no training split in --data)".to_string()
-                    }
+                    Regime::Lora | Regime::Full if !has_train => None,
                     Regime::Lora => {
                         finetune(finetune_args(task, model, Method::Lora, &args, dir.clone()))?;
                         eval(eval_args(
@@ -174,8 +172,22 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                         accuracy(&dir.join("eval"), task)?
                     }
                 };
+                let group = format!("{} / {}", task.name(), regime.name());
+                let text = match &cell {
+                    Some(acc) => {
+                        bars.push(pmc_plot::AccuracyBar {
+                            group,
+                            series: label.to_string(),
+                            acc: acc.acc,
+                            low: acc.wilson_95.0,
+                            high: acc.wilson_95.1,
+                        });
+                        acc.to_string()
+                    }
+                    None => "— (no training split in --data)".to_string(),
+                };
                 rows.push(format!(
-                    "| {label} | {} | {} | {cell} |",
+                    "| {label} | {} | {} | {text} |",
                     task.name(),
                     regime.name()
                 ));
@@ -207,6 +219,14 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         rows.join("\n")
     );
     println!("{table}");
+    if !bars.is_empty() {
+        let (svg, png) = pmc_plot::accuracy_chart(
+            &bars,
+            "Accuracy by task and regime, 95 % Wilson intervals",
+            &args.out.join("accuracy"),
+        )?;
+        eprintln!("chart: {} and {}", svg.display(), png.display());
+    }
     let text = std::fs::read_to_string(&args.results).unwrap_or_default();
     let updated = match (
         text.find("<!-- reproduce:begin -->"),

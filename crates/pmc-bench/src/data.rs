@@ -37,6 +37,25 @@ impl std::str::FromStr for Task {
 }
 
 impl Task {
+    /// The three tasks, in the order PMC-LLaMA's table lists them.
+    pub const ALL: [Task; 3] = [Task::PubMedQa, Task::MedQa, Task::MedMcqa];
+
+    /// `all` (the MultiMedQA multiple-choice subset this harness runs: PubMedQA, MedQA,
+    /// MedMCQA) or a comma-separated list of task names.
+    pub fn parse_list(s: &str) -> Result<Vec<Task>, String> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Self::ALL.to_vec());
+        }
+        let mut tasks: Vec<Task> = Vec::new();
+        for name in s.split(',').map(str::trim) {
+            let task: Task = name.parse()?;
+            if !tasks.contains(&task) {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
+    }
+
     /// The task's name in results (lm-evaluation-harness's task names).
     pub fn name(self) -> &'static str {
         match self {

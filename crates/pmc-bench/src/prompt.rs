@@ -4,6 +4,8 @@
 //!   choice as a continuation after the target delimiter `" "`.
 //! - `pmc-llama`: PMC-LLaMA's Alpaca-style instruction prompt for generation, answered by a
 //!   line the answer extractor reads.
+//! - `chat`: the same instruction and question as one user turn in the model's own chat
+//!   template (instruct models), for generation.
 
 use crate::data::{Question, Task};
 
@@ -15,6 +17,8 @@ pub enum Template {
     LmEval,
     /// PMC-LLaMA's instruction template.
     PmcLlama,
+    /// The model's chat template around PMC-LLaMA's instruction and input.
+    Chat,
 }
 
 impl std::str::FromStr for Template {
@@ -23,7 +27,10 @@ impl std::str::FromStr for Template {
         match s {
             "lm-eval" => Ok(Self::LmEval),
             "pmc-llama" => Ok(Self::PmcLlama),
-            other => Err(format!("unknown template `{other}` (lm-eval, pmc-llama)")),
+            "chat" => Ok(Self::Chat),
+            other => Err(format!(
+                "unknown template `{other}` (lm-eval, pmc-llama, chat)"
+            )),
         }
     }
 }
@@ -109,6 +116,12 @@ pub fn pmc_llama_input(task: Task, q: &Question) -> String {
 /// The PMC-LLaMA prompt of a question (its template, instruction and input).
 pub fn pmc_llama_prompt(task: Task, q: &Question) -> String {
     pmc_train::Template::PmcLlama.prompt(&instruction_example(task, q))
+}
+
+/// The user's turn of a question for a chat model: PMC-LLaMA's instruction, a blank line,
+/// and its input.
+pub fn chat_message(task: Task, q: &Question) -> String {
+    format!("{PMC_LLAMA_INSTRUCTION}\n\n{}", pmc_llama_input(task, q))
 }
 
 /// A question as an instruction-tuning example in PMC-LLaMA's format: the prompt of

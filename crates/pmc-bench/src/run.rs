@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use pmc_model::burn::prelude::Device;
 use pmc_model::{ContextCache, GenerationConfig, Llama, Tokenizer};
@@ -144,13 +143,21 @@ pub fn generate_question(
     task: Task,
     q: &Question,
     generation: &GenerationConfig,
+    chat: Option<&ChatPrompt>,
     device: &Device,
 ) -> Result<Prediction, BenchError> {
-    let prompt = prompt::pmc_llama_prompt(task, q);
-    let ids = tokenizer.encode(&prompt)?;
-    let tokens = pmc_model::generate(model, &ids, generation, &tokenizer.eos_ids, device, |_| {
-        Ok(true)
-    })?;
+    let (ids, stop_ids) = match chat {
+        None => (
+            tokenizer.encode(&prompt::pmc_llama_prompt(task, q))?,
+            &tokenizer.eos_ids,
+        ),
+        Some(chat) => {
+            let message = pmc_model::Message::new("user", &prompt::chat_message(task, q));
+            let text = chat.template.render(&[message], true)?;
+            (tokenizer.encode_plain(&text)?, &chat.stop_ids)
+        }
+    };
+    let tokens = pmc_model::generate(model, &ids, generation, stop_ids, device, |_| Ok(true))?;
     let text = tokenizer.decode(&tokens)?;
     Ok(Prediction {
         id: q.id.clone(),
@@ -163,40 +170,84 @@ pub fn generate_question(
     })
 }
 
-/// Runs `questions`, printing progress to stderr every few questions.
-pub fn evaluate(
-    model: &Llama,
-    tokenizer: &Tokenizer,
-    config: &EvalConfig,
-    questions: &[Question],
-    shots: &[Question],
-    device: &Device,
-) -> Result<Vec<Prediction>, BenchError> {
-    let started = Instant::now();
-    let mut out = Vec::with_capacity(questions.len());
-    for (i, q) in questions.iter().enumerate() {
-        let p = match config.mode {
-            Mode::Loglik => score_question(model, tokenizer, config.task, q, shots, device)?,
-            Mode::Generate => {
-                generate_question(model, tokenizer, config.task, q, &config.generation, device)?
-            }
+/// A model's chat template with the tokens that end its turns (`--template chat`).
+pub struct ChatPrompt {
+    pub template: pmc_model::ChatTemplate,
+    pub stop_ids: Vec<u32>,
+}
+
+impl ChatPrompt {
+    /// The chat template of `tokenizer`'s model (`model` names it in the error when there is
+    /// none).
+    pub fn of(tokenizer: &Tokenizer, model: &std::path::Path) -> Result<Self, BenchError> {
+        let template = pmc_model::ChatTemplate::of(tokenizer, model)?;
+        let stop_ids = template.end_of_turn_ids(tokenizer)?;
+        Ok(ChatPrompt { template, stop_ids })
+    }
+}
+
+/// A model set up for one evaluation config: with `--template chat`, its chat template.
+pub struct Evaluator<'a> {
+    pub model: &'a Llama,
+    pub tokenizer: &'a Tokenizer,
+    pub config: &'a EvalConfig,
+    pub device: &'a Device,
+    chat: Option<ChatPrompt>,
+}
+
+impl<'a> Evaluator<'a> {
+    /// `model_path` names the model in errors (a chat template asked for but absent).
+    pub fn new(
+        model: &'a Llama,
+        tokenizer: &'a Tokenizer,
+        config: &'a EvalConfig,
+        device: &'a Device,
+        model_path: &std::path::Path,
+    ) -> Result<Self, BenchError> {
+        let chat = match config.template {
+            Template::Chat => Some(ChatPrompt::of(tokenizer, model_path)?),
+            Template::LmEval | Template::PmcLlama => None,
         };
-        out.push(p);
-        let done = i + 1;
-        if done % 25 == 0 || done == questions.len() {
-            let elapsed = started.elapsed().as_secs_f64();
-            let correct = out.iter().filter(|p| p.pred == Some(p.gold)).count();
-            eprintln!(
-                "[{}] {done}/{} questions, acc {:.3}, {:.2} q/s, ETA {:.0} s",
-                config.task.name(),
-                questions.len(),
-                correct as f64 / done as f64,
-                done as f64 / elapsed,
-                elapsed / done as f64 * (questions.len() - done) as f64
-            );
+        Ok(Evaluator {
+            model,
+            tokenizer,
+            config,
+            device,
+            chat,
+        })
+    }
+
+    /// One question's prediction.
+    pub fn question(&self, q: &Question, shots: &[Question]) -> Result<Prediction, BenchError> {
+        let (model, tokenizer, task) = (self.model, self.tokenizer, self.config.task);
+        match self.config.mode {
+            Mode::Loglik => score_question(model, tokenizer, task, q, shots, self.device),
+            Mode::Generate => generate_question(
+                model,
+                tokenizer,
+                task,
+                q,
+                &self.config.generation,
+                self.chat.as_ref(),
+                self.device,
+            ),
         }
     }
-    Ok(out)
+
+    /// Every question, calling `on_done(predictions so far)` after each (for progress).
+    pub fn evaluate(
+        &self,
+        questions: &[Question],
+        shots: &[Question],
+        mut on_done: impl FnMut(&[Prediction]),
+    ) -> Result<Vec<Prediction>, BenchError> {
+        let mut out = Vec::with_capacity(questions.len());
+        for q in questions {
+            out.push(self.question(q, shots)?);
+            on_done(&out);
+        }
+        Ok(out)
+    }
 }
 
 /// Accuracy with its standard error and 95 % intervals.
@@ -301,6 +352,27 @@ pub fn results_json(
 }
 
 /// The markdown table of a results JSON.
+/// One `results.json` of several tasks' (lm-evaluation-harness's layout for a multi-task
+/// run): their `results`, `n_samples` and `per_subject` side by side, each task's `config`
+/// under `configs`.
+pub fn merge_results(per_task: &[Value]) -> Value {
+    let mut merged = json!({"results": {}, "n_samples": {}, "per_subject": {}, "configs": {}});
+    for results in per_task {
+        for key in ["results", "n_samples"] {
+            if let Some(tasks) = results[key].as_object() {
+                for (task, value) in tasks {
+                    merged[key][task] = value.clone();
+                }
+            }
+        }
+        if let Some(task) = results["results"].as_object().and_then(|t| t.keys().next()) {
+            merged["per_subject"][task] = results["per_subject"].clone();
+            merged["configs"][task] = results["config"].clone();
+        }
+    }
+    merged
+}
+
 pub fn results_markdown(results: &Value) -> String {
     let mut s = String::from(
         "| task | metric | value | stderr | Wilson 95 % | bootstrap 95 % |\n|---|---|---|---|---|---|\n",
@@ -384,4 +456,34 @@ pub fn read_predictions(dir: &Path) -> Result<Vec<(String, bool)>, BenchError> {
             Ok((id, v["pred"].as_u64().is_some() && v["pred"] == v["gold"]))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod merge_tests {
+    use super::*;
+
+    #[test]
+    fn several_tasks_merge_into_one_lm_eval_shaped_result() {
+        let one = |task: &str, acc: f64| {
+            json!({"results": {task: {ACC_KEY: acc}}, "n_samples": {task: 10},
+                   "per_subject": {}, "config": {"task": task}})
+        };
+        let merged = merge_results(&[one("pubmedqa", 0.5), one("medmcqa", 0.25)]);
+        assert_eq!(merged["results"]["pubmedqa"][ACC_KEY], 0.5);
+        assert_eq!(merged["results"]["medmcqa"][ACC_KEY], 0.25);
+        assert_eq!(merged["n_samples"]["medmcqa"], 10);
+        assert_eq!(merged["configs"]["pubmedqa"]["task"], "pubmedqa");
+        let table = results_markdown(&merged);
+        assert!(table.contains("| pubmedqa | acc | 0.5000"), "{table}");
+        assert!(table.contains("| medmcqa | acc | 0.2500"), "{table}");
+        assert_eq!(
+            Task::parse_list("all").unwrap(),
+            [Task::PubMedQa, Task::MedQa, Task::MedMcqa]
+        );
+        assert_eq!(
+            Task::parse_list("medqa,pubmedqa,medqa").unwrap(),
+            [Task::MedQa, Task::PubMedQa]
+        );
+        assert!(Task::parse_list("medqa,nope").is_err());
+    }
 }

@@ -114,3 +114,35 @@ fn smollm2_says_paris_and_its_hf_conversion_scores_the_same() {
         assert_eq!(a, b, "option {option}");
     }
 }
+
+#[test]
+fn chat_template_from_the_gguf_gets_an_answer_that_ends_at_its_turn() {
+    let path = require!(smollm2());
+    let device = pmc_model::default_device();
+    let loaded = load_model(&path, &LoadOptions::default(), &device).unwrap();
+    let tokenizer = loaded.tokenizer.as_ref().unwrap();
+    let template = pmc_model::ChatTemplate::of(tokenizer, &path).unwrap();
+    let question = pmc_model::Message::new("user", "What is the capital of France?");
+    let text = template.render(&[question], true).unwrap();
+    assert!(text.ends_with("<|im_start|>assistant\n"), "{text:?}");
+    let stops = template.end_of_turn_ids(tokenizer).unwrap();
+    let im_end = tokenizer.inner().token_to_id("<|im_end|>").unwrap();
+    assert!(stops.contains(&im_end), "{stops:?}");
+    let config = GenerationConfig {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let prompt = tokenizer.encode_plain(&text).unwrap();
+    let reply = pmc_model::generate(&loaded.model, &prompt, &config, &stops, &device, |_| {
+        Ok(true)
+    })
+    .unwrap();
+    let answer = tokenizer.decode(&reply).unwrap();
+    println!("reply: {answer:?}");
+    assert!(answer.contains("Paris"), "{answer:?}");
+    assert_eq!(
+        reply.last(),
+        Some(&im_end),
+        "the reply ends at the end of its turn"
+    );
+}

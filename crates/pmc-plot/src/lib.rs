@@ -96,7 +96,7 @@ pub fn accuracy_chart(
         bars,
         title,
     };
-    let width = (260 + 130 * chart.groups.len() as u32).clamp(700, 1800);
+    let width = (260 + 130 * chart.groups.len() as u32).clamp(820, 1800);
     render(stem, (width, 580), &chart)
 }
 
