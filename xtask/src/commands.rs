@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use pmc_model::{ContextCache, GenerationConfig, LoadOptions, LoadedModel, WeightDType};
-use serde_json::Value;
 
 /// Where the model comes from and how it is held.
 #[derive(Args, Debug)]
@@ -45,65 +44,6 @@ pub struct ScoreArgs {
     pub input: PathBuf,
 }
 
-/// One request, as token ids.
-struct Request {
-    context: Vec<u32>,
-    continuation: Vec<u32>,
-}
-
-fn parse_ids(value: &Value, key: &str) -> Result<Vec<u32>> {
-    let list = value
-        .get(key)
-        .and_then(Value::as_array)
-        .with_context(|| format!("`{key}` must be a list of token ids"))?;
-    list.iter()
-        .map(|v| {
-            v.as_u64()
-                .and_then(|x| u32::try_from(x).ok())
-                .with_context(|| format!("`{key}`: {v} is not a token id"))
-        })
-        .collect()
-}
-
-fn parse_request(line: &str, loaded: &LoadedModel) -> Result<Request> {
-    let value: Value = serde_json::from_str(line).context("invalid JSON")?;
-    if value.get("context_ids").is_some() || value.get("continuation_ids").is_some() {
-        return Ok(Request {
-            context: parse_ids(&value, "context_ids")?,
-            continuation: parse_ids(&value, "continuation_ids")?,
-        });
-    }
-    let text = |key: &str| -> Result<&str> {
-        value
-            .get(key)
-            .and_then(Value::as_str)
-            .with_context(|| format!("needs `context_ids` + `continuation_ids` or `context` + `continuation` (missing string `{key}`)"))
-    };
-    let (context, continuation) = (text("context")?, text("continuation")?);
-    let tokenizer = loaded.tokenizer.as_ref().with_context(|| {
-        format!(
-            "text requests need a tokenizer, and {} has no tokenizer.json",
-            loaded.source.display()
-        )
-    })?;
-    if context.is_empty() {
-        // lm-evaluation-harness conditions an empty context on the prefix (BOS/EOS) token.
-        let prefix = tokenizer
-            .bos_id
-            .or(tokenizer.eos_ids.first().copied())
-            .context("empty context and the model has neither a BOS nor an EOS token")?;
-        return Ok(Request {
-            context: vec![prefix],
-            continuation: tokenizer.encode_plain(continuation)?,
-        });
-    }
-    let (context, continuation) = tokenizer.encode_pair(context, continuation)?;
-    Ok(Request {
-        context,
-        continuation,
-    })
-}
-
 pub fn score(args: ScoreArgs) -> Result<()> {
     let device = pmc_model::default_device();
     let loaded = args.model.load(&device)?;
@@ -115,7 +55,7 @@ pub fn score(args: ScoreArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let request = parse_request(&line, &loaded)
+        let request = pmc_model::ScoreRequest::parse(&line, loaded.tokenizer.as_ref())
             .with_context(|| format!("{}: line {}", args.input.display(), i + 1))?;
         requests.push((i + 1, request));
     }

@@ -45,7 +45,9 @@ pub use loss::{causal_lm_loss, loss_inputs, masked_causal_lm_loss, next_token_lo
 pub use model::{
     DecoderLayer, KvCache, Linear, Llama, LowRank, Precision, RmsNorm, RopeTables, WeightRef,
 };
-pub use score::{ContextCache, PreparedContext, Score, mean_nll, score_continuations};
+pub use score::{
+    ContextCache, PreparedContext, Score, ScoreRequest, mean_nll, score_continuations,
+};
 pub use tokenizer::Tokenizer;
 
 /// 64-bit FNV-1a of `bytes`: stable across runs and platforms, for parameter ids derived from

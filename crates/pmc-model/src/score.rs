@@ -207,3 +207,67 @@ pub fn mean_nll(model: &Llama, tokens: &[u32], window: usize, device: &Device) -
     }
     Ok(total / count as f64)
 }
+
+/// One line of a scoring request file, as token ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScoreRequest {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+impl ScoreRequest {
+    /// Parses one JSONL line: `{"context_ids": [...], "continuation_ids": [...]}`, or
+    /// `{"context": "...", "continuation": "..."}` tokenized lm-evaluation-harness's way
+    /// (which needs `tokenizer`; an empty context is conditioned on BOS, else EOS).
+    pub fn parse(line: &str, tokenizer: Option<&crate::Tokenizer>) -> Result<Self> {
+        use serde_json::Value;
+        let bad = |message: String| ModelError::Request(message);
+        let value: Value =
+            serde_json::from_str(line).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let ids = |key: &str| -> Result<Vec<u32>> {
+            let list = value
+                .get(key)
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(format!("`{key}` must be a list of token ids")))?;
+            list.iter()
+                .map(|v| {
+                    v.as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .ok_or_else(|| bad(format!("`{key}`: {v} is not a token id")))
+                })
+                .collect()
+        };
+        if value.get("context_ids").is_some() || value.get("continuation_ids").is_some() {
+            return Ok(ScoreRequest {
+                context: ids("context_ids")?,
+                continuation: ids("continuation_ids")?,
+            });
+        }
+        let text = |key: &str| -> Result<&str> {
+            value.get(key).and_then(Value::as_str).ok_or_else(|| {
+                bad(format!("needs `context_ids` + `continuation_ids` or `context` + `continuation` (missing string `{key}`)"))
+            })
+        };
+        let (context, continuation) = (text("context")?, text("continuation")?);
+        let tokenizer = tokenizer
+            .ok_or_else(|| bad("text requests need a tokenizer, and the model has none".into()))?;
+        if context.is_empty() {
+            // lm-evaluation-harness conditions an empty context on the prefix (BOS/EOS) token.
+            let prefix = tokenizer
+                .bos_id
+                .or(tokenizer.eos_ids.first().copied())
+                .ok_or_else(|| {
+                    bad("empty context and the model has neither a BOS nor an EOS token".into())
+                })?;
+            return Ok(ScoreRequest {
+                context: vec![prefix],
+                continuation: tokenizer.encode_plain(continuation)?,
+            });
+        }
+        let (context, continuation) = tokenizer.encode_pair(context, continuation)?;
+        Ok(ScoreRequest {
+            context,
+            continuation,
+        })
+    }
+}

@@ -319,3 +319,52 @@ fn gguf_file_reports_its_tensors() {
     assert_eq!(embed.shape(), vec![300, 64]);
     assert!(file.tensor("output.weight").is_none());
 }
+
+/// A GGUF v3 file with no metadata and one F32 tensor `t` of `dims` at `offset`.
+fn one_tensor_gguf(dims: &[u64], offset: u64) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // tensors
+    b.extend(0u64.to_le_bytes()); // metadata
+    b.extend(1u64.to_le_bytes());
+    b.push(b't');
+    b.extend((dims.len() as u32).to_le_bytes());
+    for d in dims {
+        b.extend(d.to_le_bytes());
+    }
+    b.extend(0u32.to_le_bytes()); // F32
+    b.extend(offset.to_le_bytes());
+    b.resize(b.len().div_ceil(32) * 32 + 64, 0);
+    b
+}
+
+/// Found by `cargo fuzz run gguf`: element counts and offsets that overflow 64 bits
+/// panicked (debug) or wrapped around the bounds check (release).
+#[test]
+fn overflowing_tensor_dimensions_and_offsets_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.gguf");
+    let open = |bytes: Vec<u8>| {
+        std::fs::write(&path, bytes).unwrap();
+        pmc_model::gguf::GgufFile::open(&path)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let err = open(one_tensor_gguf(&[u64::MAX / 2, 4], 0));
+    assert!(
+        err.contains("bomb.gguf") && err.contains("`t`") && err.contains("more elements"),
+        "{err}"
+    );
+    let err = open(one_tensor_gguf(&[1 << 40, 1 << 30], 0));
+    assert!(err.contains("more elements"), "{err}");
+    let err = open(one_tensor_gguf(&[4], u64::MAX - 3));
+    assert!(err.contains("runs past the end"), "{err}");
+    assert!(
+        pmc_model::gguf::GgufFile::open(&{
+            std::fs::write(&path, one_tensor_gguf(&[4], 0)).unwrap();
+            path.clone()
+        })
+        .is_ok()
+    );
+}

@@ -292,26 +292,34 @@ impl GgufFile {
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, ggml_type, offset) in infos {
-            let n: u64 = dims.iter().product();
+            // Dimensions and offsets are untrusted: products and sums that overflow are
+            // corruption, as is data past the end of the file.
+            let past_end = |what: String| ModelError::tensor(path, &name, what);
+            let n = dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .filter(|&n| n <= mmap.len() as u64 * 8)
+                .ok_or_else(|| {
+                    past_end(format!(
+                        "dimensions {dims:?} claim more elements than the file holds"
+                    ))
+                })?;
             let size = ggml_type.byte_size(n as usize).ok_or_else(|| {
-                ModelError::tensor(
-                    path,
-                    &name,
-                    format!("{n} elements is not a whole number of {ggml_type:?} blocks"),
-                )
+                past_end(format!(
+                    "{n} elements is not a whole number of {ggml_type:?} blocks"
+                ))
             })?;
-            let start = data_start as u64 + offset;
-            if start + size as u64 > mmap.len() as u64 {
-                return Err(ModelError::tensor(
-                    path,
-                    &name,
-                    format!(
-                        "data ends at byte {} but the file has {} bytes (truncated?)",
-                        start + size as u64,
+            let end = (data_start as u64)
+                .checked_add(offset)
+                .and_then(|start| start.checked_add(size as u64))
+                .filter(|&end| end <= mmap.len() as u64)
+                .ok_or_else(|| {
+                    past_end(format!(
+                        "data at offset {offset} ({size} bytes) runs past the end of the file ({} bytes; truncated?)",
                         mmap.len()
-                    ),
-                ));
-            }
+                    ))
+                })?;
+            let start = end - size as u64;
             tensors.push(TensorInfo {
                 name,
                 dims,
