@@ -120,3 +120,18 @@ fn out_of_vocabulary_ids_are_refused() {
     assert!(err.contains("100000"), "{err}");
     assert!(pmc_model::score_continuations(&loaded.model, &[], &[vec![3]], &device).is_err());
 }
+
+/// JSON nested a million levels deep (a stack bomb for a recursive parser) is refused with
+/// the file named, without overflowing the stack.
+#[test]
+fn deeply_nested_config_json_is_refused() {
+    let (_keep, dir) = copy_fixture("linear_bias");
+    let depth = 1_000_000;
+    let bomb = "[".repeat(depth) + &"]".repeat(depth);
+    std::fs::write(dir.join("config.json"), bomb).unwrap();
+    let err = load_err(&dir);
+    assert!(
+        err.contains("config.json") && err.contains("recursion limit"),
+        "{err}"
+    );
+}

@@ -10,7 +10,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -261,16 +262,7 @@ impl Chart for Curves<'_> {
             .draw()
             .map_err(e)?;
         if !self.train.is_empty() {
-            chart
-                .draw_series(LineSeries::new(
-                    self.train.iter().copied(),
-                    TRAIN_COLOUR.stroke_width(2),
-                ))
-                .map_err(e)?
-                .label("training loss")
-                .legend(|(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 24, y)], TRAIN_COLOUR.stroke_width(2))
-                });
+            line(&mut chart, &self.train, TRAIN_COLOUR, "training loss").map_err(e)?;
         }
         if !self.held_out.is_empty() {
             chart
@@ -283,14 +275,7 @@ impl Chart for Curves<'_> {
                 .label("held-out loss (right axis: its perplexity)")
                 .legend(|(x, y)| Circle::new((x + 12, y), 5, HELD_OUT_COLOUR.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart).map_err(e)?;
 
         if self.lr.is_empty() {
             return Ok(());
@@ -316,26 +301,48 @@ impl Chart for Curves<'_> {
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
-        chart
-            .draw_series(LineSeries::new(
-                self.lr.iter().copied(),
-                LR_COLOUR.stroke_width(2),
-            ))
-            .map_err(e)?
-            .label("learning rate (warmup, then cosine)")
-            .legend(|(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], LR_COLOUR.stroke_width(2))
-            });
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(e)?;
+        line(
+            &mut chart,
+            &self.lr,
+            LR_COLOUR,
+            "learning rate (warmup, then cosine)",
+        )
+        .map_err(e)?;
+        legend(&mut chart).map_err(e)?;
         Ok(())
     }
+}
+
+type ChartOf<'a, DB, Y> = ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>;
+
+/// A named line in the legend's style of these charts.
+fn line<'a, DB: DrawingBackend + 'a, Y: Ranged<ValueType = f64>>(
+    chart: &mut ChartOf<'a, DB, Y>,
+    points: &[(f64, f64)],
+    colour: RGBColor,
+    name: &str,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().copied(),
+            colour.stroke_width(2),
+        ))?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(2)));
+    Ok(())
+}
+
+/// The legend box, top right.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font((FONT, 15))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.4))
+        .draw()
 }
 
 /// 12_300 → "12.3k", 4.1e6 → "4.1M": short tick labels.
@@ -435,14 +442,7 @@ impl Chart for Accuracies<'_> {
                 }))
                 .map_err(e)?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 15))
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.4))
-            .draw()
-            .map_err(e)?;
+        legend(&mut chart).map_err(e)?;
         Ok(())
     }
 }
