@@ -174,12 +174,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     bar.finish_and_clear();
     let results = if several {
         let merged = run::merge_results(&all_results);
-        let path = args.out.join("results.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&merged)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
-        let path = args.out.join("results.md");
-        std::fs::write(&path, run::results_markdown(&merged))
-            .with_context(|| format!("writing {}", path.display()))?;
+        run::write_results(&args.out, &merged)?;
         merged
     } else {
         all_results.pop().expect("one task")

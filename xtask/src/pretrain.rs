@@ -237,7 +237,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         }
         source
     } else {
-        Source::read(&args.corpus, &args.valid, None)?
+        Source::read(&args.corpus, &args.valid)?
     };
     let seq_len = match &source {
         Source::Shards { manifest, dir } => match args.seq_len {

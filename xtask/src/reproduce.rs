@@ -126,8 +126,8 @@ fn finetune_args(
     }
 }
 
-fn accuracy(dir: &Path, task: Task) -> Result<Option<Accuracy>> {
-    Ok(Some(pmc_bench::regimes::read_accuracy(dir, task)?))
+fn accuracy(dir: &Path, task: Task) -> Result<Accuracy> {
+    Ok(pmc_bench::regimes::read_accuracy(dir, task)?)
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
@@ -146,7 +146,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                 let cell = match regime {
                     Regime::ZeroShot => {
                         eval(eval_args(task, model, None, &args, dir.join("eval")))?;
-                        accuracy(&dir.join("eval"), task)?
+                        Some(accuracy(&dir.join("eval"), task)?)
                     }
                     Regime::Lora | Regime::Full if !has_train => None,
                     Regime::Lora => {
@@ -158,7 +158,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                             &args,
                             dir.join("eval"),
                         ))?;
-                        accuracy(&dir.join("eval"), task)?
+                        Some(accuracy(&dir.join("eval"), task)?)
                     }
                     Regime::Full => {
                         finetune(finetune_args(task, model, Method::Full, &args, dir.clone()))?;
@@ -169,7 +169,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                             &args,
                             dir.join("eval"),
                         ))?;
-                        accuracy(&dir.join("eval"), task)?
+                        Some(accuracy(&dir.join("eval"), task)?)
                     }
                 };
                 let group = format!("{} / {}", task.name(), regime.name());

@@ -351,7 +351,6 @@ pub fn results_json(
     })
 }
 
-/// The markdown table of a results JSON.
 /// One `results.json` of several tasks' (lm-evaluation-harness's layout for a multi-task
 /// run): their `results`, `n_samples` and `per_subject` side by side, each task's `config`
 /// under `configs`.
@@ -373,6 +372,7 @@ pub fn merge_results(per_task: &[Value]) -> Value {
     merged
 }
 
+/// The markdown table of a results JSON.
 pub fn results_markdown(results: &Value) -> String {
     let mut s = String::from(
         "| task | metric | value | stderr | Wilson 95 % | bootstrap 95 % |\n|---|---|---|---|---|---|\n",
@@ -425,6 +425,13 @@ pub fn write_outputs(
         file.write_all(b"\n").map_err(io(path.clone()))?;
     }
     file.flush().map_err(io(path.clone()))?;
+    write_results(dir, results)
+}
+
+/// Writes `results.json` and its table `results.md` into `dir`.
+pub fn write_results(dir: &Path, results: &Value) -> Result<(), BenchError> {
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(dir.to_path_buf(), e))?;
+    let io = |p: PathBuf| move |e| BenchError::Io(p.clone(), e);
     let path = dir.join("results.json");
     std::fs::write(
         &path,

@@ -642,7 +642,7 @@ pub fn prepare_cached(
     let text = serde_json::to_vec_pretty(&manifest).expect("the manifest serialises");
     write_atomic(&scratch.join("manifest.json"), &text)?;
     if dir.exists() && !dir.join("manifest.json").is_file() {
-        // Left by an interrupted run of an older version: not a corpus.
+        // Not made here (this function only ever renames complete corpora into place).
         std::fs::remove_dir_all(&dir).map_err(|e| CorpusError::Io(dir.clone(), e))?;
     }
     if std::fs::rename(&scratch, &dir).is_err() {

@@ -31,13 +31,9 @@ pub enum Source {
 
 impl Source {
     /// Reads `corpus`: one prepared corpus directory, or text files (`.txt`, a document per
-    /// line, or `.jsonl` with `text`). Held-out text comes from `valid`, else from
-    /// `default_valid`, else the last 5 % of the corpus's documents are held out.
-    pub fn read(
-        corpus: &[PathBuf],
-        valid: &[PathBuf],
-        default_valid: Option<PathBuf>,
-    ) -> Result<Self, TrainError> {
+    /// line, or `.jsonl` with `text`). Held-out text comes from `valid`, else the last 5 %
+    /// of the corpus's documents are held out.
+    pub fn read(corpus: &[PathBuf], valid: &[PathBuf]) -> Result<Self, TrainError> {
         if let Some(dir) = corpus.iter().find(|p| p.join("manifest.json").is_file()) {
             if corpus.len() > 1 {
                 return Err(TrainError::Config(format!(
@@ -58,10 +54,7 @@ impl Source {
             )));
         }
         let mut docs = read_documents(corpus)?;
-        let valid_paths = match (valid.is_empty(), default_valid) {
-            (true, Some(default)) => vec![default],
-            _ => valid.to_vec(),
-        };
+        let valid_paths = valid.to_vec();
         let valid_docs = if valid_paths.is_empty() {
             if docs.len() < 2 {
                 return Err(TrainError::Config(format!(
