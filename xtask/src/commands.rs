@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pmc_model::{ContextCache, GenerationConfig, LoadOptions, LoadedModel, WeightDType};
+use pmc_model::{
+    ContextCache, GenerationConfig, LoadOptions, LoadedModel, WeightDType, WeightFormat,
+};
 
 /// Where the model comes from and how it is held.
 #[derive(Args, Debug)]
@@ -16,14 +18,16 @@ pub struct ModelArgs {
     /// A LoRA adapter directory in the HF PEFT format.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// How weights are held in memory: f32, bf16 or f16 (activations are f32).
+    /// How weights are held in memory: f32, bf16 or f16, or quantized in ggml's block
+    /// formats q8_0, q4_0 or q4_1 and multiplied without widening (CPU inference; activations
+    /// are f32 either way).
     #[arg(long, default_value = "f32")]
-    pub dtype: WeightDType,
+    pub dtype: WeightFormat,
 }
 
 impl ModelArgs {
     pub fn load(&self, device: &pmc_model::burn::prelude::Device) -> Result<LoadedModel> {
-        let options = LoadOptions { dtype: self.dtype };
+        let options = LoadOptions::from(self.dtype);
         let mut loaded = pmc_model::load_model(&self.model, &options, device)?;
         if let Some(adapter) = &self.adapter {
             // Applied at every forward, not merged: the base weights stay as loaded.
@@ -175,7 +179,7 @@ pub struct ConvertArgs {
 pub fn convert(args: ConvertArgs) -> Result<()> {
     let device = pmc_model::default_device();
     // Held in the output dtype: converting once at load time is exact and halves memory.
-    let options = LoadOptions { dtype: args.dtype };
+    let options = LoadOptions::from(WeightFormat::Dense(args.dtype));
     let loaded = pmc_model::load_gguf(&args.gguf, &options, &device)?;
     let save = pmc_model::SaveOptions {
         dtype: args.dtype,
@@ -215,8 +219,11 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     let device = pmc_model::default_device();
     let mut loaded = args.model.load(&device)?;
     pmc_peft::merge(&mut loaded.model);
+    let WeightFormat::Dense(dtype) = args.model.dtype else {
+        anyhow::bail!("merge writes dense weights: --dtype f32, bf16 or f16");
+    };
     let save = pmc_model::SaveOptions {
-        dtype: args.model.dtype,
+        dtype,
         ..Default::default()
     };
     pmc_model::save_hf(&loaded.model, &loaded.config, &args.out, save)?;

@@ -321,14 +321,14 @@ impl SafetensorsCheckpoint {
 pub fn load_safetensors(
     dir: &Path,
     config: &LlamaConfig,
-    dtype: WeightDType,
+    options: &crate::LoadOptions,
     device: &Device,
 ) -> Result<Llama> {
     let ckpt = SafetensorsCheckpoint::open(dir)?;
     let mut used = std::collections::HashSet::new();
-    let model = Llama::build(config, |name, shape| {
+    let model = crate::build_model(config, options, device, dir, |name, shape| {
         used.insert(name.to_string());
-        ckpt.read(name, shape, dtype, device)
+        ckpt.read(name, shape, options.dtype, device)
     })?;
     // Old checkpoints carry RoPE buffers; anything else unused is worth a warning.
     for name in ckpt.names() {
@@ -391,6 +391,12 @@ pub fn save_hf(
     dir: &Path,
     options: SaveOptions,
 ) -> Result<()> {
+    if model.is_quantized() {
+        return Err(ModelError::checkpoint(
+            dir,
+            "a quantized model cannot be saved as safetensors; load it with a dense --dtype",
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
     let weights = model.named_weights();
     let elem = options.dtype.size();

@@ -26,6 +26,7 @@ pub mod gguf;
 pub mod hub;
 pub mod loss;
 pub mod model;
+pub mod quant;
 pub mod rope;
 pub mod score;
 pub mod tokenizer;
@@ -45,6 +46,7 @@ pub use loss::{causal_lm_loss, loss_inputs, masked_causal_lm_loss, next_token_lo
 pub use model::{
     DecoderLayer, KvCache, Linear, Llama, LowRank, Precision, RmsNorm, RopeTables, WeightRef,
 };
+pub use quant::{QuantKind, WeightFormat};
 pub use score::{
     ContextCache, PreparedContext, Score, ScoreRequest, mean_nll, score_continuations,
 };
@@ -80,8 +82,65 @@ pub fn default_device() -> Device {
 /// Options of [`load_model`].
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// How weights are held in memory.
+    /// How dense weights are held in memory.
     pub dtype: WeightDType,
+    /// Hold the matrices in this block format instead (inference only; norms and biases
+    /// stay f32).
+    pub quantize: Option<QuantKind>,
+}
+
+impl From<WeightFormat> for LoadOptions {
+    fn from(format: WeightFormat) -> Self {
+        match format {
+            WeightFormat::Dense(dtype) => Self {
+                dtype,
+                quantize: None,
+            },
+            WeightFormat::Quantized(kind) => Self {
+                dtype: WeightDType::F32,
+                quantize: Some(kind),
+            },
+        }
+    }
+}
+
+/// Builds a model from `init(name, shape)` as [`Llama::build`] does, quantizing each matrix
+/// as it is read when `options` ask for it (so the dense model never exists whole).
+/// `source` names the file in errors.
+pub(crate) fn build_model(
+    config: &LlamaConfig,
+    options: &LoadOptions,
+    device: &Device,
+    source: &Path,
+    mut init: impl FnMut(&str, &[usize]) -> Result<Tensor<2>>,
+) -> Result<Llama> {
+    let Some(kind) = options.quantize else {
+        return Llama::build(config, init);
+    };
+    if device.is_autodiff() {
+        return Err(ModelError::checkpoint(
+            source,
+            format!(
+                "{} weights are for inference; training needs dense weights",
+                kind.name()
+            ),
+        ));
+    }
+    let mut quantizer = quant::Quantizer::new(kind);
+    let mut model = Llama::build(config, |name, shape| {
+        let tensor = init(name, shape)?;
+        quantizer.intercept(name, tensor).map_err(|e| {
+            ModelError::tensor(source, name, format!("cannot be {}: {e}", kind.name()))
+        })
+    })?;
+    let weights = quantizer.finish();
+    tracing::info!(
+        format = kind.name(),
+        mib = weights.size_bytes() as f64 / (1 << 20) as f64,
+        "weights quantized"
+    );
+    model.attach_quantized(weights);
+    Ok(model)
 }
 
 /// A model with its config and, when the checkpoint has one, its tokenizer.
@@ -116,7 +175,7 @@ pub fn load_model(path: &Path, options: &LoadOptions, device: &Device) -> Result
     }
     let config = LlamaConfig::from_file(&config_path)?;
     let started = std::time::Instant::now();
-    let model = checkpoint::load_safetensors(path, &config, options.dtype, device)?;
+    let model = checkpoint::load_safetensors(path, &config, options, device)?;
     tracing::info!(
         path = %path.display(),
         params = config.num_parameters(),
@@ -148,7 +207,7 @@ pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<
     let config = file.llama_config()?;
     let tokenizer = gguf::tokenizer::tokenizer_from_gguf(&file)?;
     let target = options.dtype;
-    let model = Llama::build(&config, |name, shape| -> Result<Tensor<2>> {
+    let model = build_model(&config, options, device, path, |name, shape| {
         let gguf_name = gguf::gguf_name(name)
             .ok_or_else(|| ModelError::tensor(path, name, "no GGUF equivalent"))?;
         let info = file
@@ -203,6 +262,45 @@ pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<
         tokenizer: Some(tokenizer),
         source: path.to_path_buf(),
     })
+}
+
+/// Quantizes a model built in memory (random or trained weights) into `kind`, matrix by
+/// matrix; the dense matrices are dropped. For checkpoints, ask [`load_model`] instead
+/// ([`LoadOptions::quantize`]): it never holds the dense model.
+pub fn quantize_model(model: Llama, config: &LlamaConfig, kind: QuantKind) -> Result<Llama> {
+    let mut weights = std::collections::HashMap::new();
+    model.visit_weights(|name, weight| {
+        let value = match weight {
+            WeightRef::Matrix(p) => p.val(),
+            WeightRef::Vector(p) => {
+                let n = p.dims()[0];
+                p.val().reshape([1, n])
+            }
+        };
+        weights.insert(name, value);
+    });
+    let device = model.embed_tokens.val().device();
+    drop(model);
+    let options = LoadOptions {
+        dtype: WeightDType::F32,
+        quantize: Some(kind),
+    };
+    build_model(
+        config,
+        &options,
+        &device,
+        Path::new("<in memory>"),
+        |name, _| {
+            let name = if name == "lm_head.weight" && config.tie_word_embeddings {
+                "model.embed_tokens.weight"
+            } else {
+                name
+            };
+            weights
+                .remove(name)
+                .ok_or_else(|| ModelError::tensor("<in memory>", name, "missing"))
+        },
+    )
 }
 
 /// A model with random weights: N(0, 0.02²) matrices and unit norms, as transformers

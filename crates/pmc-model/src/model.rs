@@ -11,7 +11,10 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use burn::tensor::activation::{silu, softmax};
 
+use std::sync::Arc;
+
 use crate::config::LlamaConfig;
+use crate::quant::{QuantMatrix, QuantizedWeights};
 use crate::rope::{Rope, apply_rope};
 
 /// The dtype all activations are computed in.
@@ -87,12 +90,21 @@ pub struct Linear {
     /// What the product is computed in (see [`Llama::set_precision`]).
     #[module(skip)]
     pub precision: Precision,
+    /// The weight in a block format, multiplied by quantized kernels; `weight` is then an
+    /// empty `[out, 0]` stand-in (see [`Llama::attach_quantized`]).
+    #[module(skip)]
+    pub quantized: Option<Arc<QuantMatrix>>,
 }
 
 impl Linear {
     /// `x @ weight.T + bias (+ scale · x @ A.T @ B.T)` over the last dimension of `x`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d_in] = x.dims();
+        if let Some(quantized) = &self.quantized {
+            let x = x.reshape([b * t, d_in]);
+            let y = self.add_bias_and_adapter(quantized.forward(x.clone()), x);
+            return y.reshape([b, t, quantized.dims()[0]]);
+        }
         let product = self.precision.dtype();
         let w = cast_to(self.weight.val(), product);
         let d_out = w.dims()[0];
@@ -102,15 +114,19 @@ impl Linear {
             cast_to(x.clone(), product).matmul(w.transpose()),
             COMPUTE_DTYPE,
         );
+        self.add_bias_and_adapter(y, x).reshape([b, t, d_out])
+    }
+
+    /// `y + bias + adapter(x)` for the product `y` of `x` `[rows, in]`.
+    fn add_bias_and_adapter(&self, y: Tensor<2>, x: Tensor<2>) -> Tensor<2> {
         let y = match &self.bias {
             Some(bias) => y + widen(bias).unsqueeze::<2>(),
             None => y,
         };
-        let y = match &self.lora {
+        match &self.lora {
             Some(lora) => y + lora.forward(x),
             None => y,
-        };
-        y.reshape([b, t, d_out])
+        }
     }
 }
 
@@ -299,6 +315,7 @@ impl Attention {
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
+        let x_device_is_autodiff = x.device().is_autodiff();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
 
@@ -317,10 +334,16 @@ impl Attention {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        // Scaling the queries rather than the scores touches `t × head_dim` numbers per head
-        // instead of `t × s`.
-        let q = q * (1.0 / (hd as f64).sqrt());
-        let out = causal_attention(q, k, v, rope.mask.as_ref(), nkv).swap_dims(1, 2);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let out = if x_device_is_autodiff {
+            // Under autodiff burn decomposes the fused op anyway; our blocked form skips the
+            // masked scores. Scaling the queries rather than the scores touches `t × head_dim`
+            // numbers per head instead of `t × s`.
+            causal_attention(q * scale, k, v, rope.mask.as_ref(), nkv)
+        } else {
+            fused_causal_attention(q, k, v, scale)
+        };
+        let out = out.swap_dims(1, 2);
         self.o_proj.forward(out.reshape([b, t, nh * hd]))
     }
 }
@@ -377,6 +400,20 @@ fn causal_attention(
         })
         .collect();
     Tensor::cat(blocks, 2)
+}
+
+/// `softmax(scale · q kᵀ, causal) v` by the backend's fused attention (flex: one pass per
+/// head over tiles of keys, rayon over batch × heads), for inference. Query head `h` reads
+/// key/value head `h / groups` inside the kernel, so grouped keys and values are never
+/// repeated; with a cache the queries are the last `new` of `total` positions, which is the
+/// kernel's causal alignment (`key ≤ query + total − new`).
+fn fused_causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
+    let options = burn::tensor::ops::AttentionModuleOptions {
+        scale: Some(scale),
+        softcap: None,
+        is_causal: true,
+    };
+    burn::tensor::module::attention(q, k, v, None, None, options)
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
@@ -492,6 +529,23 @@ pub fn embed(weight: &Param<Tensor<2>>, tokens: Tensor<2, Int>) -> Tensor<3> {
     )
 }
 
+/// Token embeddings `[batch, seq, hidden]` looked up in a quantized embedding: only the rows
+/// of the tokens are widened.
+fn embed_quantized(embedding: &QuantMatrix, tokens: Tensor<2, Int>) -> Tensor<3> {
+    let [b, t] = tokens.dims();
+    let hidden = embedding.dims()[1];
+    let device = tokens.device();
+    let ids = tokens
+        .into_data()
+        .try_into_vec_as::<i64>()
+        .expect("token ids are integers");
+    let mut values = vec![0.0f32; b * t * hidden];
+    for (&id, row) in ids.iter().zip(values.chunks_exact_mut(hidden)) {
+        embedding.dequantize_row(id as usize, row);
+    }
+    Tensor::from_data(TensorData::new(values, [b, t, hidden]), &device)
+}
+
 /// Logits `[batch, seq, vocab]` of the last layer's output: the final norm, then the LM head
 /// (`head`: `lm_head.weight`, or the embedding when tied) multiplied in `precision`.
 pub fn head_logits(
@@ -509,6 +563,7 @@ fn lm_head(head: &Param<Tensor<2>>, precision: Precision, normed: Tensor<3>) -> 
         bias: None,
         lora: None,
         precision,
+        quantized: None,
     }
     .forward(normed)
 }
@@ -539,6 +594,12 @@ pub struct Llama {
     /// The LM head's [`Precision`] (the projections keep theirs in their [`Linear`]s).
     #[module(skip)]
     head_precision: Precision,
+    /// The embedding and the LM head (the same matrix when tied) in a block format, when
+    /// the model is quantized (see [`Llama::attach_quantized`]).
+    #[module(skip)]
+    quantized_embedding: Option<Arc<QuantMatrix>>,
+    #[module(skip)]
+    quantized_head: Option<Arc<QuantMatrix>>,
 }
 
 /// `init(name, shape)` as a named parameter (see [`named_param`]).
@@ -577,6 +638,7 @@ fn linear<E>(
         },
         lora: None,
         precision: Precision::F32,
+        quantized: None,
     })
 }
 
@@ -688,6 +750,8 @@ impl Llama {
             lm_head,
             rope: Rope::new(config),
             head_precision: Precision::F32,
+            quantized_embedding: None,
+            quantized_head: None,
         })
     }
 
@@ -744,7 +808,10 @@ impl Llama {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let tables = RopeTables::new(&self.rope, start, t, &tokens.device());
-        let mut x = embed(&self.embed_tokens, tokens);
+        let mut x = match &self.quantized_embedding {
+            Some(quantized) => embed_quantized(quantized, tokens),
+            None => embed(&self.embed_tokens, tokens),
+        };
         match cache {
             Some(cache) => {
                 for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -764,7 +831,38 @@ impl Llama {
     /// Logits `[batch, seq, vocab]` of hidden states from [`Llama::forward_hidden`].
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        if let Some(quantized) = &self.quantized_head {
+            let [b, t, h] = hidden.dims();
+            let logits = quantized.forward(hidden.reshape([b * t, h]));
+            return logits.reshape([b, t, quantized.dims()[0]]);
+        }
         lm_head(head, self.head_precision, hidden)
+    }
+
+    /// Puts the matrices a [`crate::quant::Quantizer`] took while this model was built into
+    /// place (every projection, the embedding and the LM head). Panics when one is missing:
+    /// the model would otherwise compute with an empty stand-in.
+    pub fn attach_quantized(&mut self, mut weights: QuantizedWeights) {
+        let mut take = |name: &str| {
+            weights
+                .take(name)
+                .unwrap_or_else(|| panic!("{name} was not quantized"))
+        };
+        self.visit_linears_mut(|name, linear| {
+            linear.quantized = Some(take(&format!("{name}.weight")));
+        });
+        let embedding = take("model.embed_tokens.weight");
+        self.quantized_head = Some(match &self.lm_head {
+            Some(_) => take("lm_head.weight"),
+            None => embedding.clone(),
+        });
+        self.quantized_embedding = Some(embedding);
+    }
+
+    /// Whether the weights are held in a block format (such a model computes on the CPU
+    /// only and cannot be saved or trained).
+    pub fn is_quantized(&self) -> bool {
+        self.quantized_embedding.is_some()
     }
 
     /// Computes every projection and the LM head in `precision` from now on (the weights

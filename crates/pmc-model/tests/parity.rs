@@ -91,6 +91,7 @@ fn bf16_weights_in_memory_stay_close() {
     let device = pmc_model::burn::prelude::Device::flex();
     let options = LoadOptions {
         dtype: WeightDType::BF16,
+        quantize: None,
     };
     let loaded = load_model(&fixture("linear_bias"), &options, &device).unwrap();
     for r in expected("linear_bias")["requests"].as_array().unwrap() {
@@ -117,7 +118,15 @@ fn save_then_load_gives_identical_tensors() {
         ("bf16_sharded_llama3", WeightDType::BF16, 50_000),
         ("linear_bias", WeightDType::F32, 100_000),
     ] {
-        let original = load_model(&fixture(name), &LoadOptions { dtype }, &device).unwrap();
+        let original = load_model(
+            &fixture(name),
+            &LoadOptions {
+                dtype,
+                quantize: None,
+            },
+            &device,
+        )
+        .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let options = pmc_model::SaveOptions {
             dtype,
@@ -126,7 +135,15 @@ fn save_then_load_gives_identical_tensors() {
         pmc_model::save_hf(&original.model, &original.config, dir.path(), options).unwrap();
         let sharded = dir.path().join("model.safetensors.index.json").exists();
         assert_eq!(sharded, shard != usize::MAX, "{name}: sharding");
-        let reloaded = load_model(dir.path(), &LoadOptions { dtype }, &device).unwrap();
+        let reloaded = load_model(
+            dir.path(),
+            &LoadOptions {
+                dtype,
+                quantize: None,
+            },
+            &device,
+        )
+        .unwrap();
         assert_eq!(reloaded.config.rope_scaling, original.config.rope_scaling);
         let a = original.model.named_weights();
         let b = reloaded.model.named_weights();
