@@ -25,22 +25,35 @@ pub struct BenchModelArgs {
     /// Tokens decoded greedily.
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
+    /// Rounds; each runs ours, then the reference (then candle), so drift of the machine's
+    /// speed reaches every side alike. Medians and ranges are printed.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
+    /// Also decode the same GGUF with candle (its quantized LLaMA, weights in the file's
+    /// formats), built once from the registry by tools/candle-decode with
+    /// `-C target-cpu=native`; needs --gguf.
+    #[arg(long)]
+    pub candle: bool,
+    /// How ours holds the weights: f32, bf16, f16, q8_0, q4_0, q4_1.
+    #[arg(long, default_value = "f32")]
+    pub dtype: pmc_model::WeightFormat,
     /// Benchmark this GGUF model instead of the random ~95 M config (the reference then
     /// loads it with transformers' GGUF loader); load time and peak RSS are reported too.
     #[arg(long)]
     pub gguf: Option<PathBuf>,
 }
 
-/// What one side of the benchmark measured.
-struct Figures {
-    score_tps: f64,
-    decode_tps: f64,
-    peak_rss: f64,
-    load_s: Option<f64>,
-    load_rss: Option<f64>,
+/// What one side of the benchmark measured in one round.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Figures {
+    pub(crate) score_tps: Option<f64>,
+    pub(crate) decode_tps: f64,
+    pub(crate) peak_rss: f64,
+    pub(crate) load_s: Option<f64>,
+    pub(crate) load_rss: Option<f64>,
 }
 
 /// The benchmark config: LLaMA-shaped, 32k vocabulary, about 95 M parameters.
@@ -114,11 +127,15 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let device = pmc_model::default_device();
     let config_json = bench_config();
+    if args.candle && args.gguf.is_none() {
+        anyhow::bail!("--candle decodes a GGUF file: pass --gguf");
+    }
+    let options = pmc_model::LoadOptions::from(args.dtype);
     reset_peak_rss();
     let started = Instant::now();
     let (config, model, load_s) = match &args.gguf {
         Some(path) => {
-            let loaded = pmc_model::load_gguf(path, &Default::default(), &device)?;
+            let loaded = pmc_model::load_gguf(path, &options, &device)?;
             (
                 loaded.config,
                 loaded.model,
@@ -127,14 +144,18 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         }
         None => {
             let config = LlamaConfig::from_json(&config_json, Path::new("<bench config>"))?;
-            let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
+            let model = pmc_model::init_random(&config, options.dtype, 0, &device);
+            let model = match options.quantize {
+                Some(kind) => pmc_model::quantize_model(model, &config, kind)?,
+                None => model,
+            };
             (config, model, None)
         }
     };
     let load_rss = load_s.and(peak_rss().map(|b| b as f64));
     let weights_bytes = config.num_parameters() as f64 * 4.0;
     println!(
-        "bench-model: {} — {} layers, hidden {}, vocab {}, {:.1} M parameters ({} as f32), {threads} threads",
+        "bench-model: {} — {} layers, hidden {}, vocab {}, {:.1} M parameters ({} as f32), ours held as {}, {threads} threads, {} rounds",
         args.gguf
             .as_ref()
             .map_or("random LLaMA".to_string(), |p| p.display().to_string()),
@@ -142,7 +163,9 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         config.hidden_size,
         config.vocab_size,
         config.num_parameters() as f64 / 1e6,
-        gib(weights_bytes)
+        gib(weights_bytes),
+        args.dtype,
+        args.rounds,
     );
 
     let rows: Vec<Vec<u32>> = (0..args.rows)
@@ -152,119 +175,180 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
                 .collect()
         })
         .collect();
-    // Warm-up, then scoring.
-    pmc_model::mean_nll(&model, &rows[0][..32], 32, &device)?;
-    reset_peak_rss();
-    let started = Instant::now();
-    for row in &rows {
-        pmc_model::mean_nll(&model, row, args.seq_len, &device)?;
-    }
-    let score_tps = (args.rows * args.seq_len) as f64 / started.elapsed().as_secs_f64();
-    let peak = peak_rss().unwrap_or(0) as f64;
-
-    let generation = GenerationConfig {
-        max_new_tokens: args.new_tokens,
-        ..Default::default()
-    };
     let prompt = &rows[0][..args.prompt_len];
-    let started = Instant::now();
-    let out = pmc_model::generate(&model, prompt, &generation, &[], &device, |_| Ok(true))?;
-    let decode_tps = out.len() as f64 / started.elapsed().as_secs_f64();
-    let ours = Figures {
-        score_tps,
-        decode_tps,
-        peak_rss: peak,
-        load_s,
-        load_rss,
-    };
-
-    let reference = if args.no_reference {
-        None
+    let candle = if args.candle {
+        Some(crate::candle::build()?)
     } else {
-        run_reference(&config_json, &args, threads)
+        None
     };
+    pmc_model::mean_nll(&model, &rows[0][..32], 32, &device)?; // warm-up
+
+    let mut sides: [Vec<Figures>; 3] = Default::default();
+    for round in 0..args.rounds.max(1) {
+        eprintln!("round {}/{}: pmc-llama", round + 1, args.rounds);
+        let mut ours = measure_ours(&model, &rows, prompt, &args, &device)?;
+        (ours.load_s, ours.load_rss) = (load_s, load_rss);
+        sides[0].push(ours);
+        if !args.no_reference {
+            eprintln!("round {}/{}: PyTorch", round + 1, args.rounds);
+            match run_reference(&config_json, &args, threads) {
+                Ok(figures) => sides[1].push(figures),
+                Err(e) => {
+                    println!(
+                        "reference skipped (pip install torch transformers accelerate to enable it): {e:#}"
+                    );
+                }
+            }
+        }
+        if let (Some(binary), Some(gguf)) = (&candle, &args.gguf) {
+            eprintln!("round {}/{}: candle", round + 1, args.rounds);
+            sides[2].push(crate::candle::decode(
+                binary,
+                gguf,
+                prompt,
+                args.new_tokens,
+            )?);
+        }
+    }
 
     println!();
-    println!("| metric | pmc-llama (burn flex) | PyTorch + transformers | ratio |");
-    println!("|---|---|---|---|");
-    let row = |name: &str, ours: Option<f64>, theirs: Option<f64>, fmt: &dyn Fn(f64) -> String| {
-        let Some(ours) = ours else { return };
-        match theirs {
-            Some(t) => println!(
-                "| {name} | {} | {} | {:.2} × |",
-                fmt(ours),
-                fmt(t),
-                ours / t
-            ),
-            None => println!("| {name} | {} | n/a | n/a |", fmt(ours)),
-        }
-    };
-    let theirs = |f: fn(&Figures) -> Option<f64>| reference.as_ref().and_then(f);
-    let tps = |x: f64| format!("{x:.1} tok/s");
-    let secs = |x: f64| format!("{x:.2} s");
-    row("load", ours.load_s, theirs(|r| r.load_s), &secs);
-    row(
-        "peak RSS after load",
-        ours.load_rss,
-        theirs(|r| r.load_rss),
-        &|x| gib(x),
-    );
-    row(
-        &format!("scoring, {}-token rows", args.seq_len),
-        Some(ours.score_tps),
-        theirs(|r| Some(r.score_tps)),
-        &tps,
-    );
-    row(
-        "greedy decode (KV cache)",
-        Some(ours.decode_tps),
-        theirs(|r| Some(r.decode_tps)),
-        &tps,
-    );
-    row(
-        "peak RSS while scoring",
-        Some(ours.peak_rss),
-        theirs(|r| Some(r.peak_rss)),
-        &|x| gib(x),
-    );
     println!(
-        "\npeak RSS while scoring / f32 weights: {:.2} (target ≤ 1.3)",
-        peak / weights_bytes
+        "| metric (median of {} rounds) | pmc-llama (burn flex, {}) | PyTorch + transformers | ratio (median, range) | candle (quantized GGUF, native) | ratio (median, range) |",
+        args.rounds, args.dtype
+    );
+    println!("|---|---|---|---|---|---|");
+    let metrics: [Metric<Figures>; 5] = [
+        Metric::new("load", |f| f.load_s, |x| format!("{x:.2} s")),
+        Metric::new("peak RSS after load", |f| f.load_rss, gib),
+        Metric::new("scoring tokens/s", |f| f.score_tps, tok_per_s),
+        Metric::new(
+            "greedy decode (KV cache)",
+            |f| Some(f.decode_tps),
+            tok_per_s,
+        ),
+        Metric::new("peak RSS while scoring/decoding", |f| Some(f.peak_rss), gib),
+    ];
+    for metric in metrics {
+        if let Some(row) = metric.row(&sides[0], &sides[1..]) {
+            println!("{row}");
+        }
+    }
+    println!(
+        "\nratio = ours / theirs per round (for load time and memory, below 1 is better); peak RSS while scoring / f32 weights: {:.2}",
+        sides[0][0].peak_rss / weights_bytes
     );
     Ok(())
 }
 
-/// Runs `xtask/python/bench_model.py`; `None` (with the reason printed) when PyTorch or
-/// transformers is not installed.
-fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Option<Figures> {
+fn tok_per_s(x: f64) -> String {
+    format!("{x:.1} tok/s")
+}
+
+/// One row of a comparison table over rounds of figures `F`.
+struct Metric<F> {
+    name: &'static str,
+    get: fn(&F) -> Option<f64>,
+    format: fn(f64) -> String,
+}
+
+impl<F> Metric<F> {
+    fn new(name: &'static str, get: fn(&F) -> Option<f64>, format: fn(f64) -> String) -> Self {
+        Self { name, get, format }
+    }
+
+    /// `| name | ours | theirs | ratio | theirs | ratio |…`: medians over the rounds, and
+    /// for each reference the per-round ratio's median and range (`n/a` where a reference
+    /// did not run every round). `None` when ours has no such figure.
+    fn row(&self, ours: &[F], references: &[Vec<F>]) -> Option<String> {
+        let ours: Vec<f64> = ours.iter().filter_map(self.get).collect();
+        let mut line = format!("| {} | {} |", self.name, (self.format)(median(&ours)?));
+        for reference in references {
+            let theirs: Vec<f64> = reference.iter().filter_map(self.get).collect();
+            match median(&theirs) {
+                Some(t) if theirs.len() == ours.len() => {
+                    let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, t)| o / t).collect();
+                    line += &format!(" {} | {} |", (self.format)(t), ratio_summary(&ratios));
+                }
+                _ => line += " n/a | n/a |",
+            }
+        }
+        Some(line)
+    }
+}
+
+/// The median of `values` (`None` when empty).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// `1.23 × (1.10–1.31)`: the median ratio and its range over the rounds.
+pub fn ratio_summary(ratios: &[f64]) -> String {
+    let Some(mid) = median(ratios) else {
+        return "n/a".into();
+    };
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{mid:.2} × ({lo:.2}–{hi:.2})")
+}
+
+/// One round of ours: every row scored, then greedy decoding after `prompt`.
+fn measure_ours(
+    model: &pmc_model::Llama,
+    rows: &[Vec<u32>],
+    prompt: &[u32],
+    args: &BenchModelArgs,
+    device: &pmc_model::burn::prelude::Device,
+) -> Result<Figures> {
+    reset_peak_rss();
+    let started = Instant::now();
+    for row in rows {
+        pmc_model::mean_nll(model, row, args.seq_len, device)?;
+    }
+    let score_tps = (rows.len() * args.seq_len) as f64 / started.elapsed().as_secs_f64();
+    let generation = GenerationConfig {
+        max_new_tokens: args.new_tokens,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let out = pmc_model::generate(model, prompt, &generation, &[], device, |_| Ok(true))?;
+    let decode_tps = out.len() as f64 / started.elapsed().as_secs_f64();
+    Ok(Figures {
+        score_tps: Some(score_tps),
+        decode_tps,
+        peak_rss: peak_rss().unwrap_or(0) as f64,
+        load_s: None,
+        load_rss: None,
+    })
+}
+
+/// Runs `xtask/python/bench_model.py` once (it loads the model, scores, decodes).
+fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Result<Figures> {
     let payload = json!({
         "config": config, "threads": threads, "seq_len": args.seq_len, "rows": args.rows,
         "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "gguf": args.gguf,
     });
-    let result = (|| -> Result<Figures> {
-        let lines = run_python_reference("bench_model.py", &[payload.to_string().as_ref()])?;
-        let v = lines.last().context("bench_model.py printed nothing")?;
-        let num = |k: &str| {
-            v[k].as_f64()
-                .with_context(|| format!("reference did not report {k}"))
-        };
-        Ok(Figures {
-            score_tps: num("score_tokens_per_s")?,
-            decode_tps: num("decode_tokens_per_s")?,
-            peak_rss: num("peak_rss_bytes")?,
-            load_s: v["load_s"].as_f64(),
-            load_rss: v["load_s"]
-                .as_f64()
-                .and(v["peak_rss_after_load_bytes"].as_f64()),
-        })
-    })();
-    match result {
-        Ok(r) => Some(r),
-        Err(e) => {
-            println!("reference skipped (pip install torch transformers to enable it): {e:#}");
-            None
-        }
-    }
+    let lines = run_python_reference("bench_model.py", &[payload.to_string().as_ref()])?;
+    let v = lines.last().context("bench_model.py printed nothing")?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("reference did not report {k}"))
+    };
+    Ok(Figures {
+        score_tps: Some(num("score_tokens_per_s")?),
+        decode_tps: num("decode_tokens_per_s")?,
+        peak_rss: num("peak_rss_bytes")?,
+        load_s: v["load_s"].as_f64(),
+        load_rss: v["load_s"]
+            .as_f64()
+            .and(v["peak_rss_after_load_bytes"].as_f64()),
+    })
 }
 
 #[derive(Args, Debug)]
@@ -275,9 +359,13 @@ pub struct BenchTrainArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    /// Timed steps (after one warm-up step).
+    /// Timed steps per round (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// Rounds; each times ours, then the reference, so drift of the machine's speed reaches
+    /// both alike. The median ratio and its range are printed.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
@@ -293,6 +381,13 @@ pub struct BenchTrainArgs {
     /// Train ours with gradient checkpointing (memory-bound activations recomputed).
     #[arg(long)]
     pub gradient_checkpointing: bool,
+}
+
+/// What one side of `bench-train` measured in one round.
+struct TrainFigures {
+    tokens_per_s: f64,
+    gflop_per_s: f64,
+    peak_rss: f64,
 }
 
 /// Training tokens/s of the 33.7 M-parameter reference config (vocab 8192, hidden 512,
@@ -327,60 +422,69 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         .collect();
     let data = pmc_train::TokenWindows::new(&tokens, args.seq_len, 0);
     trainer.step(&data)?; // warm-up
-    reset_peak_rss();
-    let started = Instant::now();
-    for _ in 0..args.steps {
-        trainer.step(&data)?;
-    }
-    let ours = (args.steps * args.batch * args.seq_len) as f64 / started.elapsed().as_secs_f64();
-    let ours_rss = peak_rss().unwrap_or(0) as f64;
 
-    let reference = if args.no_reference {
-        None
-    } else {
-        let payload = json!({"config": config_json, "threads": threads, "batch": args.batch,
-                             "seq_len": args.seq_len, "steps": args.steps});
+    let payload = json!({"config": config_json, "threads": threads, "batch": args.batch,
+                         "seq_len": args.seq_len, "steps": args.steps});
+    // 6 FLOPs per parameter per token (forward 2, backward 4), the usual estimate.
+    let figures = |tokens_per_s: f64, peak_rss: f64| TrainFigures {
+        tokens_per_s,
+        gflop_per_s: 6.0 * params * tokens_per_s / 1e9,
+        peak_rss,
+    };
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds.max(1) {
+        eprintln!("round {}/{}: pmc-llama", round + 1, args.rounds);
+        reset_peak_rss();
+        let started = Instant::now();
+        for _ in 0..args.steps {
+            trainer.step(&data)?;
+        }
+        let tps = (args.steps * args.batch * args.seq_len) as f64 / started.elapsed().as_secs_f64();
+        ours.push(figures(tps, peak_rss().unwrap_or(0) as f64));
+        if args.no_reference {
+            continue;
+        }
+        eprintln!("round {}/{}: PyTorch", round + 1, args.rounds);
         match run_python_reference("bench_train.py", &[payload.to_string().as_ref()]) {
-            Ok(lines) => lines.last().map(|v| {
-                (
-                    v["tokens_per_s"].as_f64().unwrap_or(f64::NAN),
-                    v["peak_rss_bytes"].as_f64().unwrap_or(f64::NAN),
-                )
-            }),
+            Ok(lines) => {
+                let v = lines.last().context("bench_train.py printed nothing")?;
+                let num = |k: &str| {
+                    v[k].as_f64()
+                        .with_context(|| format!("reference did not report {k}"))
+                };
+                reference.push(figures(num("tokens_per_s")?, num("peak_rss_bytes")?));
+            }
             Err(e) => {
                 println!("reference skipped (pip install torch transformers to enable it): {e:#}");
-                None
+                break;
             }
         }
+    }
+    let metrics: [Metric<TrainFigures>; 3] = [
+        Metric::new(
+            "training tokens/s",
+            |f| Some(f.tokens_per_s),
+            |x| format!("{x:.1}"),
+        ),
+        Metric::new(
+            "achieved GFLOP/s (6·N·tokens)",
+            |f| Some(f.gflop_per_s),
+            |x| format!("{x:.1}"),
+        ),
+        Metric::new("peak RSS", |f| Some(f.peak_rss), gib),
+    ];
+    println!(
+        "\n| metric (median of {} rounds) | pmc-llama (burn flex) | PyTorch eager | ratio (median, range) |\n|---|---|---|---|",
+        ours.len()
+    );
+    let references = if reference.is_empty() {
+        vec![]
+    } else {
+        vec![reference]
     };
-    // 6 FLOPs per parameter per token (forward 2, backward 4), the usual estimate.
-    let gflops = |tps: f64| 6.0 * params * tps / 1e9;
-    println!("\n| metric | pmc-llama (burn flex) | PyTorch eager | ratio |\n|---|---|---|---|");
-    match reference {
-        Some((tps, rss)) => {
-            println!(
-                "| training tokens/s | {ours:.1} | {tps:.1} | {:.2} × |",
-                ours / tps
-            );
-            println!(
-                "| achieved GFLOP/s (6·N·tokens) | {:.1} | {:.1} | |",
-                gflops(ours),
-                gflops(tps)
-            );
-            println!(
-                "| peak RSS | {} | {} | {:.2} × |",
-                gib(ours_rss),
-                gib(rss),
-                ours_rss / rss
-            );
-        }
-        None => {
-            println!("| training tokens/s | {ours:.1} | n/a | |");
-            println!(
-                "| achieved GFLOP/s (6·N·tokens) | {:.1} | n/a | |",
-                gflops(ours)
-            );
-            println!("| peak RSS | {} | n/a | |", gib(ours_rss));
+    for metric in metrics {
+        if let Some(row) = metric.row(&ours, &references) {
+            println!("{row}");
         }
     }
     Ok(())

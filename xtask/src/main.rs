@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod bench;
 mod bench_fsdp;
+mod candle;
 mod commands;
 mod corpus;
 mod eval;
