@@ -192,9 +192,13 @@ fn quantized_weights_score_real_prompts_close_to_the_dense_model() {
     };
     let (want, want_nll) = score_all(&dense.model);
     for (kind, loglik_tolerance, nll_tolerance) in [
-        // Measured (4 questions): q8_0 0.43 / +0.016, q4_1 0.28 / +0.003, q4_0 2.7 / +0.31.
-        (QuantKind::Q8_0, 0.6, 0.03),
-        (QuantKind::Q4_1, 0.4, 0.01),
+        // Measured (4 questions, tiled kernels, activations rounded half to even as ggml's
+        // SIMD code does): q8_0 0.71 / +0.011, q4_1 0.22 / +0.004, q4_0 2.9 / +0.32. The
+        // max over 16 one-token answers is one draw of the rounding noise — rounding halves
+        // away from zero instead gives q8_0 0.36 and q4_1 0.42 — so its bounds leave room;
+        // the passage's mean NLL is the steady figure and is held tighter.
+        (QuantKind::Q8_0, 0.9, 0.03),
+        (QuantKind::Q4_1, 0.5, 0.01),
         (QuantKind::Q4_0, 4.0, 0.5),
     ] {
         let options = LoadOptions {

@@ -1,35 +1,90 @@
-//! Dot products of quantized weight blocks with 8-bit activation blocks, as ggml computes
-//! them: integer products summed per 32-element block, then scaled in f32.
+//! Products of quantized weight blocks with 8-bit activation blocks, as ggml computes them:
+//! integer products summed per 32-element block, then scaled in f32.
 //!
-//! Three implementations of the same two functions — portable scalar code, AVX2, and
-//! AVX-512 VNNI (`vpdpbusd` on 256-bit registers) — chosen once at run time from the CPU's
-//! features ([`Kernels::detect`]), so a portable build runs the fast code without
-//! `-C target-cpu=native`. The SIMD versions are checked against the scalar one in the tests.
+//! A kernel computes a tile of the output at once — [`TILE_ROWS`] weight rows against up to
+//! [`MAX_TILE_COLUMNS`] input rows — so each weight block, once loaded and unpacked, meets
+//! several input blocks while it sits in a register, and the tile's independent accumulators
+//! keep the multiply units busy instead of waiting on one chain of additions (one row pair at
+//! a time ran at a tenth of the VNNI units' rate).
+//!
+//! Three implementations of the same two tile kernels — portable scalar code, AVX2, and
+//! AVX-512 VNNI (`vpdpbusd` on 256-bit registers, whose 32 registers hold a 4 × 4 tile) —
+//! chosen once at run time from the CPU's features ([`Kernels::detect`]), so a portable build
+//! runs the fast code without `-C target-cpu=native`. The SIMD versions are checked against
+//! the scalar one in the tests.
 
 /// Elements per block (all our formats).
 pub const BLOCK: usize = 32;
 
-/// One weight row against one activation row, both `blocks` blocks long.
-pub struct RowPair<'a, W> {
-    /// The weight row's quants: `blocks · 32` i8 (8-bit) or `blocks · 16` bytes of nibbles.
+/// Weight rows per tile.
+pub const TILE_ROWS: usize = 4;
+
+/// The most input rows per tile.
+pub const MAX_TILE_COLUMNS: usize = 4;
+
+/// A tile's results: `out[i][j]` is weight row `row + i` against input row `column + j`.
+pub type Tile = [[f32; MAX_TILE_COLUMNS]; TILE_ROWS];
+
+/// A quantized weight matrix and quantized input rows, both `blocks` blocks per row.
+pub struct Operands<'a, W> {
+    /// Blocks per row.
+    pub blocks: usize,
+    /// The weights' quants, row-major: 32 i8 (8-bit) or 16 bytes of nibbles per block.
     pub weight: &'a [W],
-    /// The weight row's block scales.
+    /// One scale per weight block.
     pub weight_scale: &'a [f32],
-    /// The activation row's quants, `blocks · 32` i8.
+    /// One offset per weight block (4-bit formats: `w = d · q + m`); empty for 8-bit ones.
+    pub weight_min: &'a [f32],
+    /// The inputs' quants, 32 i8 per block.
     pub input: &'a [i8],
-    /// The activation row's block scales.
+    /// One scale per input block.
     pub input_scale: &'a [f32],
+    /// `d · Σ q` per input block (what a weight offset multiplies).
+    pub input_sum: &'a [f32],
 }
 
-/// The dot products, in one implementation.
+impl<W> Operands<'_, W> {
+    /// Panics unless rows `row..row + TILE_ROWS` and inputs `column..column + columns` are
+    /// in bounds (and, for 4-bit weights, their offsets), so the SIMD kernels can read
+    /// without checks.
+    fn check_tile(&self, row: usize, column: usize, columns: usize, weight_per_block: usize) {
+        let four_bit = weight_per_block == BLOCK / 2;
+        assert!((1..=MAX_TILE_COLUMNS).contains(&columns));
+        let weight_blocks = (row + TILE_ROWS) * self.blocks;
+        let input_blocks = (column + columns) * self.blocks;
+        assert!(self.weight_scale.len() >= weight_blocks);
+        assert!(self.weight.len() >= weight_blocks * weight_per_block);
+        assert!(!four_bit || self.weight_min.len() >= weight_blocks);
+        assert!(self.input.len() >= input_blocks * BLOCK);
+        assert!(self.input_scale.len() >= input_blocks && self.input_sum.len() >= input_blocks);
+    }
+
+    /// `Σ_b m_b · sx_b` of weight row `row` and input row `column`: the 4-bit offsets' share.
+    fn offsets(&self, row: usize, column: usize) -> f32 {
+        if self.weight_min.is_empty() {
+            return 0.0;
+        }
+        let n = self.blocks;
+        let mins = &self.weight_min[row * n..(row + 1) * n];
+        let sums = &self.input_sum[column * n..(column + 1) * n];
+        mins.iter().zip(sums).map(|(m, s)| m * s).sum()
+    }
+}
+
+/// Fills `out[..TILE_ROWS][..columns]` for weight rows `row..` and input rows `column..`.
+pub type TileKernel<W> = fn(&Operands<'_, W>, row: usize, column: usize, columns: usize, &mut Tile);
+
+/// The tile kernels, in one implementation.
 #[derive(Clone, Copy)]
 pub struct Kernels {
-    /// `Σ_b dw_b · dx_b · Σ_i w_bi · x_bi` for 8-bit signed weights.
-    pub dot_q8: fn(&RowPair<'_, i8>) -> f32,
-    /// `Σ_b dw_b · dx_b · Σ_i q_bi · x_bi + Σ_b mw_b · sx_b` for 4-bit weights `dw · q + mw`
-    /// (`q` in 0..16; nibble `i` of a block's byte `j` is element `j` for the low nibble, `j
-    /// + 16` for the high one, ggml's order), `sx_b = dx_b · Σ_i x_bi`.
-    pub dot_q4: fn(&RowPair<'_, u8>, weight_min: &[f32], input_sum: &[f32]) -> f32,
+    /// 8-bit signed weights: `Σ_b dw_b · dx_b · Σ_i w_bi · x_bi`.
+    pub q8: TileKernel<i8>,
+    /// 4-bit weights `dw · q + mw` (`q` in 0..16; nibble `i` of a block's byte `j` is element
+    /// `j` for the low nibble, `j + 16` for the high one, ggml's order):
+    /// `Σ_b dw_b · dx_b · Σ_i q_bi · x_bi + Σ_b mw_b · sx_b`.
+    pub q4: TileKernel<u8>,
+    /// Input rows per tile this implementation's registers hold.
+    pub columns: usize,
     /// What the implementation is, for logs and benchmarks.
     pub name: &'static str,
 }
@@ -45,29 +100,37 @@ impl Kernels {
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 return Self {
-                    dot_q8: |p| unsafe { x86::dot_q8_vnni(p) },
-                    dot_q4: |p, m, s| unsafe { x86::dot_q4_vnni(p, m, s) },
+                    q8: |o, r, c, n, out| unsafe { x86::q8_vnni(o, r, c, n, out) },
+                    q4: |o, r, c, n, out| unsafe { x86::q4_vnni(o, r, c, n, out) },
+                    columns: 4,
                     name: "avx512-vnni",
                 };
             }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return Self {
-                    dot_q8: |p| unsafe { x86::dot_q8_avx2(p) },
-                    dot_q4: |p, m, s| unsafe { x86::dot_q4_avx2(p, m, s) },
-                    name: "avx2",
-                };
+            if let Some(avx2) = Self::avx2() {
+                return avx2;
             }
         }
         Self::scalar()
     }
 
+    #[cfg(target_arch = "x86_64")]
+    fn avx2() -> Option<Self> {
+        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
+            .then_some(Self {
+                q8: |o, r, c, n, out| unsafe { x86::q8_avx2(o, r, c, n, out) },
+                q4: |o, r, c, n, out| unsafe { x86::q4_avx2(o, r, c, n, out) },
+                // 16 registers: a 4 × 2 tile of accumulators and its operands.
+                columns: 2,
+                name: "avx2",
+            })
+    }
+
     /// The portable implementation.
     pub fn scalar() -> Self {
         Self {
-            dot_q8: scalar::dot_q8,
-            dot_q4: scalar::dot_q4,
+            q8: scalar::q8,
+            q4: scalar::q4,
+            columns: MAX_TILE_COLUMNS,
             name: "scalar",
         }
     }
@@ -77,15 +140,7 @@ impl Kernels {
         let mut all = vec![Self::scalar()];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                all.push(Self {
-                    dot_q8: |p| unsafe { x86::dot_q8_avx2(p) },
-                    dot_q4: |p, m, s| unsafe { x86::dot_q4_avx2(p, m, s) },
-                    name: "avx2",
-                });
-            }
+            all.extend(Self::avx2());
             let best = Self::detect();
             if best.name != all.last().map_or("", |k| k.name) {
                 all.push(best);
@@ -96,32 +151,46 @@ impl Kernels {
 }
 
 mod scalar {
-    use super::{BLOCK, RowPair};
+    use super::{BLOCK, Operands, Tile};
 
-    pub fn dot_q8(p: &RowPair<'_, i8>) -> f32 {
-        let mut total = 0.0f32;
-        for (b, (&dw, &dx)) in p.weight_scale.iter().zip(p.input_scale).enumerate() {
-            let w = &p.weight[b * BLOCK..(b + 1) * BLOCK];
-            let x = &p.input[b * BLOCK..(b + 1) * BLOCK];
-            let sum: i32 = w.iter().zip(x).map(|(&w, &x)| w as i32 * x as i32).sum();
-            total += dw * dx * sum as f32;
+    pub fn q8(o: &Operands<'_, i8>, row: usize, column: usize, columns: usize, out: &mut Tile) {
+        o.check_tile(row, column, columns, BLOCK);
+        let n = o.blocks;
+        for (i, out) in out.iter_mut().enumerate() {
+            for (j, out) in out[..columns].iter_mut().enumerate() {
+                let (w, x) = ((row + i) * n, (column + j) * n);
+                let mut total = 0.0f32;
+                for b in 0..n {
+                    let wq = &o.weight[(w + b) * BLOCK..(w + b + 1) * BLOCK];
+                    let xq = &o.input[(x + b) * BLOCK..(x + b + 1) * BLOCK];
+                    let sum: i32 = wq.iter().zip(xq).map(|(&w, &x)| w as i32 * x as i32).sum();
+                    total += o.weight_scale[w + b] * o.input_scale[x + b] * sum as f32;
+                }
+                *out = total;
+            }
         }
-        total
     }
 
-    pub fn dot_q4(p: &RowPair<'_, u8>, weight_min: &[f32], input_sum: &[f32]) -> f32 {
-        let mut total = 0.0f32;
-        for (b, (&dw, &dx)) in p.weight_scale.iter().zip(p.input_scale).enumerate() {
-            let w = &p.weight[b * BLOCK / 2..(b + 1) * BLOCK / 2];
-            let x = &p.input[b * BLOCK..(b + 1) * BLOCK];
-            let mut sum = 0i32;
-            for (j, &byte) in w.iter().enumerate() {
-                sum += (byte & 0x0f) as i32 * x[j] as i32;
-                sum += (byte >> 4) as i32 * x[j + BLOCK / 2] as i32;
+    pub fn q4(o: &Operands<'_, u8>, row: usize, column: usize, columns: usize, out: &mut Tile) {
+        o.check_tile(row, column, columns, BLOCK / 2);
+        let n = o.blocks;
+        for (i, out) in out.iter_mut().enumerate() {
+            for (j, out) in out[..columns].iter_mut().enumerate() {
+                let (w, x) = ((row + i) * n, (column + j) * n);
+                let mut total = 0.0f32;
+                for b in 0..n {
+                    let wq = &o.weight[(w + b) * BLOCK / 2..(w + b + 1) * BLOCK / 2];
+                    let xq = &o.input[(x + b) * BLOCK..(x + b + 1) * BLOCK];
+                    let mut sum = 0i32;
+                    for (k, &byte) in wq.iter().enumerate() {
+                        sum += (byte & 0x0f) as i32 * xq[k] as i32;
+                        sum += (byte >> 4) as i32 * xq[k + BLOCK / 2] as i32;
+                    }
+                    total += o.weight_scale[w + b] * o.input_scale[x + b] * sum as f32;
+                }
+                *out = total + o.offsets(row + i, column + j);
             }
-            total += dw * dx * sum as f32 + weight_min[b] * input_sum[b];
         }
-        total
     }
 }
 
@@ -129,7 +198,7 @@ mod scalar {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, RowPair};
+    use super::{BLOCK, MAX_TILE_COLUMNS, Operands, TILE_ROWS, Tile};
 
     #[target_feature(enable = "avx2,fma")]
     fn horizontal_sum(v: __m256) -> f32 {
@@ -139,9 +208,16 @@ mod x86 {
         _mm_cvtss_f32(folded)
     }
 
-    /// The 32 nibbles of a 4-bit block as bytes 0..16 in ggml's element order.
+    /// The block of 8-bit weights at `block`.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn unpack_nibbles(block: *const u8) -> __m256i {
+    unsafe fn load_q8(block: *const i8) -> __m256i {
+        unsafe { _mm256_loadu_si256(block as *const __m256i) }
+    }
+
+    /// The block of 4-bit weights at `block`: its 32 nibbles as bytes 0..16 in ggml's
+    /// element order.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_q4(block: *const u8) -> __m256i {
         let packed = unsafe { _mm_loadu_si128(block as *const __m128i) };
         let low_mask = _mm_set1_epi8(0x0f);
         let low = _mm_and_si128(packed, low_mask);
@@ -179,65 +255,166 @@ mod x86 {
         _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
     }
 
-    macro_rules! dot_q8 {
-        ($name:ident, $features:literal, $dot:ident) => {
+    /// A tile kernel of `COLUMNS` input rows: per block, the tile's input blocks and scales
+    /// are loaded once, then each weight row's block is loaded (and unpacked) once and meets
+    /// all of them.
+    macro_rules! tile {
+        ($name:ident, $features:literal, $weight:ty, $per_block:expr, $load:ident, $dot:ident, $offsets:literal) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name(p: &RowPair<'_, i8>) -> f32 {
-                let blocks = p.weight_scale.len();
-                assert!(p.weight.len() >= blocks * BLOCK && p.input.len() >= blocks * BLOCK);
-                assert!(p.input_scale.len() >= blocks);
-                let mut acc = _mm256_setzero_ps();
-                for b in 0..blocks {
-                    // SAFETY: the asserts above keep every block in bounds.
-                    let (w, x) = unsafe {
-                        (
-                            _mm256_loadu_si256(p.weight.as_ptr().add(b * BLOCK) as *const __m256i),
-                            _mm256_loadu_si256(p.input.as_ptr().add(b * BLOCK) as *const __m256i),
-                        )
-                    };
-                    let sums = _mm256_cvtepi32_ps($dot(w, x));
-                    let scale = _mm256_set1_ps(p.weight_scale[b] * p.input_scale[b]);
-                    acc = _mm256_fmadd_ps(sums, scale, acc);
+            unsafe fn $name<const COLUMNS: usize>(
+                o: &Operands<'_, $weight>,
+                row: usize,
+                column: usize,
+                out: &mut Tile,
+            ) {
+                let n = o.blocks;
+                // One pointer per row into the quants and scales, stepped a block at a time
+                // (pointer steps need no overflow checks, which keep the loops from being
+                // unrolled into registers in debug-assertion builds).
+                // SAFETY: `check_tile` bounded every block of the tile's rows.
+                let (mut weight, mut weight_scale, mut weight_min, mut input, mut input_scale) = unsafe {
+                    (
+                        [0, 1, 2, 3].map(|i| o.weight.as_ptr().add((row + i) * n * $per_block)),
+                        [0, 1, 2, 3].map(|i| o.weight_scale.as_ptr().add((row + i) * n)),
+                        [0, 1, 2, 3].map(|i| o.weight_min.as_ptr().wrapping_add((row + i) * n)),
+                        std::array::from_fn::<_, COLUMNS, _>(|j| {
+                            o.input.as_ptr().add((column + j) * n * BLOCK)
+                        }),
+                        std::array::from_fn::<_, COLUMNS, _>(|j| {
+                            o.input_scale.as_ptr().add((column + j) * n)
+                        }),
+                    )
+                };
+                let mut acc = [[_mm256_setzero_ps(); COLUMNS]; TILE_ROWS];
+                for _ in 0..n {
+                    let mut x = [_mm256_setzero_si256(); COLUMNS];
+                    let mut dx = [_mm256_setzero_ps(); COLUMNS];
+                    for j in 0..COLUMNS {
+                        // SAFETY: within the tile's input rows (see above).
+                        unsafe {
+                            x[j] = _mm256_loadu_si256(input[j] as *const __m256i);
+                            dx[j] = _mm256_set1_ps(*input_scale[j]);
+                            input[j] = input[j].add(BLOCK);
+                            input_scale[j] = input_scale[j].add(1);
+                        }
+                    }
+                    // 4-bit offsets: `Σ_b mw_b · sx_b`, with `sx = dx · Σ x` summed by the
+                    // same dot product against ones, in vector lanes like the main sums.
+                    let mut sx = [_mm256_setzero_ps(); COLUMNS];
+                    if $offsets {
+                        for j in 0..COLUMNS {
+                            let ones = _mm256_set1_epi8(1);
+                            sx[j] = _mm256_mul_ps(_mm256_cvtepi32_ps($dot(ones, x[j])), dx[j]);
+                        }
+                    }
+                    for i in 0..TILE_ROWS {
+                        if $offsets {
+                            // SAFETY: `check_tile` bounded the offsets of the tile's rows.
+                            let mw = unsafe { _mm256_set1_ps(*weight_min[i]) };
+                            weight_min[i] = weight_min[i].wrapping_add(1);
+                            for j in 0..COLUMNS {
+                                acc[i][j] = _mm256_fmadd_ps(sx[j], mw, acc[i][j]);
+                            }
+                        }
+                        // SAFETY: within the tile's weight rows (see above).
+                        let (w, dw) = unsafe {
+                            let loaded = ($load(weight[i]), _mm256_set1_ps(*weight_scale[i]));
+                            weight[i] = weight[i].add($per_block);
+                            weight_scale[i] = weight_scale[i].add(1);
+                            loaded
+                        };
+                        for j in 0..COLUMNS {
+                            let sums = _mm256_cvtepi32_ps($dot(w, x[j]));
+                            acc[i][j] = _mm256_fmadd_ps(_mm256_mul_ps(sums, dx[j]), dw, acc[i][j]);
+                        }
+                    }
                 }
-                horizontal_sum(acc)
+                for i in 0..TILE_ROWS {
+                    for j in 0..COLUMNS {
+                        out[i][j] = horizontal_sum(acc[i][j]);
+                    }
+                }
             }
         };
     }
 
-    macro_rules! dot_q4 {
-        ($name:ident, $features:literal, $dot:ident) => {
+    /// The public entry of a tile kernel: checks bounds, then picks the instance for the
+    /// number of input rows.
+    macro_rules! entry {
+        ($name:ident, $features:literal, $weight:ty, $per_block:expr, $tile:ident) => {
             #[target_feature(enable = $features)]
-            pub unsafe fn $name(p: &RowPair<'_, u8>, weight_min: &[f32], input_sum: &[f32]) -> f32 {
-                let blocks = p.weight_scale.len();
-                assert!(p.weight.len() >= blocks * BLOCK / 2 && p.input.len() >= blocks * BLOCK);
-                assert!(p.input_scale.len() >= blocks);
-                assert!(weight_min.len() >= blocks && input_sum.len() >= blocks);
-                let mut acc = _mm256_setzero_ps();
-                let mut offsets = 0.0f32;
-                for b in 0..blocks {
-                    // SAFETY: the asserts above keep every block in bounds.
-                    let (w, x) = unsafe {
-                        (
-                            unpack_nibbles(p.weight.as_ptr().add(b * BLOCK / 2)),
-                            _mm256_loadu_si256(p.input.as_ptr().add(b * BLOCK) as *const __m256i),
-                        )
-                    };
-                    let sums = _mm256_cvtepi32_ps($dot(w, x));
-                    let scale = _mm256_set1_ps(p.weight_scale[b] * p.input_scale[b]);
-                    acc = _mm256_fmadd_ps(sums, scale, acc);
-                    offsets += weight_min[b] * input_sum[b];
+            pub unsafe fn $name(
+                o: &Operands<'_, $weight>,
+                row: usize,
+                column: usize,
+                columns: usize,
+                out: &mut Tile,
+            ) {
+                o.check_tile(row, column, columns, $per_block);
+                const _: () = assert!(MAX_TILE_COLUMNS == 4 && TILE_ROWS == 4);
+                // SAFETY: bounds checked above; the features are those of this function.
+                unsafe {
+                    match columns {
+                        1 => $tile::<1>(o, row, column, out),
+                        2 => $tile::<2>(o, row, column, out),
+                        3 => $tile::<3>(o, row, column, out),
+                        _ => $tile::<4>(o, row, column, out),
+                    }
                 }
-                horizontal_sum(acc) + offsets
             }
         };
     }
 
-    dot_q8!(dot_q8_avx2, "avx2,fma", signed_dot_avx2);
-    dot_q8!(dot_q8_vnni, "avx2,fma,avx512vnni,avx512vl", signed_dot_vnni);
-    dot_q4!(dot_q4_avx2, "avx2,fma", unsigned_dot_avx2);
-    dot_q4!(
-        dot_q4_vnni,
+    tile!(
+        q8_tile_avx2,
+        "avx2,fma",
+        i8,
+        BLOCK,
+        load_q8,
+        signed_dot_avx2,
+        false
+    );
+    tile!(
+        q4_tile_avx2,
+        "avx2,fma",
+        u8,
+        BLOCK / 2,
+        load_q4,
+        unsigned_dot_avx2,
+        true
+    );
+    tile!(
+        q8_tile_vnni,
         "avx2,fma,avx512vnni,avx512vl",
-        unsigned_dot_vnni
+        i8,
+        BLOCK,
+        load_q8,
+        signed_dot_vnni,
+        false
+    );
+    tile!(
+        q4_tile_vnni,
+        "avx2,fma,avx512vnni,avx512vl",
+        u8,
+        BLOCK / 2,
+        load_q4,
+        unsigned_dot_vnni,
+        true
+    );
+    entry!(q8_avx2, "avx2,fma", i8, BLOCK, q8_tile_avx2);
+    entry!(q4_avx2, "avx2,fma", u8, BLOCK / 2, q4_tile_avx2);
+    entry!(
+        q8_vnni,
+        "avx2,fma,avx512vnni,avx512vl",
+        i8,
+        BLOCK,
+        q8_tile_vnni
+    );
+    entry!(
+        q4_vnni,
+        "avx2,fma,avx512vnni,avx512vl",
+        u8,
+        BLOCK / 2,
+        q4_tile_vnni
     );
 }
