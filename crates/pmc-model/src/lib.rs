@@ -26,6 +26,7 @@ pub mod gguf;
 pub mod hub;
 pub mod loss;
 pub mod model;
+pub mod pool;
 pub mod quant;
 pub mod rope;
 pub mod score;

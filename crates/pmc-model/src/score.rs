@@ -161,11 +161,13 @@ pub fn score_continuations(
     continuations: &[Vec<u32>],
     device: &Device,
 ) -> Result<Vec<Score>> {
-    let prepared = PreparedContext::new(model, context, device)?;
-    continuations
-        .iter()
-        .map(|c| prepared.score(model, c))
-        .collect()
+    crate::pool::on_pool(|| {
+        let prepared = PreparedContext::new(model, context, device)?;
+        continuations
+            .iter()
+            .map(|c| prepared.score(model, c))
+            .collect()
+    })
 }
 
 /// Log-probabilities of `targets` from final hidden states `[1, n, hidden]` (position `i`
@@ -200,8 +202,11 @@ pub fn mean_nll(model: &Llama, tokens: &[u32], window: usize, device: &Device) -
         if chunk.len() < 2 {
             continue;
         }
-        let hidden = model.forward_hidden(token_tensor(&chunk[..chunk.len() - 1], device), None);
-        let per_token = hidden_logprobs(model, hidden, &chunk[1..])?;
+        let per_token = crate::pool::on_pool(|| {
+            let hidden =
+                model.forward_hidden(token_tensor(&chunk[..chunk.len() - 1], device), None);
+            hidden_logprobs(model, hidden, &chunk[1..])
+        })?;
         total -= per_token.iter().map(|(lp, _)| lp).sum::<f64>();
         count += per_token.len();
     }

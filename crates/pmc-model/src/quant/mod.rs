@@ -370,7 +370,7 @@ impl QuantMatrix {
 }
 
 /// Multiply-accumulates per rayon task of [`QuantMatrix::matmul_with`].
-const PARALLEL_WORK: usize = 64 * 1024;
+const PARALLEL_WORK: usize = 16 * 1024;
 
 /// `max |x| / levels` and its inverse (0 for an all-zero block).
 fn symmetric_scale(block: &[f32], levels: f32) -> (f32, f32) {
