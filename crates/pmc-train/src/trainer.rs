@@ -233,13 +233,16 @@ fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> V
     on_threads(items, cores, f)
 }
 
-/// `f` over `items` split into at most `threads` consecutive runs, one thread each; results
-/// in order.
+/// `f` over `items` split into at most `threads` consecutive runs, one rayon task each;
+/// results in order. Tasks of rayon's pool, not threads of their own: the products inside
+/// `f` then split among the pool's workers from where they are, instead of being handed to
+/// the pool and waited for (see [`pmc_model::pool`]).
 fn on_threads<T: Send, R: Send>(
     items: Vec<T>,
     threads: usize,
     f: impl Fn(T) -> R + Sync,
 ) -> Vec<R> {
+    use rayon::prelude::*;
     let chunk = items.len().div_ceil(threads.max(1)).max(1);
     let mut parts = Vec::new();
     let mut items = items.into_iter();
@@ -251,17 +254,11 @@ fn on_threads<T: Send, R: Send>(
         parts.push(part);
     }
     let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = parts
-            .into_iter()
-            .map(|part| scope.spawn(move || part.into_iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+    pmc_model::pool::on_pool(|| {
+        parts
+            .into_par_iter()
+            .with_max_len(1)
+            .flat_map_iter(|part| part.into_iter().map(f).collect::<Vec<R>>())
             .collect()
     })
 }
