@@ -258,6 +258,10 @@ pub struct BenchEvalArgs {
     /// Questions scored (the first N of the split).
     #[arg(long, default_value_t = 40)]
     pub limit: usize,
+    /// Rounds; each scores the questions with ours, then with the reference, so drift of
+    /// the machine's speed lands on both sides of every ratio.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// Loglik-mode questions/s against transformers scoring the same items the lm-eval way, and
@@ -279,10 +283,7 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
         seed: 0,
         generation: GenerationConfig::default(),
     };
-    let started = Instant::now();
-    let ours = run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &args.model)?
-        .evaluate(&questions, &[], |_| {})?;
-    let ours_s = started.elapsed().as_secs_f64();
+    let evaluator = run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &args.model)?;
 
     let requests =
         std::env::temp_dir().join(format!("pmc-bench-eval-{}.jsonl", std::process::id()));
@@ -301,21 +302,68 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .to_string();
-    let reference = crate::bench::run_python_reference(
-        "eval_reference.py",
-        &[
-            args.model.as_os_str(),
-            requests.as_os_str(),
-            threads.as_ref(),
-        ],
-    );
+
+    let rounds = args.rounds.max(1);
+    let (mut ours_qps, mut theirs_qps) = (Vec::new(), Vec::new());
+    let mut agreement = None;
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}: pmc-llama");
+        let started = Instant::now();
+        let ours = evaluator.evaluate(&questions, &[], |_| {})?;
+        ours_qps.push(questions.len() as f64 / started.elapsed().as_secs_f64());
+
+        eprintln!("round {round}/{rounds}: transformers");
+        let reference = crate::bench::run_python_reference(
+            "eval_reference.py",
+            &[
+                args.model.as_os_str(),
+                requests.as_os_str(),
+                threads.as_ref(),
+            ],
+        );
+        let mut rows =
+            reference.context("reference failed (pip install torch transformers gguf)")?;
+        let timing = rows.pop().context("reference printed nothing")?;
+        let theirs_s = timing["seconds"].as_f64().context("reference timing")?;
+        theirs_qps.push(questions.len() as f64 / theirs_s);
+        agreement.get_or_insert(agreement_with(&ours, &rows)?);
+    }
     let _ = std::fs::remove_file(&requests);
-    let mut rows = reference.context("reference failed (pip install torch transformers gguf)")?;
-    let timing = rows.pop().context("reference printed nothing")?;
-    let theirs_s = timing["seconds"].as_f64().context("reference timing")?;
+
+    let ratios: Vec<f64> = ours_qps
+        .iter()
+        .zip(&theirs_qps)
+        .map(|(o, t)| o / t)
+        .collect();
+    let median = |values: &[f64]| crate::bench::median(values).unwrap_or(f64::NAN);
+    println!(
+        "| {} loglik, {} questions (median of {rounds} rounds) | pmc-llama | transformers (lm-eval style) | ratio (median, range) |",
+        args.task.name(),
+        questions.len()
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| questions/s | {:.3} | {:.3} | {} |",
+        median(&ours_qps),
+        median(&theirs_qps),
+        crate::bench::ratio_summary(&ratios)
+    );
+    let (same_pred, compared, worst) = agreement.unwrap_or_default();
+    println!(
+        "\nsame prediction on {same_pred}/{compared} questions; max |Δloglik| over all choices = {worst:.2e}"
+    );
+    Ok(())
+}
+
+/// How our answers agree with the reference's rows: (questions with the same prediction,
+/// questions compared, largest |Δloglik| over all choices).
+fn agreement_with(
+    ours: &[pmc_bench::run::Prediction],
+    reference: &[serde_json::Value],
+) -> Result<(usize, usize, f64)> {
     let mut same_pred = 0;
     let mut worst: f64 = 0.0;
-    for (p, r) in ours.iter().zip(&rows) {
+    for (p, r) in ours.iter().zip(reference) {
         let lls: Vec<f64> = r["loglik"]
             .as_array()
             .context("loglik")?
@@ -336,23 +384,7 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
             });
         same_pred += usize::from(their_pred.map(|b| b.0) == p.pred);
     }
-    println!(
-        "| {} loglik, {} questions | pmc-llama | transformers (lm-eval style) | ratio |",
-        args.task.name(),
-        questions.len()
-    );
-    println!("|---|---|---|---|");
-    println!(
-        "| questions/s | {:.3} | {:.3} | {:.2} × |",
-        questions.len() as f64 / ours_s,
-        questions.len() as f64 / theirs_s,
-        theirs_s / ours_s
-    );
-    println!(
-        "\nsame prediction on {same_pred}/{} questions; max |Δloglik| over all choices = {worst:.2e}",
-        rows.len()
-    );
-    Ok(())
+    Ok((same_pred, reference.len(), worst))
 }
 
 /// SHA-256 of the data a run used; PubMedQA's test split also depends on its ground-truth file.
