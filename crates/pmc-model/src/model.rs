@@ -389,7 +389,21 @@ fn causal_attention(
             .matmul(v.clone().slice_dim(2, keys))
             .reshape([b, nh, n, hd])
     };
-    if mask.is_none() || t < 2 * QUERY_BLOCK {
+    if mask.is_none() {
+        return attend(q, 0..t);
+    }
+    in_query_blocks(q, attend)
+}
+
+/// `attend(query rows, their range)` over blocks of [`QUERY_BLOCK`] query rows (one call
+/// for fewer than two blocks), concatenated along the query axis. `attend` gives a block
+/// the keys up to its last row only: the later ones are causally masked.
+fn in_query_blocks(
+    q: Tensor<4>,
+    attend: impl Fn(Tensor<4>, std::ops::Range<usize>) -> Tensor<4>,
+) -> Tensor<4> {
+    let t = q.dims()[2];
+    if t < 2 * QUERY_BLOCK {
         return attend(q, 0..t);
     }
     let blocks = (0..t)
@@ -406,14 +420,25 @@ fn causal_attention(
 /// head over tiles of keys, rayon over batch × heads), for inference. Query head `h` reads
 /// key/value head `h / groups` inside the kernel, so grouped keys and values are never
 /// repeated; with a cache the queries are the last `new` of `total` positions, which is the
-/// kernel's causal alignment (`key ≤ query + total − new`).
+/// kernel's causal alignment (`key ≤ query + total − new`). Long inputs go in query blocks
+/// given only the keys up to their last row, as in [`causal_attention`]: flex's kernel
+/// scores every key of a row and exponentiates the masked ones too, so with 512 tokens the
+/// blocks do 62.5 % of its work.
 fn fused_causal_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64) -> Tensor<4> {
     let options = burn::tensor::ops::AttentionModuleOptions {
         scale: Some(scale),
         softcap: None,
         is_causal: true,
     };
-    burn::tensor::module::attention(q, k, v, None, None, options)
+    let start = k.dims()[2] - q.dims()[2];
+    in_query_blocks(q, |q, rows| {
+        let keys = 0..start + rows.end;
+        let (k, v) = (
+            k.clone().slice_dim(2, keys.clone()),
+            v.clone().slice_dim(2, keys),
+        );
+        burn::tensor::module::attention(q, k, v, None, None, options)
+    })
 }
 
 /// The SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
@@ -1021,8 +1046,9 @@ mod tests {
         assert!(dropout_mask(1, 1000, 0.0).iter().all(|&m| m == 1.0));
     }
 
-    /// Blocked attention against the textbook formula with repeated key/value heads
-    /// (HF's `repeat_kv`), over more tokens than one block, with and without a cached prefix.
+    /// Blocked attention (the autodiff path) and the fused kernel in query blocks (the
+    /// inference path) against the textbook formula with repeated key/value heads (HF's
+    /// `repeat_kv`), over more tokens than one block, with and without a cached prefix.
     #[test]
     fn blocked_attention_equals_full_attention() {
         let device = Device::flex();
@@ -1037,7 +1063,8 @@ mod tests {
             let v = normal([b, nkv, total, hd]);
             let mask = causal_mask(start, t, &device);
 
-            let got = causal_attention(q.clone(), k.clone(), v.clone(), Some(&mask), nkv);
+            let blocked = causal_attention(q.clone(), k.clone(), v.clone(), Some(&mask), nkv);
+            let fused = fused_causal_attention(q.clone(), k.clone(), v.clone(), 1.0);
 
             let repeat = |x: Tensor<4>| {
                 x.unsqueeze_dim::<5>(2)
@@ -1047,8 +1074,13 @@ mod tests {
             let scores = q.matmul(repeat(k).swap_dims(2, 3)) + mask.unsqueeze::<4>();
             let want = softmax(scores, 3).matmul(repeat(v));
 
-            let diff = (got - want).abs().max().into_scalar::<f32>();
-            assert!(diff < 1e-5, "start {start}, {t} tokens: max |Δ| = {diff}");
+            for (path, got) in [("blocked", blocked), ("fused", fused)] {
+                let diff = (got - want.clone()).abs().max().into_scalar::<f32>();
+                assert!(
+                    diff < 1e-5,
+                    "{path}, start {start}, {t} tokens: max |Δ| = {diff}"
+                );
+            }
         }
     }
 }
