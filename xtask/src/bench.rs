@@ -32,9 +32,9 @@ pub struct BenchModelArgs {
     /// Skip the PyTorch reference.
     #[arg(long)]
     pub no_reference: bool,
-    /// Also decode the same GGUF with candle (its quantized LLaMA, weights in the file's
-    /// formats), built once from the registry by tools/candle-decode with
-    /// `-C target-cpu=native`; needs --gguf.
+    /// Also decode the same GGUF with candle's quantized LLaMA twice a round: weights in the
+    /// file's formats, and dequantised to f32. Built once from the registry by
+    /// tools/candle-decode with `-C target-cpu=native`; needs --gguf.
     #[arg(long)]
     pub candle: bool,
     /// How ours holds the weights: f32, bf16, f16, q8_0, q4_0, q4_1.
@@ -183,7 +183,7 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     };
     pmc_model::mean_nll(&model, &rows[0][..32], 32, &device)?; // warm-up
 
-    let mut sides: [Vec<Figures>; 3] = Default::default();
+    let mut sides: [Vec<Figures>; 4] = Default::default();
     for round in 0..args.rounds.max(1) {
         eprintln!("round {}/{}: pmc-llama", round + 1, args.rounds);
         let mut ours = measure_ours(&model, &rows, prompt, &args, &device)?;
@@ -202,21 +202,27 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         }
         if let (Some(binary), Some(gguf)) = (&candle, &args.gguf) {
             eprintln!("round {}/{}: candle", round + 1, args.rounds);
-            sides[2].push(crate::candle::decode(
-                binary,
-                gguf,
-                prompt,
-                args.new_tokens,
-            )?);
+            for (side, weights) in [
+                (2, crate::candle::Weights::Quantized),
+                (3, crate::candle::Weights::F32),
+            ] {
+                sides[side].push(crate::candle::decode(
+                    binary,
+                    gguf,
+                    weights,
+                    prompt,
+                    args.new_tokens,
+                )?);
+            }
         }
     }
 
     println!();
     println!(
-        "| metric (median of {} rounds) | pmc-llama (burn flex, {}) | PyTorch + transformers | ratio (median, range) | candle (quantized GGUF, native) | ratio (median, range) |",
+        "| metric (median of {} rounds) | pmc-llama (burn flex, {}) | PyTorch + transformers | ratio (median, range) | candle (quantized GGUF, native) | ratio (median, range) | candle (dequantised to f32, native) | ratio (median, range) |",
         args.rounds, args.dtype
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let metrics: [Metric<Figures>; 5] = [
         Metric::new("load", |f| f.load_s, |x| format!("{x:.2} s")),
         Metric::new("peak RSS after load", |f| f.load_rss, gib),

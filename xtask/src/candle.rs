@@ -34,10 +34,31 @@ fn dirs_target() -> PathBuf {
     home.join(".cache/pmc-llama/candle-target")
 }
 
+/// How candle holds the GGUF's weight matrices.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights {
+    /// In the file's block formats, multiplied by candle's quantized kernels.
+    Quantized,
+    /// Dequantised to f32 while loading (candle's `CANDLE_DEQUANTIZE_ALL`), multiplied by
+    /// its dense products: candle's f32 decoding of the same model.
+    F32,
+}
+
 /// One decoding run of `binary` on `gguf`.
-pub fn decode(binary: &Path, gguf: &Path, prompt: &[u32], new_tokens: usize) -> Result<Figures> {
+pub fn decode(
+    binary: &Path,
+    gguf: &Path,
+    weights: Weights,
+    prompt: &[u32],
+    new_tokens: usize,
+) -> Result<Figures> {
     let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+    let dequantize_all = match weights {
+        Weights::Quantized => "0",
+        Weights::F32 => "1",
+    };
     let out = Command::new(binary)
+        .env("CANDLE_DEQUANTIZE_ALL", dequantize_all)
         .arg(gguf)
         .arg(ids.join(","))
         .arg(new_tokens.to_string())

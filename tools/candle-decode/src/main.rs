@@ -1,6 +1,7 @@
 //! `candle-decode MODEL.gguf PROMPT_IDS NEW_TOKENS`: greedy decoding with candle's
-//! quantized LLaMA (weights kept in the file's block formats), printing one JSON line with
-//! new tokens/s (the prompt's forward pass included) and peak RSS.
+//! quantized LLaMA (weights kept in the file's block formats, or dequantised to f32 with
+//! candle's own `CANDLE_DEQUANTIZE_ALL=1`), printing one JSON line with new tokens/s (the
+//! prompt's forward pass included) and peak RSS.
 
 use std::time::Instant;
 
