@@ -78,6 +78,32 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// Output features per part of a split one-row product (below twice this, one part).
+const MIN_SPLIT_FEATURES: usize = 256;
+
+/// `x @ wᵀ` for `x` `[rows, in]` and `w` `[out, in]`. A single row outside autodiff (a
+/// decoding step) is split by weight rows across rayon's pool: gemm multiplies one row by
+/// a matrix on one thread (its matrix-vector path), which would leave decoding reading every
+/// weight with one core. Each output feature is still one dot product, so the result is the
+/// same as one product's.
+fn product_by_weight_rows(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    use rayon::prelude::*;
+    let out = w.dims()[0];
+    let parts = rayon::current_num_threads().min(out / MIN_SPLIT_FEATURES);
+    if x.dims()[0] != 1 || parts < 2 || x.device().is_autodiff() {
+        return x.matmul(w.transpose());
+    }
+    let chunk = out.div_ceil(parts);
+    let pieces: Vec<Tensor<2>> = (0..parts)
+        .into_par_iter()
+        .map(|part| {
+            let rows = part * chunk..((part + 1) * chunk).min(out);
+            x.clone().matmul(w.clone().slice([rows]).transpose())
+        })
+        .collect();
+    Tensor::cat(pieces, 1)
+}
+
 /// A linear projection with HF's weight layout `[out_features, in_features]`.
 #[derive(Module, Debug)]
 pub struct Linear {
@@ -111,7 +137,7 @@ impl Linear {
         let x = x.reshape([b * t, d_in]);
         // A 2-D product lets the backend read the transposed weight in place.
         let y = cast_to(
-            cast_to(x.clone(), product).matmul(w.transpose()),
+            product_by_weight_rows(cast_to(x.clone(), product), w),
             COMPUTE_DTYPE,
         );
         self.add_bias_and_adapter(y, x).reshape([b, t, d_out])
@@ -1044,6 +1070,21 @@ mod tests {
         assert_eq!(mask, dropout_mask(7, n, 0.1), "a seed gives one mask");
         assert_ne!(mask, dropout_mask(8, n, 0.1), "another seed another");
         assert!(dropout_mask(1, 1000, 0.0).iter().all(|&m| m == 1.0));
+    }
+
+    /// A one-row product split by weight rows gives the whole product's numbers.
+    #[test]
+    fn split_one_row_products_equal_the_whole_product() {
+        let device = Device::flex();
+        let normal = |shape: [usize; 2]| {
+            Tensor::<2>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x, w) = (normal([1, 96]), normal([4 * MIN_SPLIT_FEATURES + 7, 96]));
+        let split = product_by_weight_rows(x.clone(), w.clone());
+        let whole = x.matmul(w.transpose());
+        assert_eq!(split.dims(), whole.dims());
+        let diff = (split - whole).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-5, "max |Δ| = {diff}");
     }
 
     /// Blocked attention (the autodiff path) and the fused kernel in query blocks (the
