@@ -217,12 +217,25 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         }
     }
 
-    println!();
-    println!(
-        "| metric (median of {} rounds) | pmc-llama (burn flex, {}) | PyTorch + transformers | ratio (median, range) | candle (quantized GGUF, native) | ratio (median, range) | candle (dequantised to f32, native) | ratio (median, range) |",
+    // The candle columns only when candle ran.
+    let mut references = vec!["PyTorch + transformers"];
+    if candle.is_some() {
+        references.extend([
+            "candle (quantized GGUF, native)",
+            "candle (dequantised to f32, native)",
+        ]);
+    }
+    let mut header = format!(
+        "| metric (median of {} rounds) | pmc-llama (burn flex, {}) |",
         args.rounds, args.dtype
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    for reference in &references {
+        header += &format!(" {reference} | ratio (median, range) |");
+    }
+    println!(
+        "\n{header}\n|---|---|{}",
+        "---|---|".repeat(references.len())
+    );
     let metrics: [Metric<Figures>; 5] = [
         Metric::new("load", |f| f.load_s, |x| format!("{x:.2} s")),
         Metric::new("peak RSS after load", |f| f.load_rss, gib),
@@ -235,7 +248,7 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         Metric::new("peak RSS while scoring/decoding", |f| Some(f.peak_rss), gib),
     ];
     for metric in metrics {
-        if let Some(row) = metric.row(&sides[0], &sides[1..]) {
+        if let Some(row) = metric.row(&sides[0], &sides[1..=references.len()]) {
             println!("{row}");
         }
     }
