@@ -154,39 +154,42 @@ mod scalar {
     use super::{BLOCK, Operands, Tile};
 
     pub fn q8(o: &Operands<'_, i8>, row: usize, column: usize, columns: usize, out: &mut Tile) {
-        o.check_tile(row, column, columns, BLOCK);
-        let n = o.blocks;
-        for (i, out) in out.iter_mut().enumerate() {
-            for (j, out) in out[..columns].iter_mut().enumerate() {
-                let (w, x) = ((row + i) * n, (column + j) * n);
-                let mut total = 0.0f32;
-                for b in 0..n {
-                    let wq = &o.weight[(w + b) * BLOCK..(w + b + 1) * BLOCK];
-                    let xq = &o.input[(x + b) * BLOCK..(x + b + 1) * BLOCK];
-                    let sum: i32 = wq.iter().zip(xq).map(|(&w, &x)| w as i32 * x as i32).sum();
-                    total += o.weight_scale[w + b] * o.input_scale[x + b] * sum as f32;
-                }
-                *out = total;
-            }
-        }
+        tile(o, (row, column, columns), BLOCK, out, |wq, xq| {
+            wq.iter().zip(xq).map(|(&w, &x)| w as i32 * x as i32).sum()
+        });
     }
 
     pub fn q4(o: &Operands<'_, u8>, row: usize, column: usize, columns: usize, out: &mut Tile) {
-        o.check_tile(row, column, columns, BLOCK / 2);
+        tile(o, (row, column, columns), BLOCK / 2, out, |wq, xq| {
+            let mut sum = 0i32;
+            for (k, &byte) in wq.iter().enumerate() {
+                sum += (byte & 0x0f) as i32 * xq[k] as i32;
+                sum += (byte >> 4) as i32 * xq[k + BLOCK / 2] as i32;
+            }
+            sum
+        });
+    }
+
+    /// The reference tile: for each weight row and input, the sum over blocks of
+    /// `weight scale · input scale · dot(quants)`, plus the 4-bit offsets.
+    /// `weight_units` is how many `W` hold one block's quants.
+    fn tile<W>(
+        o: &Operands<'_, W>,
+        (row, column, columns): (usize, usize, usize),
+        weight_units: usize,
+        out: &mut Tile,
+        dot: impl Fn(&[W], &[i8]) -> i32,
+    ) {
+        o.check_tile(row, column, columns, weight_units);
         let n = o.blocks;
         for (i, out) in out.iter_mut().enumerate() {
             for (j, out) in out[..columns].iter_mut().enumerate() {
                 let (w, x) = ((row + i) * n, (column + j) * n);
                 let mut total = 0.0f32;
                 for b in 0..n {
-                    let wq = &o.weight[(w + b) * BLOCK / 2..(w + b + 1) * BLOCK / 2];
+                    let wq = &o.weight[(w + b) * weight_units..(w + b + 1) * weight_units];
                     let xq = &o.input[(x + b) * BLOCK..(x + b + 1) * BLOCK];
-                    let mut sum = 0i32;
-                    for (k, &byte) in wq.iter().enumerate() {
-                        sum += (byte & 0x0f) as i32 * xq[k] as i32;
-                        sum += (byte >> 4) as i32 * xq[k + BLOCK / 2] as i32;
-                    }
-                    total += o.weight_scale[w + b] * o.input_scale[x + b] * sum as f32;
+                    total += o.weight_scale[w + b] * o.input_scale[x + b] * dot(wq, xq) as f32;
                 }
                 *out = total + o.offsets(row + i, column + j);
             }
