@@ -389,8 +389,7 @@ pub struct BenchTrainArgs {
     #[arg(long)]
     pub no_reference: bool,
     /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
-    /// precision; pays off only where the backend has bf16 matrix units — on the CPU backend
-    /// it is slower).
+    /// precision; on the CPU faster than f32 only where it has AVX-512 BF16, as Zen 4 does).
     #[arg(long, default_value = "f32")]
     pub precision: pmc_model::Precision,
     /// Split ours into this many micro-batches computed at once, one thread each (the same

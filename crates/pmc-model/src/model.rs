@@ -36,8 +36,9 @@ fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
 /// `Bf16` is mixed precision as `torch.autocast(dtype=torch.bfloat16)` does it for linear
 /// layers: each product reads its input and weight rounded to bf16 and its output is rounded
 /// to bf16; the f32 weights remain the master copy that the optimizer updates (the gradient
-/// flows back through the casts). It pays off on backends with bf16 matrix units; burn's
-/// CPU backend multiplies bf16 by widening to f32, so there it is slower than `F32`.
+/// flows back through the casts). It pays off on backends with bf16 matrix units; on the
+/// CPU, 2-D bf16 products run on AVX-512 BF16 where the CPU has it (vendor/burn-flex) and
+/// are widened to f32 elsewhere, which is slower than `F32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
