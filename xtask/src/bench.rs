@@ -264,21 +264,21 @@ fn tok_per_s(x: f64) -> String {
 }
 
 /// One row of a comparison table over rounds of figures `F`.
-struct Metric<F> {
+pub struct Metric<F> {
     name: &'static str,
     get: fn(&F) -> Option<f64>,
     format: fn(f64) -> String,
 }
 
 impl<F> Metric<F> {
-    fn new(name: &'static str, get: fn(&F) -> Option<f64>, format: fn(f64) -> String) -> Self {
+    pub fn new(name: &'static str, get: fn(&F) -> Option<f64>, format: fn(f64) -> String) -> Self {
         Self { name, get, format }
     }
 
     /// `| name | ours | theirs | ratio | theirs | ratio |…`: medians over the rounds, and
     /// for each reference the per-round ratio's median and range (`n/a` where a reference
     /// did not run every round). `None` when ours has no such figure.
-    fn row(&self, ours: &[F], references: &[Vec<F>]) -> Option<String> {
+    pub fn row(&self, ours: &[F], references: &[Vec<F>]) -> Option<String> {
         let ours: Vec<f64> = ours.iter().filter_map(self.get).collect();
         let mut line = format!("| {} | {} |", self.name, (self.format)(median(&ours)?));
         for reference in references {

@@ -330,24 +330,17 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
     }
     let _ = std::fs::remove_file(&requests);
 
-    let ratios: Vec<f64> = ours_qps
-        .iter()
-        .zip(&theirs_qps)
-        .map(|(o, t)| o / t)
-        .collect();
-    let median = |values: &[f64]| crate::bench::median(values).unwrap_or(f64::NAN);
     println!(
         "| {} loglik, {} questions (median of {rounds} rounds) | pmc-llama | transformers (lm-eval style) | ratio (median, range) |",
         args.task.name(),
         questions.len()
     );
     println!("|---|---|---|---|");
-    println!(
-        "| questions/s | {:.3} | {:.3} | {} |",
-        median(&ours_qps),
-        median(&theirs_qps),
-        crate::bench::ratio_summary(&ratios)
-    );
+    let questions_per_s =
+        crate::bench::Metric::new("questions/s", |&qps: &f64| Some(qps), |x| format!("{x:.3}"));
+    if let Some(row) = questions_per_s.row(&ours_qps, &[theirs_qps]) {
+        println!("{row}");
+    }
     let (same_pred, compared, worst) = agreement.unwrap_or_default();
     println!(
         "\nsame prediction on {same_pred}/{compared} questions; max |Δloglik| over all choices = {worst:.2e}"

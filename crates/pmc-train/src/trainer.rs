@@ -224,26 +224,26 @@ pub fn clip_global_norm(
     norm
 }
 
-/// `f` over `items` on one thread per core, results in order. burn's CPU backend runs
+/// `f` over `items` in one parallel run per core, results in order. burn's CPU backend runs
 /// element-wise work on the calling thread, so independent tensors go faster side by side;
 /// each result is the same as computed alone. Items are moved, not shared, so a tensor the
 /// closure owns alone can be updated in place.
 fn side_by_side<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    on_threads(items, cores, f)
+    in_parallel_runs(items, cores, f)
 }
 
-/// `f` over `items` split into at most `threads` consecutive runs, one rayon task each;
+/// `f` over `items` split into at most `runs` consecutive runs, one rayon task each;
 /// results in order. Tasks of rayon's pool, not threads of their own: the products inside
 /// `f` then split among the pool's workers from where they are, instead of being handed to
 /// the pool and waited for (see [`pmc_model::pool`]).
-fn on_threads<T: Send, R: Send>(
+fn in_parallel_runs<T: Send, R: Send>(
     items: Vec<T>,
-    threads: usize,
+    runs: usize,
     f: impl Fn(T) -> R + Sync,
 ) -> Vec<R> {
     use rayon::prelude::*;
-    let chunk = items.len().div_ceil(threads.max(1)).max(1);
+    let chunk = items.len().div_ceil(runs.max(1)).max(1);
     let mut parts = Vec::new();
     let mut items = items.into_iter();
     loop {
@@ -296,8 +296,8 @@ fn concurrent_gradients(
             (copy, batch)
         })
         .collect();
-    let threads = work.len();
-    on_threads(work, threads, |(copy, batch)| {
+    let lanes = work.len();
+    in_parallel_runs(work, lanes, |(copy, batch)| {
         micro_batch_gradients(&copy, batch)
     })
 }
