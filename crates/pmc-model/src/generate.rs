@@ -61,7 +61,7 @@ pub fn generate(
     let mut input = prompt.to_vec();
     let mut out = Vec::new();
     while out.len() < config.max_new_tokens {
-        let logits: Vec<f32> = crate::pool::on_pool(|| {
+        let logits: Vec<f32> = crate::pool::on_awake_pool(|| {
             let hidden = model.forward_hidden(token_tensor(&input, device), Some(&mut cache));
             let [b, t, h] = hidden.dims();
             let logits = model.logits(hidden.slice([0..b, t - 1..t, 0..h]));
