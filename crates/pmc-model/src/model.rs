@@ -79,32 +79,6 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// Output features per part of a split one-row product (below twice this, one part).
-const MIN_SPLIT_FEATURES: usize = 256;
-
-/// `x @ wᵀ` for `x` `[rows, in]` and `w` `[out, in]`. A single row outside autodiff (a
-/// decoding step) is split by weight rows across rayon's pool: gemm multiplies one row by
-/// a matrix on one thread (its matrix-vector path), which would leave decoding reading every
-/// weight with one core. Each output feature is still one dot product, so the result is the
-/// same as one product's.
-fn product_by_weight_rows(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    use rayon::prelude::*;
-    let out = w.dims()[0];
-    let parts = rayon::current_num_threads().min(out / MIN_SPLIT_FEATURES);
-    if x.dims()[0] != 1 || parts < 2 || x.device().is_autodiff() {
-        return x.matmul(w.transpose());
-    }
-    let chunk = out.div_ceil(parts);
-    let pieces: Vec<Tensor<2>> = (0..parts)
-        .into_par_iter()
-        .map(|part| {
-            let rows = part * chunk..((part + 1) * chunk).min(out);
-            x.clone().matmul(w.clone().slice([rows]).transpose())
-        })
-        .collect();
-    Tensor::cat(pieces, 1)
-}
-
 /// `(a(), b())` for two independent pieces of a layer (the q/k/v projections, gate and up):
 /// side by side on rayon's pool outside autodiff, one after the other under it.
 ///
@@ -158,9 +132,10 @@ impl Linear {
         let w = cast_to(self.weight.val(), product);
         let d_out = w.dims()[0];
         let x = x.reshape([b * t, d_in]);
-        // A 2-D product lets the backend read the transposed weight in place.
+        // A 2-D product lets the backend read the transposed weight in place (and multiply
+        // a decoding step's single row on every core: vendor/burn-flex).
         let y = cast_to(
-            product_by_weight_rows(cast_to(x.clone(), product), w),
+            cast_to(x.clone(), product).matmul(w.transpose()),
             COMPUTE_DTYPE,
         );
         self.add_bias_and_adapter(y, x).reshape([b, t, d_out])
@@ -1100,21 +1075,6 @@ mod tests {
         assert_eq!(mask, dropout_mask(7, n, 0.1), "a seed gives one mask");
         assert_ne!(mask, dropout_mask(8, n, 0.1), "another seed another");
         assert!(dropout_mask(1, 1000, 0.0).iter().all(|&m| m == 1.0));
-    }
-
-    /// A one-row product split by weight rows gives the whole product's numbers.
-    #[test]
-    fn split_one_row_products_equal_the_whole_product() {
-        let device = Device::flex();
-        let normal = |shape: [usize; 2]| {
-            Tensor::<2>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
-        };
-        let (x, w) = (normal([1, 96]), normal([4 * MIN_SPLIT_FEATURES + 7, 96]));
-        let split = product_by_weight_rows(x.clone(), w.clone());
-        let whole = x.matmul(w.transpose());
-        assert_eq!(split.dims(), whole.dims());
-        let diff = (split - whole).abs().max().into_scalar::<f32>();
-        assert!(diff < 1e-5, "max |Δ| = {diff}");
     }
 
     /// Blocked attention (the autodiff path) and the fused kernel in query blocks (the

@@ -97,7 +97,13 @@ pub fn matmul(lhs: FlexTensor, rhs: FlexTensor) -> FlexTensor {
     assert_eq!(k_lhs, k_rhs, "matmul: inner dimensions must match");
 
     match lhs.dtype() {
-        DType::F32 => matmul_gemm::<f32>(lhs, rhs),
+        DType::F32 => {
+            #[cfg(all(feature = "std", feature = "rayon"))]
+            if let Some(product) = matmul_f32_row(&lhs, &rhs) {
+                return product;
+            }
+            matmul_gemm::<f32>(lhs, rhs)
+        }
         DType::F64 => matmul_gemm::<f64>(lhs, rhs),
         DType::F16 => matmul_gemm::<f16>(lhs, rhs),
         DType::BF16 => matmul_bf16(lhs, rhs),
@@ -527,6 +533,47 @@ fn matmul_2d_bf16_dot(lhs: &FlexTensor, rhs: &FlexTensor) -> FlexTensor {
 
 #[cfg(all(feature = "std", feature = "rayon", target_arch = "x86_64"))]
 mod bf16_dot;
+
+/// A one-row f32 product `[1, k] × [k, n]` split by columns across the pool (see
+/// [`f32_row`]), when `rhs`'s columns are contiguous, as a transposed `[n, k]` weight's are;
+/// `None` for other shapes and layouts, which gemm multiplies.
+#[cfg(all(feature = "std", feature = "rayon"))]
+fn matmul_f32_row(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
+    let (lhs_shape, rhs_shape) = (lhs.layout().shape(), rhs.layout().shape());
+    if lhs_shape.num_dims() != 2 || rhs_shape.num_dims() != 2 || lhs_shape[0] != 1 {
+        return None;
+    }
+    let (k, n) = (rhs_shape[0], rhs_shape[1]);
+    let (_, lhs_col_stride) = get_2d_strides(lhs.layout());
+    let (rhs_row_stride, rhs_col_stride) = get_2d_strides(rhs.layout());
+    let contiguous_k = k == 1 || (lhs_col_stride == 1 && rhs_row_stride == 1);
+    let column_stride = if n == 1 {
+        k
+    } else {
+        usize::try_from(rhs_col_stride).ok()?
+    };
+    if k == 0 || n == 0 || !contiguous_k || column_stride < k {
+        return None;
+    }
+    let lhs_data: &[f32] = lhs.storage();
+    let rhs_data: &[f32] = rhs.storage();
+    let columns = f32_row::Columns {
+        ptr: unsafe { rhs_data.as_ptr().add(rhs.layout().start_offset()) },
+        k,
+        n,
+        column_stride,
+    };
+    let mut output = FlexTensor::empty(Shape::from(vec![1, n]), DType::F32);
+    // SAFETY: both layouts address their storage: `k` values of lhs, `n` columns of rhs.
+    unsafe {
+        let x = lhs_data.as_ptr().add(lhs.layout().start_offset());
+        f32_row::product(x, columns, output.storage_mut());
+    }
+    Some(output)
+}
+
+#[cfg(all(feature = "std", feature = "rayon"))]
+mod f32_row;
 
 // ============================================================================
 // Integer matmul (naive, with optional SIMD for i32)
