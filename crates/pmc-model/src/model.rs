@@ -79,25 +79,30 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// `(a(), b())` for two independent pieces of a layer (the q/k/v projections, gate and up):
-/// side by side on rayon's pool outside autodiff, one after the other under it.
+/// Rows of input up to which [`side_by_side`] runs its two pieces together.
+const MAX_ROWS_SIDE_BY_SIDE: usize = 16;
+
+/// `(a(), b())` for two independent pieces of a layer applied to `x` (the q/k/v
+/// projections, gate and up): side by side on rayon's pool for a few rows outside
+/// autodiff, one after the other otherwise.
 ///
 /// Decoding multiplies single rows, so each product is a short read of its weights with a
 /// synchronisation of the pool at its end; running the independent ones together halves
 /// those waits and keeps both cores reading weights while the other branch does its
 /// element-wise work (f32 decoding of SmolLM2: 1.05 × in the median of 6 alternating pairs,
-/// 0.90–1.11 ×). Under autodiff they
+/// 0.90–1.11 ×). Products of many rows fill the pool on their own. Under autodiff the pieces
 /// stay in order, so the graph and its gradients' summation order do not depend on
 /// scheduling (exact resume compares them bit for bit).
 fn side_by_side<A: Send, B: Send>(
-    in_order: bool,
+    x: &Tensor<3>,
     a: impl FnOnce() -> A + Send,
     b: impl FnOnce() -> B + Send,
 ) -> (A, B) {
-    if in_order {
-        (a(), b())
-    } else {
+    let [batch, tokens, _] = x.dims();
+    if batch * tokens <= MAX_ROWS_SIDE_BY_SIDE && !x.device().is_autodiff() {
         rayon::join(a, b)
+    } else {
+        (a(), b())
     }
 }
 
@@ -347,11 +352,11 @@ impl Attention {
             apply_rope(heads(proj.forward(x.clone()), n), &rope.cos, &rope.sin)
         };
         let (q, (k, v)) = side_by_side(
-            x_device_is_autodiff,
+            &x,
             || rotated(&self.q_proj, nh),
             || {
                 side_by_side(
-                    x_device_is_autodiff,
+                    &x,
                     || rotated(&self.k_proj, nkv),
                     || heads(self.v_proj.forward(x.clone()), nkv),
                 )
@@ -482,7 +487,7 @@ pub struct Mlp {
 impl Mlp {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let (gate, up) = side_by_side(
-            x.device().is_autodiff(),
+            &x,
             || silu(self.gate_proj.forward(x.clone())),
             || self.up_proj.forward(x.clone()),
         );
