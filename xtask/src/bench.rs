@@ -130,6 +130,14 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     if args.candle && args.gguf.is_none() {
         anyhow::bail!("--candle decodes a GGUF file: pass --gguf");
     }
+    if args.seq_len < 2 || !(1..=args.seq_len).contains(&args.prompt_len) {
+        anyhow::bail!(
+            "--seq-len must be at least 2 and --prompt-len between 1 and it (got {} and {}): \
+             the prompt is cut from a scored row",
+            args.seq_len,
+            args.prompt_len
+        );
+    }
     let options = pmc_model::LoadOptions::from(args.dtype);
     reset_peak_rss();
     let started = Instant::now();
@@ -181,7 +189,8 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     } else {
         None
     };
-    pmc_model::mean_nll(&model, &rows[0][..32], 32, &device)?; // warm-up
+    let warm_up = &rows[0][..args.seq_len.min(32)];
+    pmc_model::mean_nll(&model, warm_up, warm_up.len(), &device)?;
 
     let mut sides: [Vec<Figures>; 4] = Default::default();
     for round in 0..args.rounds.max(1) {
