@@ -38,8 +38,8 @@ unsafe impl Sync for Columns {}
 pub unsafe fn product(x: *const f32, b: Columns, out: &mut [f32]) {
     debug_assert_eq!(out.len(), b.n);
     let x = SendPtr(x);
-    let part_bytes = b.k.max(1) * 4;
-    let columns_per_part = MIN_PART_BYTES.div_ceil(part_bytes);
+    let column_bytes = b.k.max(1) * 4;
+    let columns_per_part = MIN_PART_BYTES.div_ceil(column_bytes);
     let parts = rayon::current_num_threads()
         .min(b.n / columns_per_part.max(1))
         .max(1);
