@@ -193,12 +193,16 @@ fn quantized_weights_score_real_prompts_close_to_the_dense_model() {
     let (want, want_nll) = score_all(&dense.model);
     for (kind, loglik_tolerance, nll_tolerance) in [
         // Measured (4 questions, tiled kernels, activations rounded half to even as ggml's
-        // SIMD code does): q8_0 0.71 / +0.011, q4_1 0.22 / +0.004, q4_0 2.9 / +0.32. The
+        // SIMD code does), AVX-512 VNNI on a Zen 4 / AVX2 on a Zen 3: q8_0 0.71 / +0.011
+        // and 0.81 / +0.014, q4_1 0.22 / +0.004 and 0.35 / +0.0125, q4_0 2.9 / +0.32. The
         // max over 16 one-token answers is one draw of the rounding noise — rounding halves
-        // away from zero instead gives q8_0 0.36 and q4_1 0.42 — so its bounds leave room;
-        // the passage's mean NLL is the steady figure and is held tighter.
+        // away from zero instead gives q8_0 0.36 and q4_1 0.42 — so its bounds leave room.
+        // Both 8-bit and 4-bit weights multiply the same 8-bit activations, and q4_1's
+        // weights are the file's own grid (re-quantising adds almost nothing), so the
+        // activations' rounding is what moves both mean NLLs (+0.011 to +0.014 for q8_0):
+        // q4_1 gets q8_0's bound; +0.004 on the Zen 4 was a lucky draw, not a tighter law.
         (QuantKind::Q8_0, 0.9, 0.03),
-        (QuantKind::Q4_1, 0.5, 0.01),
+        (QuantKind::Q4_1, 0.5, 0.03),
         (QuantKind::Q4_0, 4.0, 0.5),
     ] {
         let options = LoadOptions {
