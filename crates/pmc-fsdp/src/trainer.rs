@@ -492,10 +492,15 @@ impl<'c> FsdpTrainer<'c> {
             .expect("the head's input")
             .autodiff()
             .require_grad();
-        let logits = pmc_model::model::head_logits(&norm, &head, self.config.precision, h.clone());
-        let loss = pmc_model::next_token_loss(logits, batch.tokens, batch.target_mask);
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        let grads = loss.backward();
+        // The head and the loss as the single-process trainer computes them (fused).
+        let backward = pmc_model::loss::head_loss_backward(
+            norm.forward(h.clone()),
+            &head,
+            self.config.precision,
+            batch.tokens,
+            batch.target_mask,
+        );
+        let (value, grads) = (backward.loss, backward.grads);
         let mut upstream = h.grad(&grads).expect("the head input's gradient");
         let mut grad = vec![0.0; self.layout.units[head_u].padded(world)];
         let norm_slot = self.slot(head_u, "model.norm.weight")?;
@@ -503,10 +508,10 @@ impl<'c> FsdpTrainer<'c> {
         let mut embed_grad = vec![0.0; self.layout.units[0].padded(world)];
         let embed_slot = self.slot(0, "model.embed_tokens.weight")?;
         if tied {
-            add_param_grad(&mut embed_grad, embed_slot, head.val().grad(&grads));
+            add_param_grad(&mut embed_grad, embed_slot, backward.head_grad);
         } else {
             let head_slot = self.slot(head_u, "lm_head.weight")?;
-            add_param_grad(&mut grad, head_slot, head.val().grad(&grads));
+            add_param_grad(&mut grad, head_slot, backward.head_grad);
         }
         drop((grads, norm, head, head_w, embed_w));
         self.reduce_into(&grad, &mut grad_shards[head_u])?;
@@ -629,42 +634,59 @@ impl<'c> FsdpTrainer<'c> {
     /// Level 3: the embedding and every decoder layer applied to each of `inputs` (token ids
     /// `[batch, seq]`) without a graph, gathering each unit once for all of them. Returns,
     /// per input, the last layer's output — preceded, with `keep_inputs`, by every layer's
-    /// input (the activation checkpoints a backward pass recomputes from).
+    /// input (the activation checkpoints a backward pass recomputes from), all on the inner
+    /// device.
     fn forward_layers(
         &self,
         inputs: &[Tensor<2, Int>],
         keep_inputs: bool,
     ) -> Result<Vec<Vec<Tensor<3>>>, TrainError> {
-        let inner = self.device.clone().inner();
+        // The checkpoints must be what the backward pass's recompute (and the unsharded
+        // trainer) computes: on the autodiff device, with nothing requiring a gradient, so
+        // no graph is kept. On the inner device the layers would take the inference
+        // arithmetic (flex's fused attention), whose last-bit differences flip bf16
+        // roundings of the next products and move the run off the unsharded one.
+        let device = if keep_inputs {
+            self.device.clone()
+        } else {
+            self.device.clone().inner()
+        };
         let tables: Vec<RopeTables> = inputs
             .iter()
-            .map(|t| RopeTables::new(&self.rope, 0, t.dims()[1], &inner))
+            .map(|t| RopeTables::new(&self.rope, 0, t.dims()[1], &device))
             .collect();
         let w = self.gather(0)?;
-        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, &inner)?;
+        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, &device)?;
         let mut xs: Vec<Tensor<3>> = inputs
             .iter()
-            .map(|t| pmc_model::model::embed(&e, t.clone().inner()))
+            .map(|t| {
+                let ids = if keep_inputs {
+                    t.clone().autodiff()
+                } else {
+                    t.clone().inner()
+                };
+                pmc_model::model::embed(&e, ids)
+            })
             .collect();
         drop((e, w));
         let mut kept: Vec<Vec<Tensor<3>>> = vec![Vec::new(); inputs.len()];
         for i in 0..self.model_config.num_hidden_layers {
             let w = self.gather(1 + i)?;
-            let layer = self.layer(i, &w, &inner)?;
+            let layer = self.layer(i, &w, &device)?;
             xs = xs
                 .into_iter()
                 .zip(&tables)
                 .zip(&mut kept)
                 .map(|((x, tables), kept)| {
                     if keep_inputs {
-                        kept.push(x.clone());
+                        kept.push(x.clone().inner());
                     }
                     layer.forward(x, tables, None)
                 })
                 .collect();
         }
         for (kept, x) in kept.iter_mut().zip(xs) {
-            kept.push(x);
+            kept.push(x.inner());
         }
         Ok(kept)
     }

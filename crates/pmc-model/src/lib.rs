@@ -20,6 +20,7 @@ pub mod allocator;
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod gguf;
@@ -30,6 +31,7 @@ pub mod pool;
 pub mod quant;
 pub mod rope;
 pub mod score;
+pub mod softmax;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -43,7 +45,9 @@ pub use checkpoint::{SaveOptions, WeightDType, save_hf};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
-pub use loss::{causal_lm_loss, loss_inputs, masked_causal_lm_loss, next_token_loss};
+pub use loss::{
+    causal_lm_gradients, causal_lm_loss, loss_inputs, masked_causal_lm_loss, next_token_loss,
+};
 pub use model::{
     DecoderLayer, KvCache, Linear, Llama, LowRank, Precision, RmsNorm, RopeTables, WeightRef,
 };

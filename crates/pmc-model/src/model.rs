@@ -25,7 +25,7 @@ fn widen<const D: usize>(weight: &Param<Tensor<D>>) -> Tensor<D> {
     cast_to(weight.val(), COMPUTE_DTYPE)
 }
 
-fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+pub(crate) fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
     if x.dtype() == dtype { x } else { x.cast(dtype) }
 }
 
@@ -889,9 +889,14 @@ impl Llama {
         self.norm.forward(x)
     }
 
+    /// The LM head's weight `[vocab, hidden]`: `lm_head`, or the embedding when tied.
+    pub fn head(&self) -> &Param<Tensor<2>> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
     /// Logits `[batch, seq, vocab]` of hidden states from [`Llama::forward_hidden`].
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let head = self.head();
         if let Some(quantized) = &self.quantized_head {
             let [b, t, h] = hidden.dims();
             let logits = quantized.forward(hidden.reshape([b * t, h]));

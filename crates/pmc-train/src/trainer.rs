@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
-use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_loss, masked_causal_lm_loss};
+use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_gradients};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
@@ -264,14 +264,10 @@ fn in_parallel_runs<T: Send, R: Send>(
 }
 
 /// The loss of one micro-batch and its gradients by parameter id (the forward and backward
-/// pass every trainer shares).
+/// pass every trainer shares; the LM head and the loss fused, so the logits of the whole
+/// micro-batch never exist at once).
 pub fn micro_batch_gradients(model: &Llama, batch: Batch) -> (f64, GradientsParams) {
-    let loss = match batch.target_mask {
-        Some(mask) => masked_causal_lm_loss(model, batch.tokens, mask),
-        None => causal_lm_loss(model, batch.tokens),
-    };
-    let value = loss.clone().into_scalar::<f32>() as f64;
-    (value, GradientsParams::from_grads(loss.backward(), model))
+    causal_lm_gradients(model, batch.tokens, batch.target_mask)
 }
 
 /// [`micro_batch_gradients`] of several micro-batches at once, one thread each, in order.

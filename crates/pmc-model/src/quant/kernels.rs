@@ -96,6 +96,7 @@ impl Kernels {
         {
             if std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512vl")
+                && pmc_cpu::allows("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
@@ -115,14 +116,16 @@ impl Kernels {
 
     #[cfg(target_arch = "x86_64")]
     fn avx2() -> Option<Self> {
-        (std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"))
-            .then_some(Self {
-                q8: |o, r, c, n, out| unsafe { x86::q8_avx2(o, r, c, n, out) },
-                q4: |o, r, c, n, out| unsafe { x86::q4_avx2(o, r, c, n, out) },
-                // 16 registers: a 4 × 2 tile of accumulators and its operands.
-                columns: 2,
-                name: "avx2",
-            })
+        (std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && pmc_cpu::allows("avx2"))
+        .then_some(Self {
+            q8: |o, r, c, n, out| unsafe { x86::q8_avx2(o, r, c, n, out) },
+            q4: |o, r, c, n, out| unsafe { x86::q4_avx2(o, r, c, n, out) },
+            // 16 registers: a 4 × 2 tile of accumulators and its operands.
+            columns: 2,
+            name: "avx2",
+        })
     }
 
     /// The portable implementation.

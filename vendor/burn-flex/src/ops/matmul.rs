@@ -575,6 +575,24 @@ fn matmul_f32_row(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
 #[cfg(all(feature = "std", feature = "rayon"))]
 mod f32_row;
 
+/// The kernels the patched products run in this process, as `(product, kernel)` pairs, for
+/// logs and CI: they depend on the CPU and on `PMC_CPU_MAX` (pmc-cpu).
+pub fn patched_kernels() -> Vec<(&'static str, &'static str)> {
+    let mut picked = Vec::new();
+    #[cfg(all(feature = "std", feature = "rayon", target_arch = "x86_64"))]
+    picked.push((
+        "2-D bf16 products",
+        if bf16_dot::available() {
+            "avx512bf16 VDPBF16PS"
+        } else {
+            "widened to f32 (gemm)"
+        },
+    ));
+    #[cfg(all(feature = "std", feature = "rayon"))]
+    picked.push(("one-row f32 products", f32_row::kernel_name()));
+    picked
+}
+
 // ============================================================================
 // Integer matmul (naive, with optional SIMD for i32)
 // ============================================================================

@@ -33,7 +33,9 @@ const ROW_BLOCK: usize = 8 * ROWS;
 
 /// Whether this CPU runs the kernel.
 pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16")
+    std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512bf16")
+        && pmc_cpu::allows("avx512bf16")
 }
 
 /// A strided `rows × cols` bf16 matrix: element `(r, c)` at `ptr + r·row_stride + c·col_stride`.

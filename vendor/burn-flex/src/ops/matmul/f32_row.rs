@@ -73,10 +73,19 @@ enum Kernel {
     Gemm,
 }
 
+/// The name of the kernel [`product`] runs on this CPU (for logs and CI).
+pub fn kernel_name() -> &'static str {
+    match Kernel::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => "avx512f dot products",
+        Kernel::Gemm => "gemm matrix-vector",
+    }
+}
+
 impl Kernel {
     fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f") {
+        if std::is_x86_feature_detected!("avx512f") && pmc_cpu::allows("avx512f") {
             return Kernel::Avx512;
         }
         Kernel::Gemm
