@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pmc_model::{GenerationConfig, LlamaConfig, WeightDType};
-use pmc_train::TrainStep;
+use pmc_model::{GenerationConfig, LlamaConfig};
 use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
@@ -97,14 +96,42 @@ pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Runs `xtask/python/SCRIPT` with `args` and returns the JSON objects it printed, one per
-/// stdout line. A failure carries the last line of its stderr (usually the missing package).
+/// The reference scripts of `xtask/python`, compiled in: a binary built from another clone
+/// (a shared target dir) or from one deleted since runs the scripts it was built with, not
+/// whatever lies at the path it was built in.
+const REFERENCE_SCRIPTS: [(&str, &str); 5] = [
+    ("bench_model.py", include_str!("../python/bench_model.py")),
+    ("bench_train.py", include_str!("../python/bench_train.py")),
+    (
+        "corpus_reference.py",
+        include_str!("../python/corpus_reference.py"),
+    ),
+    (
+        "eval_reference.py",
+        include_str!("../python/eval_reference.py"),
+    ),
+    (
+        "score_reference.py",
+        include_str!("../python/score_reference.py"),
+    ),
+];
+
+/// Runs the reference script `script` (one of [`REFERENCE_SCRIPTS`], written with the others
+/// into a scratch directory, since one imports another) with `args` and returns the JSON
+/// objects it printed, one per stdout line. A failure carries the last line of its stderr
+/// (usually the missing package).
 pub fn run_python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Result<Vec<Value>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(script);
+    anyhow::ensure!(
+        REFERENCE_SCRIPTS.iter().any(|(name, _)| *name == script),
+        "no reference script {script} is built in"
+    );
+    let dir = tempfile::tempdir().context("a scratch directory for the reference scripts")?;
+    for (name, source) in REFERENCE_SCRIPTS {
+        let path = dir.path().join(name);
+        std::fs::write(&path, source).with_context(|| format!("writing {}", path.display()))?;
+    }
     let out = Command::new("python3")
-        .arg(&path)
+        .arg(dir.path().join(script))
         .args(args)
         .output()
         .context("running python3")?;
@@ -119,7 +146,10 @@ pub fn run_python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Result<V
         .collect()
 }
 
-fn gib(bytes: f64) -> String {
+/// What a failed reference run is told: a benchmark never reports ours alone unless asked.
+pub const REFERENCE_MISSING: &str = "the PyTorch reference failed (pip install torch transformers accelerate peft, or pass --no-reference to measure ours alone)";
+
+pub(crate) fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
 }
 
@@ -200,14 +230,7 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         sides[0].push(ours);
         if !args.no_reference {
             eprintln!("round {}/{}: PyTorch", round + 1, args.rounds);
-            match run_reference(&config_json, &args, threads) {
-                Ok(figures) => sides[1].push(figures),
-                Err(e) => {
-                    println!(
-                        "reference skipped (pip install torch transformers accelerate to enable it): {e:#}"
-                    );
-                }
-            }
+            sides[1].push(run_reference(&config_json, &args, threads).context(REFERENCE_MISSING)?);
         }
         if let (Some(binary), Some(gguf)) = (&candle, &args.gguf) {
             eprintln!("round {}/{}: candle", round + 1, args.rounds);
@@ -377,142 +400,4 @@ fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Resul
             .as_f64()
             .and(v["peak_rss_after_load_bytes"].as_f64()),
     })
-}
-
-#[derive(Args, Debug)]
-pub struct BenchTrainArgs {
-    /// Sequences per step.
-    #[arg(long, default_value_t = 4)]
-    pub batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 512)]
-    pub seq_len: usize,
-    /// Timed steps per round (after one warm-up step).
-    #[arg(long, default_value_t = 3)]
-    pub steps: usize,
-    /// Rounds; each times ours, then the reference, so drift of the machine's speed reaches
-    /// both alike. The median ratio and its range are printed.
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
-    /// Skip the PyTorch reference.
-    #[arg(long)]
-    pub no_reference: bool,
-    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
-    /// precision; on the CPU faster than f32 only where it has AVX-512 BF16, as Zen 4 does).
-    #[arg(long, default_value = "f32")]
-    pub precision: pmc_model::Precision,
-    /// Split ours into this many micro-batches computed at once, one thread each (the same
-    /// batch and the same result; see `TrainConfig::parallel_micro_batches`).
-    #[arg(long, default_value_t = 2)]
-    pub parallel_micro_batches: usize,
-    /// Train ours with gradient checkpointing (memory-bound activations recomputed).
-    #[arg(long)]
-    pub gradient_checkpointing: bool,
-}
-
-/// What one side of `bench-train` measured in one round.
-struct TrainFigures {
-    tokens_per_s: f64,
-    gflop_per_s: f64,
-    peak_rss: f64,
-}
-
-/// Training tokens/s of the 33.7 M-parameter reference config (vocab 8192, hidden 512,
-/// intermediate 1376, 8 layers, 8 heads) against PyTorch eager in the same invocation.
-pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let config = LlamaConfig::preset("small", 8192)?;
-    let config_json = config.to_json();
-
-    let params = config.num_parameters() as f64;
-    println!(
-        "bench-train: {:.1} M parameters, batch {} × {} tokens (ours: {} micro-batches side by side), AdamW, {} products, {threads} threads",
-        params / 1e6,
-        args.batch,
-        args.seq_len,
-        args.parallel_micro_batches,
-        args.precision
-    );
-
-    let device = crate::training_device(args.gradient_checkpointing);
-    let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
-    let train_config = pmc_train::TrainConfig {
-        micro_batch: args.batch / args.parallel_micro_batches.clamp(1, args.batch),
-        global_batch: args.batch,
-        parallel_micro_batches: args.parallel_micro_batches,
-        precision: args.precision,
-        ..pmc_train::run::default_train_config(args.seq_len)
-    };
-    let mut trainer = pmc_train::Trainer::new(model, config.clone(), train_config, &device)?;
-    let tokens: Vec<u32> = (0..args.batch * args.seq_len * (args.steps + 1))
-        .map(|i| ((i * 2_654_435_761) % config.vocab_size) as u32)
-        .collect();
-    let data = pmc_train::TokenWindows::new(&tokens, args.seq_len, 0);
-    trainer.step(&data)?; // warm-up
-
-    let payload = json!({"config": config_json, "threads": threads, "batch": args.batch,
-                         "seq_len": args.seq_len, "steps": args.steps});
-    // 6 FLOPs per parameter per token (forward 2, backward 4), the usual estimate.
-    let figures = |tokens_per_s: f64, peak_rss: f64| TrainFigures {
-        tokens_per_s,
-        gflop_per_s: 6.0 * params * tokens_per_s / 1e9,
-        peak_rss,
-    };
-    let (mut ours, mut reference) = (Vec::new(), Vec::new());
-    for round in 0..args.rounds.max(1) {
-        eprintln!("round {}/{}: pmc-llama", round + 1, args.rounds);
-        reset_peak_rss();
-        let started = Instant::now();
-        for _ in 0..args.steps {
-            trainer.step(&data)?;
-        }
-        let tps = (args.steps * args.batch * args.seq_len) as f64 / started.elapsed().as_secs_f64();
-        ours.push(figures(tps, peak_rss().unwrap_or(0) as f64));
-        if args.no_reference {
-            continue;
-        }
-        eprintln!("round {}/{}: PyTorch", round + 1, args.rounds);
-        match run_python_reference("bench_train.py", &[payload.to_string().as_ref()]) {
-            Ok(lines) => {
-                let v = lines.last().context("bench_train.py printed nothing")?;
-                let num = |k: &str| {
-                    v[k].as_f64()
-                        .with_context(|| format!("reference did not report {k}"))
-                };
-                reference.push(figures(num("tokens_per_s")?, num("peak_rss_bytes")?));
-            }
-            Err(e) => {
-                println!("reference skipped (pip install torch transformers to enable it): {e:#}");
-                break;
-            }
-        }
-    }
-    let metrics: [Metric<TrainFigures>; 3] = [
-        Metric::new(
-            "training tokens/s",
-            |f| Some(f.tokens_per_s),
-            |x| format!("{x:.1}"),
-        ),
-        Metric::new(
-            "achieved GFLOP/s (6·N·tokens)",
-            |f| Some(f.gflop_per_s),
-            |x| format!("{x:.1}"),
-        ),
-        Metric::new("peak RSS", |f| Some(f.peak_rss), gib),
-    ];
-    println!(
-        "\n| metric (median of {} rounds) | pmc-llama (burn flex) | PyTorch eager | ratio (median, range) |\n|---|---|---|---|",
-        ours.len()
-    );
-    let references = if reference.is_empty() {
-        vec![]
-    } else {
-        vec![reference]
-    };
-    for metric in metrics {
-        if let Some(row) = metric.row(&ours, &references) {
-            println!("{row}");
-        }
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@ macro_rules! say {
 
 mod bench;
 mod bench_fsdp;
+mod bench_train;
 mod candle;
 mod commands;
 mod corpus;
@@ -64,8 +65,9 @@ enum Command {
     Compare(eval::CompareArgs),
     /// Loglik-mode questions/s and agreement against transformers scoring the lm-eval way.
     BenchEval(eval::BenchEvalArgs),
-    /// Training tokens/s of the 33.7 M reference config against PyTorch eager.
-    BenchTrain(bench::BenchTrainArgs),
+    /// Training tokens/s, GFLOP/s and peak RSS against PyTorch eager (+ PEFT): the 33.7 M toy
+    /// config, or a real model's shapes with --model.
+    BenchTrain(bench_train::BenchTrainArgs),
     /// Sharded training: state bytes per rank at levels 0-3 against the ZeRO formulas,
     /// communication per step, and two MPI workers against one process.
     BenchFsdp(bench_fsdp::BenchFsdpArgs),
@@ -73,6 +75,8 @@ enum Command {
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
     BenchModel(bench::BenchModelArgs),
+    /// The CPU, the instruction-set cap (PMC_CPU_MAX) and the kernel each dispatcher picks.
+    Cpu,
 }
 
 /// Ctrl-C finishes the current training step, writes a checkpoint and stops; a second one
@@ -273,7 +277,11 @@ fn main() {
         Command::Compare(args) => eval::compare(args),
         Command::BenchEval(args) => eval::bench_eval(args),
         Command::BenchModel(args) => bench::bench_model(args),
-        Command::BenchTrain(args) => bench::bench_train(args),
+        Command::BenchTrain(args) => bench_train::bench_train(args),
+        Command::Cpu => {
+            print!("{}", pmc_model::cpu::describe());
+            Ok(())
+        }
         Command::BenchFsdp(args) => bench_fsdp::bench_fsdp(args),
     };
     if let Err(err) = result {
