@@ -2,7 +2,6 @@
 """Reference side of `cargo xtask bench-model`: the same LLaMA config and workloads in
 PyTorch eager + transformers. Prints one JSON object on stdout."""
 import json
-import resource
 import sys
 import time
 
@@ -10,6 +9,8 @@ import os
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from rss import peak_rss_bytes
 
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
@@ -25,7 +26,7 @@ if args.get("gguf"):
 else:
     config = LlamaConfig(**args["config"])
     model = LlamaForCausalLM(config).eval()
-peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak_load = peak_rss_bytes()
 seq, rows = args["seq_len"], args["rows"]
 g = torch.Generator().manual_seed(1)
 data = torch.randint(0, config.vocab_size, (rows, seq), generator=g)
@@ -39,7 +40,7 @@ with torch.no_grad():
         logp = torch.log_softmax(logits[0, :-1].float(), -1)
         float(logp.gather(1, ids[0, 1:, None]).sum())
     score_s = time.perf_counter() - start
-    peak_score = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak_score = peak_rss_bytes()
 
     prompt = data[:1, : args["prompt_len"]]
     n = args["new_tokens"]

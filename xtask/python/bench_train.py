@@ -3,12 +3,13 @@
 config (AdamW, batch x seq tokens per step, gradient clipping), the whole model or, with
 "lora", PEFT adapters on the given projections. Prints one JSON object."""
 import json
-import resource
 import sys
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+from rss import peak_rss_bytes
 
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
@@ -38,6 +39,8 @@ start = time.perf_counter()
 for _ in range(args["steps"]):
     step()
 seconds = time.perf_counter() - start
+
+
 print(json.dumps({"tokens_per_s": args["steps"] * args["batch"] * args["seq_len"] / seconds,
                   "trainable_parameters": sum(p.numel() for p in trainable),
-                  "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "peak_rss_bytes": peak_rss_bytes()}))

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import resource
 import sys
 import time
 import unicodedata
@@ -26,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
+
+from rss import peak_rss_bytes
 
 SKIP = {"back", "sub-article", "response", "ref-list", "fn-group", "fn", "supplementary-material",
         "graphic", "inline-graphic", "media", "label", "object-id", "table", "table-wrap-foot",
@@ -249,7 +250,7 @@ def main():
     text_table = pa.table({"id": kept_ids, "text": kept_texts})
     pq.write_table(text_table, os.path.join(args.out, "text-00000.parquet"), compression="zstd")
     seconds = time.perf_counter() - start
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = peak_rss_bytes()
     print(json.dumps({"seconds": seconds, "input_bytes": in_bytes, "documents": len(kept_ids),
                       "sequences": len(seqs), "peak_rss": rss, "threads": os.environ.get("RAYON_NUM_THREADS")}))
 

@@ -99,7 +99,7 @@ pub fn reset_peak_rss() {
 /// The reference scripts of `xtask/python`, compiled in: a binary built from another clone
 /// (a shared target dir) or from one deleted since runs the scripts it was built with, not
 /// whatever lies at the path it was built in.
-const REFERENCE_SCRIPTS: [(&str, &str); 5] = [
+const REFERENCE_SCRIPTS: [(&str, &str); 6] = [
     ("bench_model.py", include_str!("../python/bench_model.py")),
     ("bench_train.py", include_str!("../python/bench_train.py")),
     (
@@ -114,6 +114,7 @@ const REFERENCE_SCRIPTS: [(&str, &str); 5] = [
         "score_reference.py",
         include_str!("../python/score_reference.py"),
     ),
+    ("rss.py", include_str!("../python/rss.py")),
 ];
 
 /// Runs the reference script `script` (one of [`REFERENCE_SCRIPTS`], written with the others

@@ -49,10 +49,13 @@ pub struct BenchTrainArgs {
     /// precision; on the CPU faster than f32 only where it has AVX-512 BF16, as Zen 4 does).
     #[arg(long, default_value = "f32")]
     pub precision: pmc_model::Precision,
-    /// Split ours into this many micro-batches computed at once (the same batch and the
-    /// same result; see `TrainConfig::parallel_micro_batches`).
+    /// Sequences per micro-batch of ours (the step accumulates batch / micro-batch of them).
     #[arg(long, default_value_t = 2)]
-    pub parallel_micro_batches: usize,
+    pub micro_batch: usize,
+    /// Micro-batches of ours computed at once (the same result for any number). Default:
+    /// what `pretrain` and `finetune` pick on this machine (`pmc_train::lanes`).
+    #[arg(long)]
+    pub parallel_micro_batches: Option<usize>,
     /// Train ours with gradient checkpointing (memory-bound activations recomputed).
     #[arg(long)]
     pub gradient_checkpointing: bool,
@@ -157,18 +160,21 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
             )
         }
     };
-    let parallel = args.parallel_micro_batches;
-    let train_config = pmc_train::TrainConfig {
-        micro_batch: args.batch / parallel.clamp(1, args.batch),
+    let mut train_config = pmc_train::TrainConfig {
+        micro_batch: args.micro_batch,
         global_batch: args.batch,
-        parallel_micro_batches: parallel,
         precision: args.precision,
         ..pmc_train::run::default_train_config(args.seq_len)
     };
+    train_config.accumulation()?;
+    train_config.parallel_micro_batches = args
+        .parallel_micro_batches
+        .unwrap_or_else(|| pmc_train::lanes::choose(&config, &train_config).count);
+    let parallel = train_config.parallel_micro_batches;
     let peak = matmul_peak(&device.clone().inner());
     let flop = flop_per_token(&config, args.seq_len, args.method);
     println!(
-        "bench-train: {what}, {:.1} M parameters ({} layers, hidden {}, vocabulary {}), {:?}, batch {} × {} tokens ({parallel} micro-batches side by side), AdamW, {} products, {threads} threads",
+        "bench-train: {what}, {:.1} M parameters ({} layers, hidden {}, vocabulary {}), {:?}, batch {} × {} tokens (micro-batches of {}, {parallel} side by side), AdamW, {} products, {threads} threads",
         config.num_parameters() as f64 / 1e6,
         config.num_hidden_layers,
         config.hidden_size,
@@ -176,6 +182,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         args.method,
         args.batch,
         args.seq_len,
+        args.micro_batch,
         args.precision
     );
     println!(

@@ -155,7 +155,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 Method::Lora => 2e-4,
                 Method::Full => 2e-5,
             });
-            let config = TrainConfig {
+            let mut config = TrainConfig {
                 schedule: CosineSchedule {
                     peak_lr: lr,
                     warmup_steps: (steps as f64 * args.warmup_ratio).round() as usize,
@@ -168,7 +168,6 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 global_batch: args.global_batch,
                 seed: args.seed,
                 precision: args.compute.precision,
-                parallel_micro_batches: args.compute.parallel_micro_batches,
                 ..run::default_train_config(args.max_len)
             };
             let mut model = loaded.model;
@@ -204,6 +203,7 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 args.method,
                 100.0 * trainable as f64 / total as f64
             );
+            args.compute.set_lanes(&loaded.config, &mut config);
             let start = Start::Fresh {
                 model,
                 model_config: loaded.config,

@@ -106,10 +106,12 @@ pub struct ComputeArgs {
     /// (burn's balanced gradient checkpointing): less memory, more compute.
     #[arg(long)]
     pub gradient_checkpointing: bool,
-    /// Micro-batches computed at once, one thread each: faster on a multi-core CPU, with
-    /// that many micro-batches' activations in memory; the result is bit-identical.
-    #[arg(long, default_value_t = 1)]
-    pub parallel_micro_batches: usize,
+    /// Micro-batches computed at once, one lane of rayon's pool each: faster on a
+    /// multi-core CPU, with that many micro-batches' activations in memory; the result is
+    /// bit-identical. Default: one per core, within the step's micro-batches and half the
+    /// available memory (the run says what it chose).
+    #[arg(long)]
+    pub parallel_micro_batches: Option<usize>,
     /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
     /// precision; on the CPU faster than f32 only where it has AVX-512 BF16, as Zen 4 does).
     #[arg(long, default_value = "f32")]
@@ -121,13 +123,26 @@ impl Default for ComputeArgs {
     fn default() -> Self {
         Self {
             gradient_checkpointing: false,
-            parallel_micro_batches: 1,
+            parallel_micro_batches: None,
             precision: pmc_model::Precision::F32,
         }
     }
 }
 
 impl ComputeArgs {
+    /// Sets `train.parallel_micro_batches` from the option, or picks it for `model` on this
+    /// machine (see `pmc_train::lanes`) and says what it picked.
+    pub fn set_lanes(&self, model: &pmc_model::LlamaConfig, train: &mut pmc_train::TrainConfig) {
+        train.parallel_micro_batches = match self.parallel_micro_batches {
+            Some(n) => n,
+            None => {
+                let lanes = pmc_train::lanes::choose(model, train);
+                say!("{}", lanes.reason);
+                lanes.count
+            }
+        };
+    }
+
     /// The autodiff device these options train on.
     pub fn device(&self) -> pmc_model::burn::prelude::Device {
         training_device(self.gradient_checkpointing)

@@ -256,7 +256,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
             (Start::Resume(ckpt), tokenizer, config)
         }
         None => {
-            let config = pmc_train::TrainConfig {
+            let mut config = pmc_train::TrainConfig {
                 schedule: CosineSchedule {
                     peak_lr: args.lr,
                     warmup_steps: args.warmup,
@@ -269,7 +269,6 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 global_batch: args.global_batch,
                 seed: args.seed,
                 precision: args.compute.precision,
-                parallel_micro_batches: args.compute.parallel_micro_batches,
                 ..run::default_train_config(seq_len)
             };
             // (start, its config, tokenizer)
@@ -331,6 +330,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 model_config.num_hidden_layers,
                 model_config.hidden_size
             );
+            args.compute.set_lanes(&model_config, &mut config);
             (start, tokenizer, config)
         }
     };

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod lanes;
 pub mod plot;
 pub mod run;
 pub mod schedule;
