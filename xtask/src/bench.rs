@@ -148,7 +148,7 @@ pub fn run_python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Result<V
 }
 
 /// What a failed reference run is told: a benchmark never reports ours alone unless asked.
-pub const REFERENCE_MISSING: &str = "the PyTorch reference failed (pip install torch transformers accelerate peft, or pass --no-reference to measure ours alone)";
+pub const REFERENCE_MISSING: &str = "the PyTorch reference failed (pip install torch transformers accelerate peft gguf, or pass --no-reference to measure ours alone)";
 
 pub(crate) fn gib(bytes: f64) -> String {
     format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
