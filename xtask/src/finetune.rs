@@ -203,7 +203,10 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 args.method,
                 100.0 * trainable as f64 / total as f64
             );
-            args.compute.set_lanes(&loaded.config, &mut config);
+            // The sharded trainer computes its micro-batches one by one.
+            if args.distributed.sharding()?.is_none() {
+                args.compute.set_lanes(&loaded.config, &mut config);
+            }
             let start = Start::Fresh {
                 model,
                 model_config: loaded.config,

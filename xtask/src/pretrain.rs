@@ -330,7 +330,10 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 model_config.num_hidden_layers,
                 model_config.hidden_size
             );
-            args.compute.set_lanes(&model_config, &mut config);
+            // The sharded trainer computes its micro-batches one by one.
+            if args.distributed.sharding()?.is_none() {
+                args.compute.set_lanes(&model_config, &mut config);
+            }
             (start, tokenizer, config)
         }
     };
