@@ -68,17 +68,6 @@ struct TrainFigures {
     peak_rss: f64,
 }
 
-/// The LoRA targets of the benchmark: PEFT's names of the seven projections.
-const LORA_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
 /// Floating-point operations of one training step per token: the forward's products (every
 /// projection and the LM head, 2 per weight; attention's two products, 2 · 2 · seq · q width
 /// per layer, causal scores counted whole as Megatron's formula does) times 3 for full
@@ -147,9 +136,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let (model, lora) = match args.method {
         Method::Full => (model, Value::Null),
         Method::Lora => {
-            let targets = pmc_peft::TargetModules::Names(
-                LORA_TARGETS.iter().map(|t| t.to_string()).collect(),
-            );
+            let targets = pmc_peft::TargetModules::llama_projections();
             let adapter_config = pmc_peft::AdapterConfig::new(args.r, 2.0 * args.r as f64, targets);
             let mut model = model;
             let adapter = pmc_peft::Adapter::init(&mut model, adapter_config, 0, &device)
@@ -157,7 +144,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
             let model = pmc_peft::prepare_for_training(model, &adapter)?;
             (
                 model,
-                json!({"r": args.r, "alpha": 2 * args.r, "targets": LORA_TARGETS}),
+                json!({"r": args.r, "alpha": 2 * args.r, "targets": pmc_peft::TargetModules::LLAMA_PROJECTIONS}),
             )
         }
     };

@@ -94,17 +94,9 @@ fn finetune_args(
         template: "pmc-llama".into(),
         r: 8,
         alpha: 16.0,
-        targets: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ]
-        .map(String::from)
-        .to_vec(),
+        targets: pmc_peft::TargetModules::LLAMA_PROJECTIONS
+            .map(String::from)
+            .to_vec(),
         rslora: false,
         lora_dropout: 0.05,
         lr: None,

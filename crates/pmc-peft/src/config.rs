@@ -39,6 +39,22 @@ pub enum TargetModules {
 }
 
 impl TargetModules {
+    /// PEFT's names of a LLaMA layer's seven projections (what `all-linear` reaches there).
+    pub const LLAMA_PROJECTIONS: [&'static str; 7] = [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ];
+
+    /// The seven projections of every layer by name.
+    pub fn llama_projections() -> Self {
+        TargetModules::Names(Self::LLAMA_PROJECTIONS.map(String::from).to_vec())
+    }
+
     fn matches(&self, module: &str) -> Result<bool, PeftError> {
         Ok(match self {
             TargetModules::Names(names) => names
