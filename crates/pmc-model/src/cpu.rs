@@ -39,19 +39,15 @@ pub fn extensions() -> Vec<&'static str> {
     found
 }
 
-/// `(work, kernel)` for every dispatcher: gemm's f32 products, flex's patched products and
-/// the quantized dot products.
+/// `(work, kernel)` for every dispatcher: gemm's f32 products, flex's patched products, the
+/// quantized dot products and the cross-entropy's row pass.
 pub fn kernels() -> Vec<(&'static str, &'static str)> {
     let mut picked = vec![("f32 matrix products (gemm)", gemm_kernel())];
     picked.extend(burn_flex::ops::matmul::patched_kernels());
     picked.push(("quantized dot products", crate::quant::kernels().name));
     picked.push((
         "cross-entropy rows",
-        match crate::softmax::Kernel::detect() {
-            crate::softmax::Kernel::Portable => "portable (SSE2)",
-            #[cfg(target_arch = "x86_64")]
-            crate::softmax::Kernel::Avx2 => "avx2",
-        },
+        crate::softmax::Kernel::detect().name(),
     ));
     picked
 }

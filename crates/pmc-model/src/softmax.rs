@@ -69,6 +69,15 @@ impl Kernel {
         Kernel::Portable
     }
 
+    /// What the implementation is, for logs and benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Portable => "portable (SSE2)",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+        }
+    }
+
     /// Every implementation this CPU runs (for tests).
     pub fn available() -> Vec<Self> {
         let mut all = vec![Kernel::Portable];
