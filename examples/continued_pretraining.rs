@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use pmc_llama::pmc_fsdp::{self, FsdpTrainer, ShardLevel};
 use pmc_llama::pmc_model::{self, LlamaConfig, WeightDType};
 use pmc_llama::pmc_train::source::{self, PaperPreparation, Source};
-use pmc_llama::pmc_train::{self, Checkpointer, CorpusShards, Sampling, Trainer, run};
+use pmc_llama::pmc_train::{self, Checkpointer, CorpusShards, Sampling, Trainer, run, run_dir};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut base = None;
@@ -31,6 +31,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
+
+    // One run per directory: a used `--out` is refused, so no earlier run is overwritten.
+    run_dir::claim_fresh(&out, run_dir::UsedDir::Refuse)?;
 
     // The model and its tokenizer (a base model's own; a fresh model's is learnt on the
     // papers), then the papers as token shards in that tokenizer, a tenth held out.
@@ -78,7 +81,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         log_every: 10,
         eval_every: 0,
         checkpoint_every: steps,
-        keep_checkpoints: 1,
         max_eval_windows: 32,
     };
     // Every checkpoint is a complete HF model directory: weights, config, tokenizer.

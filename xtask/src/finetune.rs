@@ -133,6 +133,10 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
             args.template
         );
     };
+    if args.resume.is_none() {
+        // Before the base model is loaded: a used --out is refused at once.
+        pmc_train::run_dir::check_unused(&args.out)?;
+    }
     let mut examples = examples(&args)?;
     let held_out_examples = pmc_train::sft::hold_out(&mut examples)?;
 
@@ -246,7 +250,6 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
         log_every: args.log_every,
         eval_every: 0,
         checkpoint_every: args.checkpoint_every,
-        keep_checkpoints: args.keep,
         max_eval_windows: 16,
     };
     crate::install_stop_handler()?;

@@ -195,6 +195,10 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     args.distributed.relaunch_if_needed()?;
     let device = args.compute.device();
     let resumed = args.resume.as_deref().map(resume_point).transpose()?;
+    if resumed.is_none() {
+        // Before the corpus is prepared: a used --out is refused at once.
+        pmc_train::run_dir::check_unused(&args.out)?;
+    }
     // A fresh run from a base model: loaded before the data, whose tokens are its tokenizer's.
     let base = match (&resumed, &args.base) {
         (None, Some(base)) => {
@@ -390,7 +394,6 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         log_every: args.log_every,
         eval_every: args.eval_every,
         checkpoint_every: args.checkpoint_every,
-        keep_checkpoints: args.keep,
         max_eval_windows: args.eval_sequences,
     };
     // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
@@ -466,7 +469,12 @@ pub fn run_training(
     ) -> Result<(), pmc_train::TrainError>
     + Sync,
 ) -> Result<Option<(run::RunSummary, Option<Trainer>)>> {
+    let fresh = !matches!(start, Start::Resume(_));
+    let run_dir = checkpointer.run_dir();
     let Some(sharding) = distributed.sharding()? else {
+        if fresh {
+            pmc_train::run_dir::claim_fresh(run_dir, pmc_train::run_dir::UsedDir::Refuse)?;
+        }
         let device = compute.device();
         let mut trainer = match start {
             Start::Fresh {
@@ -493,6 +501,13 @@ pub fn run_training(
         );
     }
     let launched = sharding.launch(|comm| {
+        if fresh {
+            // Every rank looks before any writes, so all of them agree.
+            let unused = pmc_train::run_dir::check_unused(run_dir);
+            comm.barrier()
+                .map_err(|e| pmc_train::TrainError::Distributed(Box::new(e)))?;
+            unused?;
+        }
         let device = compute.device();
         let mut trainer = match &start {
             Start::Fresh {

@@ -9,6 +9,7 @@ use clap::Args;
 use pmc_bench::data::{self, Split, Task};
 use pmc_bench::regimes::{Accuracy, Regime};
 use pmc_bench::run::Mode;
+use pmc_train::run_dir::UsedDir;
 
 use crate::commands::ModelArgs;
 use crate::eval::{EvalArgs, eval};
@@ -142,6 +143,8 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                     }
                     Regime::Lora | Regime::Full if !has_train => None,
                     Regime::Lora => {
+                        // The cell is recomputed: its earlier run goes first.
+                        pmc_train::run_dir::claim_fresh(&dir, UsedDir::Replace)?;
                         finetune(finetune_args(task, model, Method::Lora, &args, dir.clone()))?;
                         eval(eval_args(
                             task,
@@ -153,6 +156,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                         Some(accuracy(&dir.join("eval"), task)?)
                     }
                     Regime::Full => {
+                        pmc_train::run_dir::claim_fresh(&dir, UsedDir::Replace)?;
                         finetune(finetune_args(task, model, Method::Full, &args, dir.clone()))?;
                         eval(eval_args(
                             task,

@@ -131,3 +131,37 @@ fn resuming_on_other_data_is_refused() {
         "{stderr}"
     );
 }
+
+/// A fresh run pointed at a directory holding another run is refused before it writes
+/// anything: the earlier run's metrics and checkpoints stay as they were.
+#[test]
+fn a_fresh_run_into_a_used_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let first = pretrain(&run, &[]).output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let snapshot = |run: &Path| {
+        let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
+        let checkpoints = pmc_train::checkpoint::list(run).unwrap();
+        (metrics, checkpoints)
+    };
+    let before = snapshot(&run);
+
+    let again = pretrain(&run, &["--steps", "4"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "a second fresh run was accepted");
+    assert!(
+        stderr.contains("already holds a run")
+            && stderr.contains("--resume")
+            && stderr.contains("--out"),
+        "{stderr}"
+    );
+    assert!(
+        snapshot(&run) == before,
+        "the refused run changed the earlier one"
+    );
+}

@@ -13,7 +13,9 @@ use pmc_model::rope::Rope;
 use pmc_model::{DecoderLayer, Llama, LlamaConfig, RmsNorm, RopeTables, WeightRef};
 use pmc_train::checkpoint::DataGuard;
 use pmc_train::data::Batch;
-use pmc_train::{StepStats, TrainConfig, TrainError, TrainState, TrainStep, TrainingData};
+use pmc_train::{
+    StepStats, Strategy, TrainConfig, TrainError, TrainState, TrainStep, TrainingData, take_step,
+};
 
 use crate::adamw::{AdamW, Moments};
 use crate::collective::{Collective, CollectiveError};
@@ -200,18 +202,6 @@ impl<'c> FsdpTrainer<'c> {
             .collect()
     }
 
-    /// The micro-batches of a step, which must split evenly over the ranks.
-    fn check_split(config: &TrainConfig, world: usize) -> Result<usize, TrainError> {
-        let accumulation = config.accumulation()?;
-        if !accumulation.is_multiple_of(world) {
-            return Err(TrainError::Config(format!(
-                "{accumulation} micro-batches per step (global batch {} / micro-batch {}) do not split evenly over {world} ranks; make the global batch a multiple of {world} micro-batches",
-                config.global_batch, config.micro_batch
-            )));
-        }
-        Ok(accumulation)
-    }
-
     fn moment_len(level: ShardLevel, unit: &Unit, world: usize) -> usize {
         if level == ShardLevel::DataParallel {
             unit.padded(world)
@@ -233,7 +223,7 @@ impl<'c> FsdpTrainer<'c> {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let world = comm.world_size();
-        Self::check_split(&config, world)?;
+        pmc_train::step::micro_batches_per_rank(&config, world)?;
         pmc_train::trainer::check_device(device, config.precision)?;
         let (model, shards) = if level == ShardLevel::Parameters {
             (None, held)
@@ -731,10 +721,6 @@ impl<'c> FsdpTrainer<'c> {
         }
         Ok(sum)
     }
-
-    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<(), TrainError> {
-        self.comm.all_reduce_sum_f64(values).map_err(comm_err)
-    }
 }
 
 /// Adds a parameter's gradient (if it has one) into its slot of a unit buffer.
@@ -747,66 +733,59 @@ fn add_param_grad<const D: usize>(unit: &mut [f32], slot: &ParamSlot, grad: Opti
     }
 }
 
-impl TrainStep for FsdpTrainer<'_> {
-    /// One optimizer step over the next global batch: every rank reads the step's
-    /// micro-batches in the same order and computes its own consecutive share of them, so
-    /// the global batch is the same set of sequences for every world size.
-    fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
-        self.data.check(data)?;
+/// The ranks: each computes its micro-batches (whole model at levels 0–2, unit by unit at
+/// level 3), gradients all-reduced (level 0) or reduce-scattered (levels 1–3), AdamW on the
+/// moments and parameters each rank owns, the new parameters gathered where the level keeps
+/// them whole.
+impl Strategy for FsdpTrainer<'_> {
+    /// Whole unit buffers at level 0, this rank's shard of each unit above.
+    type Grads = Vec<Vec<f32>>;
+
+    fn rank_and_world(&self) -> (usize, usize) {
+        (self.comm.rank(), self.comm.world_size())
+    }
+
+    fn gradients(
+        &mut self,
+        batches: Vec<Batch>,
+        _first: usize,
+        _step: usize,
+    ) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
+        self.reduced_gradients(batches)
+    }
+
+    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<(), TrainError> {
+        self.comm.all_reduce_sum_f64(values).map_err(comm_err)
+    }
+
+    /// Each rank's own part: at level 0, where every rank holds the whole sum, its shard
+    /// range of it.
+    fn squared_norm(&self, grads: &Vec<Vec<f32>>) -> f64 {
         let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        let accumulation = Self::check_split(&self.config, world)?;
-        let local = accumulation / world;
-        let mut mine = Vec::with_capacity(local);
-        let mut tokens = 0u64;
-        for micro in 0..accumulation {
-            let (batch, cursor) =
-                data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
-            self.state.cursor = cursor;
-            tokens += batch.tokens.dims().iter().product::<usize>() as u64;
-            if micro / local == rank {
-                mine.push(batch);
-            }
-        }
-        let (local_loss, mut grads) = self.reduced_gradients(mine)?;
-        let mut loss = [local_loss];
-        self.all_reduce_f64(&mut loss)?;
-        let loss = loss[0] / accumulation as f64;
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: self.state.step + 1,
-                loss,
-            });
-        }
-        // The mean over micro-batches, as the unsharded trainer scales it.
-        let scale = (1.0 / accumulation as f64) as f32;
-        if accumulation > 1 {
-            grads.iter_mut().flatten().for_each(|g| *g *= scale);
-        }
-        // Stage 3: the global norm from each rank's own part of the gradient.
-        let own = |u: usize, g: &[f32]| -> f64 {
-            let range = match self.level {
-                ShardLevel::DataParallel => self.layout.units[u].shard_range(rank, world),
-                _ => 0..g.len(),
-            };
-            g[range].iter().map(|&x| f64::from(x) * f64::from(x)).sum()
-        };
-        let mut squares = [grads
+        grads
             .iter()
             .enumerate()
-            .map(|(u, g)| own(u, g))
-            .sum::<f64>()];
-        self.all_reduce_f64(&mut squares)?;
-        let grad_norm = squares[0].sqrt();
-        if let Some(max_norm) = self.config.max_grad_norm {
-            let coef = max_norm / (grad_norm + 1e-6);
-            if coef < 1.0 {
-                let coef = coef as f32;
-                grads.iter_mut().flatten().for_each(|g| *g *= coef);
-            }
-        }
-        // Stage 4: AdamW on what this rank owns, then the new parameters where they are needed.
-        let lr = self.config.schedule.lr(self.state.step);
-        let time = self.state.step as i32 + 1;
+            .map(|(u, g)| {
+                let range = match self.level {
+                    ShardLevel::DataParallel => self.layout.units[u].shard_range(rank, world),
+                    _ => 0..g.len(),
+                };
+                g[range]
+                    .iter()
+                    .map(|&x| f64::from(x) * f64::from(x))
+                    .sum::<f64>()
+            })
+            .sum()
+    }
+
+    fn scale(&self, grads: &mut Vec<Vec<f32>>, factor: f64) {
+        let factor = factor as f32;
+        grads.iter_mut().flatten().for_each(|g| *g *= factor);
+    }
+
+    fn update(&mut self, grads: Vec<Vec<f32>>, lr: f64, time: usize) -> Result<(), TrainError> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let time = time as i32;
         match &self.model {
             // Levels 0–2: update the whole model's buffers (level 0) or this rank's shard of
             // them, whose new values every rank then gathers (levels 1–2).
@@ -833,14 +812,19 @@ impl TrainStep for FsdpTrainer<'_> {
                 }
             }
         }
-        self.state.step += 1;
-        self.state.tokens += tokens;
-        Ok(StepStats {
-            step: self.state.step,
-            loss,
-            grad_norm,
-            lr,
-        })
+        Ok(())
+    }
+}
+
+impl TrainStep for FsdpTrainer<'_> {
+    /// One optimizer step over the next global batch ([`take_step`]).
+    fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
+        self.data.check(data)?;
+        let (config, device) = (self.config.clone(), self.device.clone());
+        let mut state = self.state.clone();
+        let stats = take_step(self, &config, &mut state, data, &device)?;
+        self.state = state;
+        Ok(stats)
     }
 
     fn check_data(&mut self, data: &dyn TrainingData) -> Result<(), TrainError> {

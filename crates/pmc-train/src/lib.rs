@@ -10,6 +10,7 @@ pub mod data;
 pub mod lanes;
 pub mod plot;
 pub mod run;
+pub mod run_dir;
 pub mod schedule;
 pub mod sft;
 pub mod source;
@@ -22,7 +23,7 @@ pub use checkpoint::{Checkpointer, DataGuard, checkpoint_dir, run_dir_of};
 pub use data::{Batch, CorpusShards, Cursor, Sampling, TokenWindows, TrainingData};
 pub use schedule::CosineSchedule;
 pub use sft::{Example, SftData, Template};
-pub use step::{StepStats, TrainStep, dropout_seed};
+pub use step::{StepStats, Strategy, TrainStep, dropout_seed, take_step};
 pub use trainer::{LoraRun, TrainConfig, TrainState, Trainer, clip_global_norm};
 
 /// Errors of the trainer.
@@ -58,6 +59,17 @@ pub enum TrainError {
     /// An optimizer-state file is damaged or of another model.
     #[error("optimizer state {0}: {1}")]
     OptimizerState(PathBuf, String),
+    /// A fresh run was pointed at a directory that holds another run.
+    #[error(
+        "{}: already holds a run ({found}); continue it with `--resume {}`, or start a new one with another `--out` directory (nothing was changed)",
+        dir.display(), dir.display()
+    )]
+    RunDirInUse {
+        /// The run directory.
+        dir: PathBuf,
+        /// The run's files found there.
+        found: String,
+    },
     /// `--resume` was given a path without a checkpoint.
     #[error("{0}: no checkpoint to resume: {1}")]
     NoCheckpoint(PathBuf, &'static str),

@@ -90,8 +90,6 @@ pub struct RunOptions {
     pub eval_every: usize,
     /// Checkpoint every this many steps (and at the end).
     pub checkpoint_every: usize,
-    /// Checkpoints kept.
-    pub keep_checkpoints: usize,
     /// Held-out windows evaluated at most.
     pub max_eval_windows: usize,
 }

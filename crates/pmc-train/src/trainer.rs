@@ -13,7 +13,7 @@ use crate::TrainError;
 use crate::checkpoint::{DataGuard, SavedState};
 use crate::data::{Batch, Cursor, TrainingData};
 use crate::schedule::CosineSchedule;
-use crate::step::{StepStats, TrainStep, dropout_seed};
+use crate::step::{StepStats, Strategy, TrainStep, clip_coefficient, dropout_seed, take_step};
 
 /// Optimisation hyper-parameters (PMC-LLaMA: AdamW, lr 2e-5, global batch 128, context 512).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,27 +199,29 @@ fn grad_matrix(grads: &GradientsParams, id: ParamId, rank: usize) -> Option<Tens
     }
 }
 
+/// The squared global L2 norm of the gradients of `params` (each matrix's sum of squares in
+/// f32, the sum of those in f64).
+fn squared_norm(grads: &GradientsParams, params: &[(ParamId, usize)]) -> f64 {
+    let matrices: Vec<Tensor<2>> = params
+        .iter()
+        .filter_map(|&(id, rank)| grad_matrix(grads, id, rank))
+        .collect();
+    side_by_side(matrices, |g| g.square().sum().into_scalar::<f32>() as f64)
+        .into_iter()
+        .sum::<f64>()
+}
+
 /// Scales all gradients so their global L2 norm is at most `max_norm`, as
-/// `torch.nn.utils.clip_grad_norm_` does (coefficient `max_norm / (norm + 1e-6)`, capped at 1).
-/// Returns the norm before clipping.
+/// `torch.nn.utils.clip_grad_norm_` does ([`crate::step::clip_coefficient`]). Returns the norm
+/// before clipping.
 pub fn clip_global_norm(
     grads: &mut GradientsParams,
     params: &[(ParamId, usize)],
     max_norm: Option<f64>,
 ) -> f64 {
-    let matrices: Vec<Tensor<2>> = params
-        .iter()
-        .filter_map(|&(id, rank)| grad_matrix(grads, id, rank))
-        .collect();
-    let norm = side_by_side(matrices, |g| g.square().sum().into_scalar::<f32>() as f64)
-        .into_iter()
-        .sum::<f64>()
-        .sqrt();
-    if let Some(max_norm) = max_norm {
-        let coef = max_norm / (norm + 1e-6);
-        if coef < 1.0 {
-            map_grads(grads, None, params, |g, _| g * coef);
-        }
+    let norm = squared_norm(grads, params).sqrt();
+    if let Some(coef) = clip_coefficient(norm, max_norm) {
+        map_grads(grads, None, params, |g, _| g * coef);
     }
     norm
 }
@@ -355,84 +357,6 @@ impl Trainer {
         })
     }
 
-    /// Stage 1 of a step: the gradients of this process's micro-batches of the next global
-    /// batch, summed, with the sum of their losses and the tokens they held.
-    fn local_gradients(
-        &mut self,
-        data: &dyn TrainingData,
-        params: &[(ParamId, usize)],
-    ) -> Result<(GradientsParams, f64, u64), TrainError> {
-        let accumulation = self.config.accumulation()?;
-        let lanes = self.config.parallel_micro_batches.clamp(1, accumulation);
-        let mut total: Option<GradientsParams> = None;
-        let mut loss_sum = 0.0;
-        let mut tokens = 0u64;
-        let mut micro = 0;
-        while micro < accumulation {
-            let group = lanes.min(accumulation - micro);
-            let mut batches = Vec::with_capacity(group);
-            for _ in 0..group {
-                let (batch, cursor) =
-                    data.batch(&self.state.cursor, self.config.micro_batch, &self.device)?;
-                self.state.cursor = cursor;
-                tokens += batch.tokens.dims().iter().product::<usize>() as u64;
-                batches.push(batch);
-            }
-            let seeds: Vec<u64> = (micro..micro + group)
-                .map(|m| dropout_seed(self.config.seed, self.state.step, m))
-                .collect();
-            let results = if group == 1 {
-                self.model.set_dropout_seed(seeds[0]);
-                let batch = batches.pop().expect("one batch");
-                vec![micro_batch_gradients(&self.model, batch)]
-            } else {
-                concurrent_gradients(&self.model, batches, &seeds)
-            };
-            for (value, mut grads) in results {
-                if !value.is_finite() {
-                    return Err(TrainError::NonFinite {
-                        step: self.state.step + 1,
-                        loss: value,
-                    });
-                }
-                loss_sum += value;
-                total = Some(match total.take() {
-                    None => grads,
-                    Some(mut acc) => {
-                        map_grads(&mut acc, Some(&mut grads), params, |a, b| match b {
-                            Some(b) => a + b,
-                            None => a,
-                        });
-                        acc
-                    }
-                });
-            }
-            micro += group;
-        }
-        Ok((total.expect("at least one micro-batch"), loss_sum, tokens))
-    }
-
-    /// Stage 2: the summed gradients of all micro-batches become their mean, which equals
-    /// the gradient of one batch `accumulation` times larger. (A data-parallel trainer
-    /// all-reduces or reduce-scatters here.)
-    fn reduce_gradients(
-        &self,
-        grads: &mut GradientsParams,
-        params: &[(ParamId, usize)],
-        accumulation: usize,
-    ) {
-        if accumulation > 1 {
-            let scale = 1.0 / accumulation as f64;
-            map_grads(grads, None, params, |g, _| g * scale);
-        }
-    }
-
-    /// Stage 4: AdamW at this step's learning rate on the whole model.
-    fn update(&mut self, lr: f64, grads: GradientsParams) {
-        // Modules are reference-counted handles: the clone is cheap.
-        self.model = self.optimizer.step(lr, self.model.clone(), grads);
-    }
-
     /// Continues from a checkpoint written by [`crate::Checkpointer::save`] of this trainer.
     /// The first step after it refuses data other than the checkpoint's.
     pub fn resume(dir: &Path, device: &Device) -> Result<Self, TrainError> {
@@ -489,26 +413,92 @@ impl Trainer {
     }
 }
 
+/// A step's gradients in one process: burn's, by parameter, and the parameters they cover.
+pub struct ModelGrads {
+    grads: GradientsParams,
+    params: Vec<(ParamId, usize)>,
+}
+
+/// The single process: every micro-batch here, a few side by side ([`TrainConfig::
+/// parallel_micro_batches`]), their gradients summed by parameter, and burn's AdamW on the
+/// whole model.
+impl Strategy for Trainer {
+    type Grads = ModelGrads;
+
+    fn gradients(
+        &mut self,
+        batches: Vec<Batch>,
+        first: usize,
+        step: usize,
+    ) -> Result<(f64, ModelGrads), TrainError> {
+        let params = parameters(&self.model);
+        let lanes = self
+            .config
+            .parallel_micro_batches
+            .clamp(1, batches.len().max(1));
+        let mut total: Option<GradientsParams> = None;
+        let mut loss_sum = 0.0;
+        let mut micro = first;
+        let mut batches = batches.into_iter();
+        loop {
+            let mut group: Vec<Batch> = batches.by_ref().take(lanes).collect();
+            if group.is_empty() {
+                break;
+            }
+            let seeds: Vec<u64> = (micro..micro + group.len())
+                .map(|m| dropout_seed(self.config.seed, step, m))
+                .collect();
+            micro += group.len();
+            let results = if group.len() == 1 {
+                self.model.set_dropout_seed(seeds[0]);
+                let batch = group.pop().expect("one batch");
+                vec![micro_batch_gradients(&self.model, batch)]
+            } else {
+                concurrent_gradients(&self.model, group, &seeds)
+            };
+            for (value, mut grads) in results {
+                loss_sum += value;
+                total = Some(match total.take() {
+                    None => grads,
+                    Some(mut acc) => {
+                        map_grads(&mut acc, Some(&mut grads), &params, |a, b| match b {
+                            Some(b) => a + b,
+                            None => a,
+                        });
+                        acc
+                    }
+                });
+            }
+        }
+        let grads = total.expect("at least one micro-batch");
+        Ok((loss_sum, ModelGrads { grads, params }))
+    }
+
+    fn squared_norm(&self, grads: &ModelGrads) -> f64 {
+        squared_norm(&grads.grads, &grads.params)
+    }
+
+    fn scale(&self, grads: &mut ModelGrads, factor: f64) {
+        map_grads(&mut grads.grads, None, &grads.params, |g, _| g * factor);
+    }
+
+    fn update(&mut self, grads: ModelGrads, lr: f64, _time: usize) -> Result<(), TrainError> {
+        // burn's optimizer counts its own steps. Modules are reference-counted handles: the
+        // clone is cheap.
+        self.model = self.optimizer.step(lr, self.model.clone(), grads.grads);
+        Ok(())
+    }
+}
+
 impl TrainStep for Trainer {
-    /// One optimizer step over the next global batch of `data`: local gradients, their
-    /// reduction to the batch mean, the global norm and clipping, the AdamW update.
+    /// One optimizer step over the next global batch of `data` ([`take_step`]).
     fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
         self.data.check(data)?;
-        let accumulation = self.config.accumulation()?;
-        let params = parameters(&self.model);
-        let (mut grads, loss_sum, tokens) = self.local_gradients(data, &params)?;
-        self.reduce_gradients(&mut grads, &params, accumulation);
-        let grad_norm = clip_global_norm(&mut grads, &params, self.config.max_grad_norm);
-        let lr = self.config.schedule.lr(self.state.step);
-        self.update(lr, grads);
-        self.state.step += 1;
-        self.state.tokens += tokens;
-        Ok(StepStats {
-            step: self.state.step,
-            loss: loss_sum / accumulation as f64,
-            grad_norm,
-            lr,
-        })
+        let (config, device) = (self.config.clone(), self.device.clone());
+        let mut state = self.state.clone();
+        let stats = take_step(self, &config, &mut state, data, &device)?;
+        self.state = state;
+        Ok(stats)
     }
 
     fn check_data(&mut self, data: &dyn TrainingData) -> Result<(), TrainError> {
