@@ -2,18 +2,18 @@
 //! it: papers → packed token shards (prepared once, cached) → a LLaMA (fresh `tiny`, or
 //! `--base` an HF directory / .gguf / `smollm2-135m`) → the trainer → checkpoints →
 //! held-out perplexity on held-out papers before and after. With `--world-size N` the
-//! same run is sharded over N worker threads at FSDP level 3 (pmc-fsdp) — the run loop and
-//! the checkpointer do not change.
+//! same job is sharded over N worker threads at FSDP level 3 (pmc-fsdp's `Job` picks the
+//! trainer) — the run loop and the checkpointer do not change.
 //!
 //!     cargo run --example continued_pretraining -- [--base MODEL] [--papers FILE_OR_DIR] \
 //!         [--steps 40] [--world-size 2] [--out runs/example]
 
 use std::path::{Path, PathBuf};
 
-use pmc_llama::pmc_fsdp::{self, FsdpTrainer, ShardLevel};
+use pmc_llama::pmc_fsdp::{self, Outcome, ShardLevel, Start};
 use pmc_llama::pmc_model::{self, LlamaConfig, WeightDType};
 use pmc_llama::pmc_train::source::{self, PaperPreparation, Source};
-use pmc_llama::pmc_train::{self, Checkpointer, CorpusShards, Sampling, Trainer, run, run_dir};
+use pmc_llama::pmc_train::{self, Checkpointer, CorpusShards, Sampling, run, run_dir};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut base = None;
@@ -32,8 +32,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    // One run per directory: a used `--out` is refused, so no earlier run is overwritten.
-    run_dir::claim_fresh(&out, run_dir::UsedDir::Refuse)?;
+    // One run per directory: a used `--out` is refused (the job checks again before it
+    // writes), before any work is done.
+    run_dir::check_unused(&out)?;
 
     // The model and its tokenizer (a base model's own; a fresh model's is learnt on the
     // papers), then the papers as token shards in that tokenizer, a tenth held out.
@@ -86,30 +87,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Every checkpoint is a complete HF model directory: weights, config, tokenizer.
     let checkpointer = Checkpointer::new(&out, 1).with_tokenizer(tokenizer);
 
-    let summary = if world == 1 {
-        let mut trainer = Trainer::new(model, config, train_config, &device)?;
-        run::run(&mut trainer, &train, &held_out, &options, &checkpointer)?
-    } else {
-        let launched = pmc_fsdp::launch(
-            pmc_fsdp::Engine::Threads,
-            Some(world),
-            pmc_fsdp::DEFAULT_TIMEOUT,
-            |comm| {
-                let mut trainer = FsdpTrainer::new(
-                    model.clone(),
-                    config.clone(),
-                    train_config.clone(),
-                    ShardLevel::Parameters,
-                    comm,
-                    &device,
-                )?;
-                run::run(&mut trainer, &train, &held_out, &options, &checkpointer)
-            },
-        )?;
-        match launched {
-            pmc_fsdp::Launched::Ran { result, .. } => result,
-            pmc_fsdp::Launched::Relaunched(code) => std::process::exit(code),
-        }
+    // One process, or `world` worker threads at FSDP level 3: the same job either way.
+    let sharding = (world > 1).then_some(pmc_fsdp::Sharding {
+        level: ShardLevel::Parameters,
+        engine: pmc_fsdp::Engine::Threads,
+        world_size: Some(world),
+        timeout: pmc_fsdp::DEFAULT_TIMEOUT,
+    });
+    let job = pmc_fsdp::Job {
+        start: Start::Fresh {
+            model,
+            model_config: config,
+        },
+        lora: None,
+        train_config,
+        sharding,
+        device,
+        data: &train,
+        held_out: &held_out,
+        options: &options,
+        checkpointer: &checkpointer,
+    };
+    let summary = match job.run(|_, _| Ok(()))? {
+        Outcome::Finished { summary, .. } => summary,
+        Outcome::OtherRank => return Ok(()),
+        Outcome::Relaunched(code) => std::process::exit(code),
     };
     println!(
         "held-out perplexity {:.2} → {:.2} after {} steps ({:.0} tokens/s); checkpoint in {}",

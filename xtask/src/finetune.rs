@@ -10,7 +10,7 @@ use pmc_model::burn::prelude::*;
 use pmc_train::run::{self, RunOptions};
 use pmc_train::{Checkpointer, CosineSchedule, Example, LoraRun, SftData, Template, TrainConfig};
 
-use crate::pretrain::Start;
+use pmc_fsdp::Start;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Method {
@@ -264,19 +264,18 @@ pub fn finetune(args: FinetuneArgs) -> Result<()> {
                 "distributed": args.distributed.describe()}),
         )
     };
-    let Some((summary, trainer)) = crate::pretrain::run_training(
+    let job = pmc_fsdp::Job {
         start,
         lora,
         train_config,
-        &args.compute,
-        &args.distributed,
-        &data,
-        &held_out,
-        &options,
-        &checkpointer,
-        save_config,
-    )?
-    else {
+        sharding: args.distributed.sharding()?,
+        device: args.compute.device(),
+        data: &data,
+        held_out: &held_out,
+        options: &options,
+        checkpointer: &checkpointer,
+    };
+    let Some((summary, trainer)) = crate::finished(job.run(save_config)?) else {
         return Ok(());
     };
     // The result beside the checkpoints: the adapter (PEFT format) or the whole model. A

@@ -182,18 +182,9 @@ impl Default for DistributedArgs {
     }
 }
 
-/// A sharded run's settings, checked.
-#[derive(Debug, Clone, Copy)]
-pub struct Sharding {
-    pub level: pmc_fsdp::ShardLevel,
-    pub engine: pmc_fsdp::Engine,
-    pub world_size: Option<usize>,
-    pub timeout: std::time::Duration,
-}
-
 impl DistributedArgs {
     /// `None`: train in one process with pmc-train's trainer.
-    pub fn sharding(&self) -> anyhow::Result<Option<Sharding>> {
+    pub fn sharding(&self) -> anyhow::Result<Option<pmc_fsdp::Sharding>> {
         let engine: pmc_fsdp::Engine = self.engine.parse().map_err(anyhow::Error::msg)?;
         if self.world_size.is_none_or(|n| n <= 1)
             && self.shard_level.is_none()
@@ -209,7 +200,7 @@ impl DistributedArgs {
         if self.collective_timeout.is_nan() || self.collective_timeout <= 0.0 {
             anyhow::bail!("--collective-timeout must be positive");
         }
-        Ok(Some(Sharding {
+        Ok(Some(pmc_fsdp::Sharding {
             level,
             engine,
             world_size: self.world_size,
@@ -235,18 +226,16 @@ impl DistributedArgs {
     }
 }
 
-impl Sharding {
-    /// Runs `work` on every rank.
-    pub fn launch<R: Send>(
-        &self,
-        work: impl Fn(&dyn pmc_fsdp::Collective) -> Result<R, pmc_train::TrainError> + Sync,
-    ) -> anyhow::Result<pmc_fsdp::Launched<R>> {
-        Ok(pmc_fsdp::launch(
-            self.engine,
-            self.world_size,
-            self.timeout,
-            work,
-        )?)
+/// What the front ends do with a run's [`pmc_fsdp::Outcome`]: the summary (and trainer) to
+/// print where the run finished; nothing on the other MPI ranks; the relaunched job's exit
+/// code passed on.
+pub fn finished(
+    outcome: pmc_fsdp::Outcome,
+) -> Option<(pmc_train::run::RunSummary, Option<Box<pmc_train::Trainer>>)> {
+    match outcome {
+        pmc_fsdp::Outcome::Finished { summary, trainer } => Some((summary, trainer)),
+        pmc_fsdp::Outcome::OtherRank => None,
+        pmc_fsdp::Outcome::Relaunched(code) => std::process::exit(code),
     }
 }
 

@@ -4,9 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use pmc_fsdp::Start;
 use pmc_train::run::{self, RunOptions};
 use pmc_train::source::Source;
-use pmc_train::{Checkpointer, CorpusShards, CosineSchedule, TokenWindows, Trainer, TrainingData};
+use pmc_train::{Checkpointer, CorpusShards, CosineSchedule, TokenWindows, TrainingData};
 
 /// `pretrain --config FILE.toml ...`: the file's keys (the option names, `-` or `_`) become
 /// options placed before the command line's own, so anything given on the command line
@@ -151,44 +152,11 @@ pub struct PretrainArgs {
     pub eval_sequences: usize,
 }
 
-/// The checkpoint `--resume` names (a run directory: its newest complete checkpoint) and
-/// the tokenizer saved with it (every checkpoint of `pretrain` and `finetune` carries one,
-/// adapter checkpoints included).
+/// The checkpoint `--resume` names and its tokenizer ([`pmc_fsdp::job::resume_point`]), said.
 pub fn resume_point(path: &Path) -> Result<(PathBuf, pmc_model::Tokenizer)> {
-    let ckpt = pmc_train::checkpoint::resolve(path)?;
-    // A model checkpoint has its config.json; an adapter checkpoint records its base model's
-    // (or, written before it did, names the base model to read it from).
-    let saved = pmc_train::checkpoint::SavedState::read(&ckpt)?.extra;
-    let config = match (saved.get("base_config"), saved.get("lora_base")) {
-        (Some(config), _) => pmc_model::LlamaConfig::from_json(config, &ckpt)?,
-        (None, Some(base)) => {
-            let base = PathBuf::from(base.as_str().unwrap_or_default());
-            pmc_model::load_model(&base, &Default::default(), &pmc_model::default_device())?.config
-        }
-        (None, None) => pmc_model::LlamaConfig::from_file(ckpt.join("config.json"))?,
-    };
-    let tokenizer =
-        pmc_model::Tokenizer::from_dir(&ckpt, config.bos_token_id, &config.eos_token_ids)
-            .with_context(|| format!("{}: the checkpoint's tokenizer", ckpt.display()))?;
+    let (ckpt, tokenizer) = pmc_fsdp::job::resume_point(path)?;
     say!("resuming {}", ckpt.display());
     Ok((ckpt, tokenizer))
-}
-
-/// Where a run starts. (One value per run: its size does not matter.)
-#[allow(clippy::large_enum_variant)]
-pub enum Start {
-    /// A model and its config, at step 0.
-    Fresh {
-        model: pmc_model::Llama,
-        model_config: pmc_model::LlamaConfig,
-    },
-    /// A fresh model of `model_config` from `seed` (a sharded run makes only its shards).
-    Seeded {
-        model_config: pmc_model::LlamaConfig,
-        seed: u64,
-    },
-    /// A checkpoint.
-    Resume(PathBuf),
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
@@ -407,19 +375,18 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
                 "distributed": args.distributed.describe()}),
         )
     };
-    let Some((summary, _)) = run_training(
+    let job = pmc_fsdp::Job {
         start,
-        None,
+        lora: None,
         train_config,
-        &args.compute,
-        &args.distributed,
-        train.as_ref(),
-        &held_out,
-        &options,
-        &checkpointer,
-        save_config,
-    )?
-    else {
+        sharding: args.distributed.sharding()?,
+        device: args.compute.device(),
+        data: train.as_ref(),
+        held_out: &held_out,
+        options: &options,
+        checkpointer: &checkpointer,
+    };
+    let Some((summary, _)) = crate::finished(job.run(save_config)?) else {
         return Ok(());
     };
     println!("\n| | held-out perplexity |\n|---|---|");
@@ -436,113 +403,6 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         run_dir.display()
     );
     Ok(())
-}
-
-impl Start {
-    /// Where the run writes: a resumed run's own directory, else `out`.
-    pub fn run_dir(&self, out: &Path) -> Result<PathBuf> {
-        match self {
-            Start::Resume(ckpt) => pmc_train::run_dir_of(ckpt)
-                .with_context(|| format!("{}: not inside a run directory", ckpt.display())),
-            _ => Ok(out.to_path_buf()),
-        }
-    }
-}
-
-/// Runs the training loop from `start` with the single-process trainer, or sharded as
-/// `distributed` says (full training only). Returns the summary and, unsharded, the trainer;
-/// `None` on the MPI ranks other than 0, which print nothing.
-#[allow(clippy::too_many_arguments)]
-pub fn run_training(
-    start: Start,
-    lora: Option<pmc_train::LoraRun>,
-    train_config: pmc_train::TrainConfig,
-    compute: &crate::ComputeArgs,
-    distributed: &crate::DistributedArgs,
-    data: &dyn TrainingData,
-    held_out: &[Vec<u32>],
-    options: &RunOptions,
-    checkpointer: &Checkpointer,
-    save_config: impl Fn(
-        &pmc_train::TrainConfig,
-        &pmc_model::LlamaConfig,
-    ) -> Result<(), pmc_train::TrainError>
-    + Sync,
-) -> Result<Option<(run::RunSummary, Option<Trainer>)>> {
-    let fresh = !matches!(start, Start::Resume(_));
-    let run_dir = checkpointer.run_dir();
-    let Some(sharding) = distributed.sharding()? else {
-        if fresh {
-            pmc_train::run_dir::claim_fresh(run_dir, pmc_train::run_dir::UsedDir::Refuse)?;
-        }
-        let device = compute.device();
-        let mut trainer = match start {
-            Start::Fresh {
-                model,
-                model_config,
-            } => {
-                let mut t = Trainer::new(model, model_config, train_config, &device)?;
-                t.lora = lora;
-                t
-            }
-            Start::Seeded { model_config, seed } => {
-                let model = run::fresh_model(&model_config, seed, &device);
-                Trainer::new(model, model_config, train_config, &device)?
-            }
-            Start::Resume(ckpt) => Trainer::resume(&ckpt, &device)?,
-        };
-        save_config(&trainer.config, &trainer.model_config)?;
-        let summary = run::run(&mut trainer, data, held_out, options, checkpointer)?;
-        return Ok(Some((summary, Some(trainer))));
-    };
-    if lora.is_some() {
-        bail!(
-            "sharded training (--world-size/--shard-level/--engine) is for full training; LoRA trains in one process"
-        );
-    }
-    let launched = sharding.launch(|comm| {
-        if fresh {
-            // Every rank looks before any writes, so all of them agree.
-            let unused = pmc_train::run_dir::check_unused(run_dir);
-            comm.barrier()
-                .map_err(|e| pmc_train::TrainError::Distributed(Box::new(e)))?;
-            unused?;
-        }
-        let device = compute.device();
-        let mut trainer = match &start {
-            Start::Fresh {
-                model,
-                model_config,
-            } => pmc_fsdp::FsdpTrainer::new(
-                model.clone(),
-                model_config.clone(),
-                train_config.clone(),
-                sharding.level,
-                comm,
-                &device,
-            )?,
-            Start::Seeded { model_config, seed } => pmc_fsdp::FsdpTrainer::from_seed(
-                model_config.clone(),
-                *seed,
-                train_config.clone(),
-                sharding.level,
-                comm,
-                &device,
-            )?,
-            Start::Resume(ckpt) => {
-                pmc_fsdp::checkpoint::resume(ckpt, sharding.level, comm, &device)?
-            }
-        };
-        if comm.rank() == 0 {
-            save_config(&trainer.config, &trainer.model_config)?;
-        }
-        run::run(&mut trainer, data, held_out, options, checkpointer)
-    })?;
-    match launched {
-        pmc_fsdp::Launched::Ran { rank: 0, result } => Ok(Some((result, None))),
-        pmc_fsdp::Launched::Ran { .. } => Ok(None),
-        pmc_fsdp::Launched::Relaunched(code) => std::process::exit(code),
-    }
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@ use pmc_train::{TrainError, TrainStep};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
-use crate::adamw::Moments;
 use crate::collective::Collective;
 use crate::flat::Layout;
 use crate::trainer::{FsdpTrainer, ShardLevel};
+use pmc_train::adamw::Moments;
 
 /// The index of a sharded checkpoint.
 pub const INDEX_FILE: &str = "fsdp_index.json";

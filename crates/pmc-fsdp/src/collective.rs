@@ -1,5 +1,5 @@
 //! The collective operations sharded training needs, independent of the engine that moves
-//! the bytes: in-process threads ([`crate::threads`]) or MPI ([`crate::mpi`]).
+//! the bytes: in-process threads (the `threads` module) or MPI (`mpi`).
 //!
 //! Every rank calls the same operations in the same order (SPMD). Each operation has a
 //! deadline: MPI itself never times out, and a job whose worker died must end with a message

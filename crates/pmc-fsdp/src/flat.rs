@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use pmc_model::units;
 use pmc_model::{Llama, LlamaConfig, WeightRef};
 use serde::{Deserialize, Serialize};
 
@@ -64,46 +65,53 @@ pub struct Layout {
     pub units: Vec<Unit>,
 }
 
-/// Which unit a parameter belongs to: 0 the embedding, `1 + i` layer `i`, the last the head.
-fn unit_of(name: &str, layers: usize) -> usize {
-    match name.strip_prefix("model.layers.") {
-        Some(rest) => {
-            1 + rest
-                .split('.')
-                .next()
-                .and_then(|i| i.parse::<usize>().ok())
-                .expect("HF layer names carry their index")
-        }
-        None if name == "model.embed_tokens.weight" => 0,
-        None => layers + 1,
-    }
-}
-
 impl Layout {
     /// The layout of a model of `config` (adapters are not sharded), computed without
     /// building the model.
     pub fn of(config: &LlamaConfig) -> Self {
-        let layers = config.num_hidden_layers;
-        let mut units: Vec<Unit> = std::iter::once("embed".to_string())
-            .chain((0..layers).map(|i| format!("layer.{i}")))
-            .chain(std::iter::once("head".to_string()))
-            .map(|name| Unit {
-                name,
-                params: Vec::new(),
-                len: 0,
+        let units = units::Unit::all(config)
+            .iter()
+            .map(|unit| {
+                let mut len = 0;
+                let params = unit
+                    .parameter_shapes(config)
+                    .into_iter()
+                    .map(|(name, shape)| {
+                        let slot = ParamSlot {
+                            name,
+                            shape,
+                            offset: len,
+                        };
+                        len += slot.numel();
+                        slot
+                    })
+                    .collect();
+                Unit {
+                    name: unit.name(),
+                    params,
+                    len,
+                }
             })
             .collect();
-        for (name, shape) in Llama::parameter_shapes(config) {
-            let unit = &mut units[unit_of(&name, layers)];
-            let slot = ParamSlot {
-                name,
-                shape,
-                offset: unit.len,
-            };
-            unit.len += slot.numel();
-            unit.params.push(slot);
-        }
         Layout { units }
+    }
+
+    /// The index of a model unit among [`Layout::units`] (they are in forward order).
+    pub fn index(&self, unit: units::Unit) -> usize {
+        match unit {
+            units::Unit::Embedding => 0,
+            units::Unit::Layer(i) => 1 + i,
+            units::Unit::Head => self.units.len() - 1,
+        }
+    }
+
+    /// The slot of parameter `name` in unit `u` (a name pmc-model gave it).
+    pub fn slot(&self, u: usize, name: &str) -> &ParamSlot {
+        self.units[u]
+            .params
+            .iter()
+            .find(|p| p.name == name)
+            .expect("pmc-model names each parameter of a unit as its layout does")
     }
 
     /// Unit `u`'s buffer (padded to a multiple of `world`) of [`pmc_model::init_random`]'s
@@ -133,13 +141,7 @@ impl Layout {
     }
 }
 
-/// A tensor's values as f32.
-pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .expect("f32 data")
-}
+pub(crate) use pmc_train::trainer::flat_values as values;
 
 /// The unit buffers (each padded to a multiple of `world`) of `model`'s parameter values.
 pub fn model_flats(model: &Llama, layout: &Layout, world: usize) -> Vec<Vec<f32>> {

@@ -109,7 +109,8 @@ pub fn relaunch_outside_job(
 
 #[cfg(feature = "mpi")]
 fn relaunch_mpi(world_size: Option<usize>) -> Result<Option<i32>, FsdpError> {
-    if crate::mpi::launched_by_mpiexec() {
+    // Started by an MPI launcher (MPICH's Hydra or Open MPI's mpirun): already in the job.
+    if launcher_rank().is_some() {
         return Ok(None);
     }
     let n = world_size.unwrap_or(1);

@@ -11,19 +11,21 @@
 //! pmc-model's, unchanged: this crate only decides where parameters, gradients and optimizer
 //! state live.
 
-pub mod adamw;
 pub mod checkpoint;
 pub mod collective;
 pub mod flat;
+pub mod job;
 pub mod launch;
 pub mod measure;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod step;
 pub mod threads;
 pub mod trainer;
 
 pub use collective::{Collective, CollectiveError, DEFAULT_TIMEOUT, Traffic};
 pub use flat::Layout;
+pub use job::{Job, Outcome, Sharding, Start};
 pub use launch::{Engine, Launched, launch};
 pub use trainer::{FsdpTrainer, ShardLevel, StateBytes};
 

@@ -166,8 +166,3 @@ impl Collective for MpiComm {
         self.traffic.get()
     }
 }
-
-/// Whether this process was started by an MPI launcher (MPICH's Hydra or Open MPI's mpirun).
-pub fn launched_by_mpiexec() -> bool {
-    crate::launch::launcher_rank().is_some()
-}

@@ -6,20 +6,17 @@
 //! unit at a time, gathering each unit's parameters just before it is used and freeing them
 //! after — FSDP `full_shard` with per-layer activation checkpointing, as PMC-LLaMA trained.
 
-use std::path::Path;
-
 use burn::prelude::*;
 use pmc_model::rope::Rope;
-use pmc_model::{DecoderLayer, Llama, LlamaConfig, RmsNorm, RopeTables, WeightRef};
+use pmc_model::units::{self, Embedding, Head};
+use pmc_model::{DecoderLayer, Llama, LlamaConfig, RopeTables, WeightRef};
 use pmc_train::checkpoint::DataGuard;
 use pmc_train::data::Batch;
-use pmc_train::{
-    StepStats, Strategy, TrainConfig, TrainError, TrainState, TrainStep, TrainingData, take_step,
-};
+use pmc_train::{TrainConfig, TrainError, TrainState};
 
-use crate::adamw::{AdamW, Moments};
 use crate::collective::{Collective, CollectiveError};
 use crate::flat::{self, Layout, ParamSlot, Unit, add_into, values};
+use pmc_train::adamw::{AdamW, Moments};
 
 /// What is sharded across ranks (ZeRO's stages; PyTorch FSDP's `NO_SHARD`, —,
 /// `SHARD_GRAD_OP`, `FULL_SHARD`).
@@ -83,25 +80,25 @@ impl StateBytes {
 
 /// One rank of a sharded data-parallel run.
 pub struct FsdpTrainer<'c> {
-    comm: &'c dyn Collective,
-    level: ShardLevel,
-    layout: Layout,
+    pub(crate) comm: &'c dyn Collective,
+    pub(crate) level: ShardLevel,
+    pub(crate) layout: Layout,
     /// The model's architecture.
     pub model_config: LlamaConfig,
     /// Hyper-parameters (the same on every rank).
     pub config: TrainConfig,
     /// Progress (the same on every rank).
     pub state: TrainState,
-    data: DataGuard,
-    device: Device,
+    pub(crate) data: DataGuard,
+    pub(crate) device: Device,
     /// Levels 0–2: the whole model, whose parameters are the unit buffers.
-    model: Option<Llama>,
+    pub(crate) model: Option<Llama>,
     /// Level 3: this rank's shard of each unit.
-    shards: Vec<Vec<f32>>,
+    pub(crate) shards: Vec<Vec<f32>>,
     /// AdamW's moments per unit: whole at level 0, this rank's shard above.
-    moments: Vec<Moments>,
-    adam: AdamW,
-    rope: Rope,
+    pub(crate) moments: Vec<Moments>,
+    pub(crate) adam: AdamW,
+    pub(crate) rope: Rope,
 }
 
 impl<'c> FsdpTrainer<'c> {
@@ -232,12 +229,7 @@ impl<'c> FsdpTrainer<'c> {
             model.set_precision(config.precision);
             (Some(model), Vec::new())
         };
-        let adam = AdamW {
-            beta1: config.beta1,
-            beta2: config.beta2,
-            eps: config.eps,
-            weight_decay: config.weight_decay,
-        };
+        let adam = AdamW::of(&config);
         Ok(FsdpTrainer {
             comm,
             level,
@@ -404,49 +396,44 @@ impl<'c> FsdpTrainer<'c> {
         Ok(layer)
     }
 
-    /// A 2-D parameter of unit `u` as a trainable leaf.
-    fn matrix_param(
-        &self,
-        u: usize,
-        name: &str,
-        full: &[f32],
-        device: &Device,
-    ) -> Result<burn::module::Param<Tensor<2>>, TrainError> {
-        let slot = self.slot(u, name)?;
-        Ok(burn::module::Param::from_tensor(flat::slot_tensor(
-            full,
-            slot,
-            &slot.shape,
-            device,
-        )))
+    /// The embedding unit from its whole buffer `full`.
+    fn embedding(&self, full: &[f32], device: &Device) -> Result<Embedding, TrainError> {
+        Embedding::build(&self.model_config, &mut self.init_from(0, full, device))
     }
 
-    fn slot(&self, u: usize, name: &str) -> Result<&ParamSlot, TrainError> {
-        let unit = &self.layout.units[u];
-        unit.params
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| TrainError::Config(format!("unit `{}` has no `{name}`", unit.name)))
-    }
-
-    /// The head unit's final norm and LM head (the embedding when tied, from `embed`).
-    fn head_parts(
-        &self,
-        full: &[f32],
-        embed: Option<&[f32]>,
-        device: &Device,
-    ) -> Result<(RmsNorm, burn::module::Param<Tensor<2>>), TrainError> {
-        let head_u = self.layout.units.len() - 1;
-        let norm = RmsNorm::build(
+    /// The head unit, gathered (a tied head gathers the embedding unit for its matrix).
+    fn head(&self, device: &Device) -> Result<Head, TrainError> {
+        let head_u = self.layout.index(units::Unit::Head);
+        let full = self.gather(head_u)?;
+        let mut head = Head::build(
             &self.model_config,
-            "model.norm",
-            &mut self.init_from(head_u, full, device),
+            &mut self.init_from(head_u, &full, device),
+            || self.embedding(&self.gather(0)?, device),
         )?;
-        let head = match embed {
-            Some(e) => self.matrix_param(0, "model.embed_tokens.weight", e, device)?,
-            None => self.matrix_param(head_u, "lm_head.weight", full, device)?,
-        };
-        Ok((norm, head))
+        head.set_precision(self.config.precision);
+        Ok(head)
+    }
+
+    /// A `visit_weights` callback of unit `u` that adds each parameter's gradient in
+    /// `grads` (if it has one) into its slot of the unit buffer `into`.
+    fn grad_adder<'a>(
+        &'a self,
+        u: usize,
+        grads: &'a burn::tensor::Gradients,
+        into: &'a mut [f32],
+    ) -> impl FnMut(String, WeightRef<'_>) + 'a {
+        let unit = &self.layout.units[u];
+        move |name, weight| {
+            let slot = unit
+                .params
+                .iter()
+                .find(|s| s.name == name)
+                .expect("the layout names every parameter of the unit");
+            match weight {
+                WeightRef::Matrix(p) => add_param_grad(into, slot, p.val().grad(grads)),
+                WeightRef::Vector(p) => add_param_grad(into, slot, p.val().grad(grads)),
+            }
+        }
     }
 
     /// Level 3: the loss of one micro-batch, forward unit by unit without a graph (keeping
@@ -462,7 +449,6 @@ impl<'c> FsdpTrainer<'c> {
         let layers = self.model_config.num_hidden_layers;
         let head_u = layers + 1;
         let world = self.comm.world_size();
-        let tied = self.model_config.tie_word_embeddings;
         let inputs = pmc_model::loss_inputs(batch.tokens.clone());
         let t = inputs.dims()[1];
 
@@ -474,36 +460,30 @@ impl<'c> FsdpTrainer<'c> {
 
         // Backward, head first.
         let tables = RopeTables::new(&self.rope, 0, t, ad);
-        let head_w = self.gather(head_u)?;
-        let embed_w = if tied { Some(self.gather(0)?) } else { None };
-        let (norm, head) = self.head_parts(&head_w, embed_w.as_deref(), ad)?;
+        let head = self.head(ad)?;
         let h = kept
             .pop()
             .expect("the head's input")
             .autodiff()
             .require_grad();
         // The head and the loss as the single-process trainer computes them (fused).
-        let backward = pmc_model::loss::head_loss_backward(
-            norm.forward(h.clone()),
-            &head,
-            self.config.precision,
-            batch.tokens,
-            batch.target_mask,
-        );
+        let backward = head.loss_backward(h.clone(), batch.tokens, batch.target_mask);
         let (value, grads) = (backward.loss, backward.grads);
         let mut upstream = h.grad(&grads).expect("the head input's gradient");
         let mut grad = vec![0.0; self.layout.units[head_u].padded(world)];
-        let norm_slot = self.slot(head_u, "model.norm.weight")?;
-        add_param_grad(&mut grad, norm_slot, norm.weight.val().grad(&grads));
+        head.visit_weights(&mut self.grad_adder(head_u, &grads, &mut grad));
+        // The head's matrix: the head unit's own, or the embedding's when tied.
         let mut embed_grad = vec![0.0; self.layout.units[0].padded(world)];
-        let embed_slot = self.slot(0, "model.embed_tokens.weight")?;
-        if tied {
-            add_param_grad(&mut embed_grad, embed_slot, backward.head_grad);
+        let (name, owner) = head.weight_owner();
+        let owner = self.layout.index(owner);
+        let slot = self.layout.slot(owner, name);
+        let into = if owner == 0 {
+            &mut embed_grad
         } else {
-            let head_slot = self.slot(head_u, "lm_head.weight")?;
-            add_param_grad(&mut grad, head_slot, backward.head_grad);
-        }
-        drop((grads, norm, head, head_w, embed_w));
+            &mut grad
+        };
+        add_param_grad(into, slot, backward.head_grad);
+        drop((grads, head));
         self.reduce_into(&grad, &mut grad_shards[head_u])?;
 
         for i in (0..layers).rev() {
@@ -517,28 +497,20 @@ impl<'c> FsdpTrainer<'c> {
             let y = layer.forward(x_in.clone(), &tables, None);
             let grads = (y * upstream.autodiff()).sum().backward();
             upstream = x_in.grad(&grads).expect("the layer input's gradient");
-            let unit = &self.layout.units[1 + i];
-            let mut grad = vec![0.0; unit.padded(world)];
-            layer.visit_weights(&format!("model.layers.{i}"), &mut |name, weight| {
-                let slot = unit
-                    .params
-                    .iter()
-                    .find(|s| s.name == name)
-                    .expect("the layout names every parameter of the layer");
-                match weight {
-                    WeightRef::Matrix(p) => add_param_grad(&mut grad, slot, p.val().grad(&grads)),
-                    WeightRef::Vector(p) => add_param_grad(&mut grad, slot, p.val().grad(&grads)),
-                }
-            });
+            let mut grad = vec![0.0; self.layout.units[1 + i].padded(world)];
+            layer.visit_weights(
+                &format!("model.layers.{i}"),
+                &mut self.grad_adder(1 + i, &grads, &mut grad),
+            );
             drop((grads, layer, w));
             self.reduce_into(&grad, &mut grad_shards[1 + i])?;
         }
 
         let w = self.gather(0)?;
-        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, ad)?;
-        let x0 = pmc_model::model::embed(&e, inputs);
+        let embedding = self.embedding(&w, ad)?;
+        let x0 = embedding.forward(inputs);
         let grads = (x0 * upstream.autodiff()).sum().backward();
-        add_param_grad(&mut embed_grad, embed_slot, e.val().grad(&grads));
+        embedding.visit_weights(&mut self.grad_adder(0, &grads, &mut embed_grad));
         self.reduce_into(&embed_grad, &mut grad_shards[0])?;
         Ok(value)
     }
@@ -565,7 +537,10 @@ impl<'c> FsdpTrainer<'c> {
     /// Stages 1 and 2: this rank's micro-batches and the reduction of their gradients (the
     /// sum over every micro-batch of the step), as the level says — whole unit buffers at
     /// level 0, this rank's shard of each unit above; and the local sum of losses.
-    fn reduced_gradients(&self, mine: Vec<Batch>) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
+    pub(crate) fn reduced_gradients(
+        &self,
+        mine: Vec<Batch>,
+    ) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
         let world = self.comm.world_size();
         let units = &self.layout.units;
         let shard_zeros = || -> Vec<Vec<f32>> {
@@ -646,7 +621,7 @@ impl<'c> FsdpTrainer<'c> {
             .map(|t| RopeTables::new(&self.rope, 0, t.dims()[1], &device))
             .collect();
         let w = self.gather(0)?;
-        let e = self.matrix_param(0, "model.embed_tokens.weight", &w, &device)?;
+        let embedding = self.embedding(&w, &device)?;
         let mut xs: Vec<Tensor<3>> = inputs
             .iter()
             .map(|t| {
@@ -655,10 +630,10 @@ impl<'c> FsdpTrainer<'c> {
                 } else {
                     t.clone().inner()
                 };
-                pmc_model::model::embed(&e, ids)
+                embedding.forward(ids)
             })
             .collect();
-        drop((e, w));
+        drop((embedding, w));
         let mut kept: Vec<Vec<Tensor<3>>> = vec![Vec::new(); inputs.len()];
         for i in 0..self.model_config.num_hidden_layers {
             let w = self.gather(1 + i)?;
@@ -682,9 +657,8 @@ impl<'c> FsdpTrainer<'c> {
     }
 
     /// Level 3 evaluation: this rank's `windows`, unit by unit (one gather per unit).
-    fn unit_wise_nll_sum(&self, windows: &[&Vec<u32>]) -> Result<f64, TrainError> {
+    pub(crate) fn unit_wise_nll_sum(&self, windows: &[&Vec<u32>]) -> Result<f64, TrainError> {
         let inner = self.device.clone().inner();
-        let head_u = self.model_config.num_hidden_layers + 1;
         // Windows of one length go through together.
         let mut groups: std::collections::BTreeMap<usize, Vec<&Vec<u32>>> = Default::default();
         for w in windows {
@@ -705,17 +679,11 @@ impl<'c> FsdpTrainer<'c> {
             .map(|t| pmc_model::loss_inputs(t.clone()))
             .collect();
         let xs = self.forward_layers(&inputs, false)?.into_iter().flatten();
-        let head_w = self.gather(head_u)?;
-        let embed_w = if self.model_config.tie_word_embeddings {
-            Some(self.gather(0)?)
-        } else {
-            None
-        };
-        let (norm, head) = self.head_parts(&head_w, embed_w.as_deref(), &inner)?;
+        let head = self.head(&inner)?;
         let mut sum = 0.0;
         for (x, t) in xs.into_iter().zip(tokens) {
             let n = t.dims()[0] as f64;
-            let logits = pmc_model::model::head_logits(&norm, &head, self.config.precision, x);
+            let logits = head.logits(x);
             let mean = pmc_model::next_token_loss(logits, t, None).into_scalar::<f32>() as f64;
             sum += mean * n;
         }
@@ -730,165 +698,5 @@ fn add_param_grad<const D: usize>(unit: &mut [f32], slot: &ParamSlot, grad: Opti
             &mut unit[slot.offset..slot.offset + slot.numel()],
             &values(g),
         );
-    }
-}
-
-/// The ranks: each computes its micro-batches (whole model at levels 0–2, unit by unit at
-/// level 3), gradients all-reduced (level 0) or reduce-scattered (levels 1–3), AdamW on the
-/// moments and parameters each rank owns, the new parameters gathered where the level keeps
-/// them whole.
-impl Strategy for FsdpTrainer<'_> {
-    /// Whole unit buffers at level 0, this rank's shard of each unit above.
-    type Grads = Vec<Vec<f32>>;
-
-    fn rank_and_world(&self) -> (usize, usize) {
-        (self.comm.rank(), self.comm.world_size())
-    }
-
-    fn gradients(
-        &mut self,
-        batches: Vec<Batch>,
-        _first: usize,
-        _step: usize,
-    ) -> Result<(f64, Vec<Vec<f32>>), TrainError> {
-        self.reduced_gradients(batches)
-    }
-
-    fn all_reduce_f64(&self, values: &mut [f64]) -> Result<(), TrainError> {
-        self.comm.all_reduce_sum_f64(values).map_err(comm_err)
-    }
-
-    /// Each rank's own part: at level 0, where every rank holds the whole sum, its shard
-    /// range of it.
-    fn squared_norm(&self, grads: &Vec<Vec<f32>>) -> f64 {
-        let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        grads
-            .iter()
-            .enumerate()
-            .map(|(u, g)| {
-                let range = match self.level {
-                    ShardLevel::DataParallel => self.layout.units[u].shard_range(rank, world),
-                    _ => 0..g.len(),
-                };
-                g[range]
-                    .iter()
-                    .map(|&x| f64::from(x) * f64::from(x))
-                    .sum::<f64>()
-            })
-            .sum()
-    }
-
-    fn scale(&self, grads: &mut Vec<Vec<f32>>, factor: f64) {
-        let factor = factor as f32;
-        grads.iter_mut().flatten().for_each(|g| *g *= factor);
-    }
-
-    fn update(&mut self, grads: Vec<Vec<f32>>, lr: f64, time: usize) -> Result<(), TrainError> {
-        let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        let time = time as i32;
-        match &self.model {
-            // Levels 0–2: update the whole model's buffers (level 0) or this rank's shard of
-            // them, whose new values every rank then gathers (levels 1–2).
-            Some(model) => {
-                let mut flats = flat::model_flats(model, &self.layout, world);
-                for (u, unit) in self.layout.units.iter().enumerate() {
-                    let (g, m) = (&grads[u], &mut self.moments[u]);
-                    if self.level == ShardLevel::DataParallel {
-                        self.adam.step(lr, time, &mut flats[u], g, m);
-                    } else {
-                        let mut shard = flats[u][unit.shard_range(rank, world)].to_vec();
-                        self.adam.step(lr, time, &mut shard, g, m);
-                        self.comm
-                            .all_gather(&shard, &mut flats[u])
-                            .map_err(comm_err)?;
-                    }
-                }
-                self.rebuild(&flats);
-            }
-            // Level 3: the shards are all there is.
-            None => {
-                for ((p, g), m) in self.shards.iter_mut().zip(&grads).zip(&mut self.moments) {
-                    self.adam.step(lr, time, p, g, m);
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-impl TrainStep for FsdpTrainer<'_> {
-    /// One optimizer step over the next global batch ([`take_step`]).
-    fn step(&mut self, data: &dyn TrainingData) -> Result<StepStats, TrainError> {
-        self.data.check(data)?;
-        let (config, device) = (self.config.clone(), self.device.clone());
-        let mut state = self.state.clone();
-        let stats = take_step(self, &config, &mut state, data, &device)?;
-        self.state = state;
-        Ok(stats)
-    }
-
-    fn check_data(&mut self, data: &dyn TrainingData) -> Result<(), TrainError> {
-        self.data.check(data)
-    }
-
-    fn state(&self) -> &TrainState {
-        &self.state
-    }
-
-    fn config(&self) -> &TrainConfig {
-        &self.config
-    }
-
-    fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        crate::checkpoint::save(self, self.data.record(), dir)
-    }
-
-    /// Each rank scores its share of the windows (every `world`-th); the sums are
-    /// all-reduced.
-    fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError> {
-        let (rank, world) = (self.comm.rank(), self.comm.world_size());
-        let mine: Vec<&Vec<u32>> = windows.iter().skip(rank).step_by(world).collect();
-        let sum = match &self.model {
-            Some(model) => {
-                let model = model.valid();
-                let inner = self.device.clone().inner();
-                let mut sum = 0.0;
-                for w in &mine {
-                    sum += pmc_model::mean_nll(&model, w, w.len(), &inner)?;
-                }
-                sum
-            }
-            None => self.unit_wise_nll_sum(&mine)?,
-        };
-        let mut total = [sum];
-        self.all_reduce_f64(&mut total)?;
-        Ok(total[0] / windows.len().max(1) as f64)
-    }
-
-    fn rank(&self) -> usize {
-        self.comm.rank()
-    }
-
-    fn world_size(&self) -> usize {
-        self.comm.world_size()
-    }
-
-    fn barrier(&self) -> Result<(), TrainError> {
-        self.comm.barrier().map_err(comm_err)
-    }
-
-    fn any(&self, flag: bool) -> Result<bool, TrainError> {
-        let mut votes = [f64::from(u8::from(flag))];
-        self.all_reduce_f64(&mut votes)?;
-        Ok(votes[0] > 0.0)
-    }
-}
-
-impl FsdpTrainer<'_> {
-    /// Levels 0–2: the whole model again from new unit buffers.
-    fn rebuild(&mut self, flats: &[Vec<f32>]) {
-        let mut model = flat::build_model(&self.model_config, &self.layout, flats, &self.device);
-        model.set_precision(self.config.precision);
-        self.model = Some(model);
     }
 }

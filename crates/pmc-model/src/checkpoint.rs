@@ -15,72 +15,16 @@ use safetensors::tensor::{Dtype as StDtype, Metadata, SafeTensors, TensorInfo, V
 use serde_json::{Value, json};
 
 use crate::config::LlamaConfig;
+pub use crate::config::WeightDType;
 use crate::error::{ModelError, Result};
 use crate::model::Llama;
 
-/// The floating-point type of weights: how they are held in memory, written, and declared
-/// in a checkpoint's `config.json`. Activations are f32 whatever this is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WeightDType {
-    /// 4 bytes per weight; the default.
-    #[default]
-    F32,
-    /// 2 bytes per weight (bfloat16).
-    BF16,
-    /// 2 bytes per weight (IEEE half).
-    F16,
-}
-
-impl WeightDType {
-    /// The burn dtype.
-    pub fn dtype(self) -> DType {
-        match self {
-            Self::F32 => DType::F32,
-            Self::BF16 => DType::BF16,
-            Self::F16 => DType::F16,
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::BF16 | Self::F16 => 2,
-        }
-    }
-
-    fn safetensors(self) -> StDtype {
-        match self {
-            Self::F32 => StDtype::F32,
-            Self::BF16 => StDtype::BF16,
-            Self::F16 => StDtype::F16,
-        }
-    }
-
-    /// The name transformers uses (`"float32"`, `"float16"`, `"bfloat16"`).
-    pub fn hf_name(self) -> &'static str {
-        match self {
-            Self::F32 => "float32",
-            Self::F16 => "float16",
-            Self::BF16 => "bfloat16",
-        }
-    }
-
-    /// Parses transformers' names, with or without the `torch.` prefix, and the short forms.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name.trim_start_matches("torch.") {
-            "float32" | "f32" | "fp32" | "float" => Some(Self::F32),
-            "float16" | "f16" | "fp16" | "half" => Some(Self::F16),
-            "bfloat16" | "bf16" => Some(Self::BF16),
-            _ => None,
-        }
-    }
-}
-
-impl std::str::FromStr for WeightDType {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Self::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
+/// The safetensors dtype of weights of `dtype`.
+fn safetensors_dtype(dtype: WeightDType) -> StDtype {
+    match dtype {
+        WeightDType::F32 => StDtype::F32,
+        WeightDType::BF16 => StDtype::BF16,
+        WeightDType::F16 => StDtype::F16,
     }
 }
 
@@ -448,7 +392,7 @@ pub fn save_hf(
             views.push((
                 w.name.clone(),
                 OwnedView {
-                    dtype: options.dtype.safetensors(),
+                    dtype: safetensors_dtype(options.dtype),
                     shape: w.shape.clone(),
                     data,
                 },

@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
 use serde_json::{Map, Value, json};
 
-use crate::checkpoint::WeightDType;
 use crate::error::{ModelError, Result};
 
 /// How RoPE frequencies are scaled for contexts longer than the pretraining length.
@@ -478,6 +478,64 @@ impl Fields<'_> {
                 ModelError::config(self.path, key, format!("expected true or false, got {v}"))
             }),
         }
+    }
+}
+
+/// The floating-point type of weights: how they are held in memory, written, and declared
+/// in a checkpoint's `config.json`. Activations are f32 whatever this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDType {
+    /// 4 bytes per weight; the default.
+    #[default]
+    F32,
+    /// 2 bytes per weight (bfloat16).
+    BF16,
+    /// 2 bytes per weight (IEEE half).
+    F16,
+}
+
+impl WeightDType {
+    /// The burn dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::BF16 => DType::BF16,
+            Self::F16 => DType::F16,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::BF16 | Self::F16 => 2,
+        }
+    }
+
+    /// The name transformers uses (`"float32"`, `"float16"`, `"bfloat16"`).
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+        }
+    }
+
+    /// Parses transformers' names, with or without the `torch.` prefix, and the short forms.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim_start_matches("torch.") {
+            "float32" | "f32" | "fp32" | "float" => Some(Self::F32),
+            "float16" | "f16" | "fp16" | "half" => Some(Self::F16),
+            "bfloat16" | "bf16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::parse(s).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, bf16 or f16)"))
     }
 }
 

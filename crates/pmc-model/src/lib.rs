@@ -33,6 +33,7 @@ pub mod rope;
 pub mod score;
 pub mod softmax;
 pub mod tokenizer;
+pub mod units;
 
 use std::path::{Path, PathBuf};
 

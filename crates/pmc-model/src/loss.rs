@@ -238,16 +238,17 @@ pub fn causal_lm_gradients(
     tokens: Tensor<2, Int>,
     target_mask: Option<Tensor<2>>,
 ) -> (f64, burn::optim::GradientsParams) {
-    let normed = model.forward_hidden(loss_inputs(tokens.clone()), None);
-    let head = model.head();
-    let out = head_loss_backward(normed, head, model.precision(), tokens, target_mask);
+    let hidden = model.forward_layers(loss_inputs(tokens.clone()), None);
+    let head = model.head_unit();
+    let out = head.loss_backward(hidden, tokens, target_mask);
     let mut grads = burn::optim::GradientsParams::from_grads(out.grads, model);
     if let Some(head_grad) = out.head_grad {
-        let total = match grads.remove::<2>(head.id) {
+        let id = head.weight.id;
+        let total = match grads.remove::<2>(id) {
             Some(lookup) => lookup + head_grad,
             None => head_grad,
         };
-        grads.register(head.id, total);
+        grads.register(id, total);
     }
     (out.loss, grads)
 }

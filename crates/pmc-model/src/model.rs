@@ -664,7 +664,7 @@ pub struct Llama {
 }
 
 /// `init(name, shape)` as a named parameter (see [`named_param`]).
-fn matrix<E>(
+pub(crate) fn matrix<E>(
     init: &mut impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
     name: &str,
     shape: [usize; 2],
@@ -786,25 +786,15 @@ impl DecoderLayer {
 }
 
 impl Llama {
-    /// A model with all weights filled by `init(name, shape)`, in HF tensor names
-    /// (`model.layers.0.self_attn.q_proj.weight`, ...). Loading and random initialisation
-    /// both go through here, so the names exist in one place.
-    pub fn build<E>(
+    /// A model of `config` from its parts, computing in f32 ([`crate::units`] builds them).
+    pub(crate) fn from_parts(
         config: &LlamaConfig,
-        mut init: impl FnMut(&str, &[usize]) -> Result<Tensor<2>, E>,
-    ) -> Result<Self, E> {
-        let shape = [config.vocab_size, config.hidden_size];
-        let embed_tokens = matrix(&mut init, "model.embed_tokens.weight", shape)?;
-        let layers = (0..config.num_hidden_layers)
-            .map(|i| DecoderLayer::build(config, i, &mut init))
-            .collect::<Result<Vec<_>, E>>()?;
-        let norm = RmsNorm::build(config, "model.norm", &mut init)?;
-        let lm_head = if config.tie_word_embeddings {
-            None
-        } else {
-            Some(matrix(&mut init, "lm_head.weight", shape)?)
-        };
-        Ok(Self {
+        embed_tokens: Param<Tensor<2>>,
+        layers: Vec<DecoderLayer>,
+        norm: RmsNorm,
+        lm_head: Option<Param<Tensor<2>>>,
+    ) -> Self {
+        Self {
             embed_tokens,
             layers,
             norm,
@@ -813,33 +803,7 @@ impl Llama {
             head_precision: Precision::F32,
             quantized_embedding: None,
             quantized_head: None,
-        })
-    }
-
-    /// The HF name and checkpoint shape of every parameter of a model of `config`, in the
-    /// order [`Llama::build`] creates them, without allocating the weights (a sharded trainer
-    /// lays out its flat buffers from this before any unit exists).
-    pub fn parameter_shapes(config: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-        let device = Device::flex();
-        let mut shapes = Vec::new();
-        // Vectors travel as [1, n] rows and are reshaped by `build`, so they must have their
-        // n elements (norms and biases are small); matrices are only named, so an empty
-        // stand-in serves.
-        let built = Llama::build(config, |name, shape| {
-            let checkpoint_shape = if shape[0] == 1 {
-                vec![shape[1]]
-            } else {
-                shape.to_vec()
-            };
-            shapes.push((name.to_string(), checkpoint_shape));
-            let stand_in = if shape[0] == 1 { shape[1] } else { 0 };
-            Ok::<_, std::convert::Infallible>(Tensor::from_data(
-                TensorData::new(vec![0f32; stand_in], [shape[0].min(1), stand_in]),
-                &device,
-            ))
-        });
-        drop(built);
-        shapes
+        }
     }
 
     /// Number of decoder layers.
@@ -866,6 +830,13 @@ impl Llama {
     /// `[batch, seq]`. With a cache, the tokens continue the cached positions and the cache
     /// is extended with them.
     pub fn forward_hidden(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
+        self.norm.forward(self.forward_layers(tokens, cache))
+    }
+
+    /// The last decoder layer's output `[batch, seq, hidden]` (before the final norm: the head
+    /// unit's input) of `tokens` `[batch, seq]`, continuing `cache` as
+    /// [`Llama::forward_hidden`] does.
+    pub fn forward_layers(&self, tokens: Tensor<2, Int>, cache: Option<&mut KvCache>) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let tables = RopeTables::new(&self.rope, start, t, &tokens.device());
@@ -886,7 +857,7 @@ impl Llama {
                 }
             }
         }
-        self.norm.forward(x)
+        x
     }
 
     /// The LM head's weight `[vocab, hidden]`: `lm_head`, or the embedding when tied.

@@ -1,6 +1,6 @@
 //! The cross-entropy's pass over a row of logits: `softmax − onehot`, scaled, written over the
 //! logits in place, and the row's `−log p(target)`, for the fused LM head and loss
-//! ([`crate::loss::fused_linear_cross_entropy`]).
+//! (the fused cross-entropy of `loss`).
 //!
 //! A vocabulary row is long (49,152 logits for SmolLM2) and the backend's own `exp` is a
 //! scalar library call per element on one thread. Here rows go to rayon's pool, and each row

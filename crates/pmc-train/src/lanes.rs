@@ -6,7 +6,7 @@
 
 use pmc_model::LlamaConfig;
 
-use crate::trainer::TrainConfig;
+use crate::config::TrainConfig;
 
 /// The choice and why, for the run's log.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,7 +5,9 @@
 //! as `torch.nn.utils.clip_grad_norm_`, and atomic checkpoints (HF model, optimizer state,
 //! data cursor, counters) from which a run resumes bit for bit.
 
+pub mod adamw;
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod lanes;
 pub mod plot;

@@ -14,9 +14,9 @@ use serde_json::json;
 
 use crate::TrainError;
 use crate::checkpoint::Checkpointer;
+use crate::config::TrainConfig;
 use crate::data::TrainingData;
 use crate::step::TrainStep;
-use crate::trainer::TrainConfig;
 
 /// Trains a byte-level BPE of `vocab_size` tokens on `texts`, with `<|endoftext|>` (id 0) as
 /// the document separator.

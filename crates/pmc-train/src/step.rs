@@ -13,8 +13,8 @@ use burn::prelude::*;
 use serde::Serialize;
 
 use crate::TrainError;
+use crate::config::{TrainConfig, TrainState};
 use crate::data::{Batch, TrainingData};
-use crate::trainer::{TrainConfig, TrainState};
 
 /// What one optimizer step measured.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]

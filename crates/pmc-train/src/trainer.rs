@@ -4,86 +4,16 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ParamId};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_gradients};
-use serde::{Deserialize, Serialize};
 
 use crate::TrainError;
+use crate::adamw::{AdamW, Moments, NamedMoments};
 use crate::checkpoint::{DataGuard, SavedState};
-use crate::data::{Batch, Cursor, TrainingData};
-use crate::schedule::CosineSchedule;
+pub use crate::config::{TrainConfig, TrainState};
+use crate::data::{Batch, TrainingData};
 use crate::step::{StepStats, Strategy, TrainStep, clip_coefficient, dropout_seed, take_step};
-
-/// Optimisation hyper-parameters (PMC-LLaMA: AdamW, lr 2e-5, global batch 128, context 512).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Learning-rate schedule.
-    pub schedule: CosineSchedule,
-    /// AdamW β₁.
-    pub beta1: f32,
-    /// AdamW β₂.
-    pub beta2: f32,
-    /// AdamW ε.
-    pub eps: f32,
-    /// Decoupled weight decay.
-    pub weight_decay: f32,
-    /// Clip the global gradient norm to this (`None`: no clipping).
-    pub max_grad_norm: Option<f64>,
-    /// Sequences per forward pass.
-    pub micro_batch: usize,
-    /// Sequences per optimizer step (a multiple of `micro_batch`).
-    pub global_batch: usize,
-    /// Tokens per sequence.
-    pub seq_len: usize,
-    /// Seed of the data order.
-    pub seed: u64,
-    /// What the projections multiply in: f32, or bf16 with f32 master weights (mixed
-    /// precision). Checkpoints from before the option train in f32.
-    #[serde(default)]
-    pub precision: Precision,
-    /// Micro-batches computed at once, each on its own thread (a speed and memory knob: the
-    /// result is bit-identical for any value). 1 keeps one micro-batch's activations in memory.
-    #[serde(default = "one")]
-    pub parallel_micro_batches: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl TrainConfig {
-    /// Micro-batches per optimizer step.
-    pub fn accumulation(&self) -> Result<usize, TrainError> {
-        if self.micro_batch == 0 || !self.global_batch.is_multiple_of(self.micro_batch) {
-            return Err(TrainError::Config(format!(
-                "global batch {} is not a multiple of the micro-batch {}",
-                self.global_batch, self.micro_batch
-            )));
-        }
-        Ok(self.global_batch / self.micro_batch)
-    }
-
-    fn optimizer(&self) -> ModuleOptimizer {
-        AdamWConfig::new()
-            .with_beta_1(self.beta1)
-            .with_beta_2(self.beta2)
-            .with_epsilon(self.eps)
-            .with_weight_decay(self.weight_decay)
-            .init()
-    }
-}
-
-/// Where training stands; saved with every checkpoint.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TrainState {
-    /// Optimizer steps taken.
-    pub step: usize,
-    /// Tokens consumed.
-    pub tokens: u64,
-    /// Position in the data stream.
-    pub cursor: Cursor,
-}
 
 /// A model, its optimizer and where training stands.
 pub struct Trainer {
@@ -97,7 +27,9 @@ pub struct Trainer {
     pub state: TrainState,
     /// Set for LoRA fine-tuning: checkpoints then hold the adapter only.
     pub lora: Option<LoraRun>,
-    optimizer: ModuleOptimizer,
+    adam: AdamW,
+    /// AdamW's moments of each trainable parameter, made at its first update.
+    moments: NamedMoments,
     device: Device,
     data: DataGuard,
 }
@@ -118,6 +50,78 @@ fn parameters(model: &Llama) -> Vec<(ParamId, usize)> {
         }
     });
     out
+}
+
+/// Every trainable parameter's name (its HF name; an adapter's `MODULE.lora_A.weight` /
+/// `.lora_B.weight`), by id: the keys of the optimizer state.
+fn parameter_names(model: &Llama) -> std::collections::HashMap<ParamId, String> {
+    let mut out = std::collections::HashMap::new();
+    model.visit_weights(|name, w| {
+        let id = match w {
+            WeightRef::Matrix(p) => p.id,
+            WeightRef::Vector(p) => p.id,
+        };
+        out.insert(id, name);
+    });
+    model.visit_linears(|module, lin| {
+        if let Some(lora) = &lin.lora {
+            out.insert(lora.a.id, format!("{module}.lora_A.weight"));
+            out.insert(lora.b.id, format!("{module}.lora_B.weight"));
+        }
+    });
+    out
+}
+
+/// The values of every parameter of `model`, by id, as f32 (a rank-1 one flat as well).
+fn parameter_values(model: &Llama) -> std::collections::HashMap<ParamId, Tensor<2>> {
+    let mut out = std::collections::HashMap::new();
+    model.visit_weights(|_, w| {
+        let (id, value) = match w {
+            WeightRef::Matrix(p) => (p.id, p.val()),
+            WeightRef::Vector(p) => (p.id, p.val().unsqueeze::<2>()),
+        };
+        out.insert(id, value);
+    });
+    model.visit_linears(|_, lin| {
+        if let Some(lora) = &lin.lora {
+            out.insert(lora.a.id, lora.a.val());
+            out.insert(lora.b.id, lora.b.val());
+        }
+    });
+    out
+}
+
+/// A tensor's values as f32, flat.
+pub fn flat_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// Puts new values into the parameters they are given for (same ids, same shapes, still
+/// trainable); the others stay as they are.
+struct SetValues(std::collections::HashMap<ParamId, Vec<f32>>);
+
+impl burn::module::ModuleMapper for SetValues {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<Tensor<D>>,
+    ) -> burn::module::Param<Tensor<D>> {
+        let Some(values) = self.0.remove(&param.id) else {
+            return param;
+        };
+        let (id, value, mapper) = param.consume();
+        let trainable = value.is_require_grad();
+        let updated =
+            Tensor::<D>::from_data(TensorData::new(values, value.shape()), &value.device());
+        let updated = if trainable {
+            updated.require_grad()
+        } else {
+            updated
+        };
+        burn::module::Param::from_mapped_value(id, updated, mapper)
+    }
 }
 
 /// What a LoRA run's checkpoints hold instead of the whole model: the adapter, and the base
@@ -346,7 +350,8 @@ impl Trainer {
         check_device(device, config.precision)?;
         model.set_precision(config.precision);
         Ok(Self {
-            optimizer: config.optimizer(),
+            adam: AdamW::of(&config),
+            moments: NamedMoments::default(),
             model,
             model_config,
             config,
@@ -397,15 +402,14 @@ impl Trainer {
                 (loaded.model, loaded.config, None)
             }
         };
-        let optimizer_path = dir.join("optimizer.bpk");
-        let bytes = std::fs::read(&optimizer_path)
-            .map_err(|e| TrainError::Io(optimizer_path.clone(), e))?;
-        let optimizer = config
-            .optimizer()
-            .from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(|e| TrainError::OptimizerState(optimizer_path.clone(), format!("{e:?}")))?;
+        let names = parameter_names(&model);
+        let numel = parameter_values(&model)
+            .into_iter()
+            .map(|(id, v)| (names[&id].clone(), v.shape().num_elements()))
+            .collect();
+        let moments = NamedMoments::read(dir, &numel)?;
         let mut trainer = Self::new(model, model_config, config, device)?;
-        trainer.optimizer = optimizer;
+        trainer.moments = moments;
         trainer.state = state;
         trainer.lora = lora;
         trainer.data = data;
@@ -482,10 +486,38 @@ impl Strategy for Trainer {
         map_grads(&mut grads.grads, None, &grads.params, |g, _| g * factor);
     }
 
-    fn update(&mut self, grads: ModelGrads, lr: f64, _time: usize) -> Result<(), TrainError> {
-        // burn's optimizer counts its own steps. Modules are reference-counted handles: the
-        // clone is cheap.
-        self.model = self.optimizer.step(lr, self.model.clone(), grads.grads);
+    /// AdamW on each parameter with a gradient, its values taken out of the model and put
+    /// back.
+    fn update(&mut self, grads: ModelGrads, lr: f64, time: usize) -> Result<(), TrainError> {
+        let ModelGrads { mut grads, params } = grads;
+        let names = parameter_names(&self.model);
+        let mut values = parameter_values(&self.model);
+        let work: Vec<(ParamId, Tensor<2>, Tensor<2>, Moments)> = params
+            .iter()
+            .filter_map(|&(id, rank)| {
+                let grad = take_grad(&mut grads, id, rank)?;
+                let value = values.remove(&id).expect("every parameter has a value");
+                let moments = self.moments.0.remove(&names[&id]);
+                let numel = value.shape().num_elements();
+                Some((
+                    id,
+                    value,
+                    grad,
+                    moments.unwrap_or_else(|| Moments::zeros(numel)),
+                ))
+            })
+            .collect();
+        let flat = side_by_side(work, |(id, value, grad, moments)| {
+            (id, flat_values(value), flat_values(grad), moments)
+        });
+        let mut new_values = std::collections::HashMap::with_capacity(flat.len());
+        for (id, mut value, grad, mut moments) in flat {
+            self.adam
+                .step(lr, time as i32, &mut value, &grad, &mut moments);
+            self.moments.0.insert(names[&id].clone(), moments);
+            new_values.insert(id, value);
+        }
+        self.model = self.model.clone().map(&mut SetValues(new_values));
         Ok(())
     }
 }
@@ -514,20 +546,15 @@ impl TrainStep for Trainer {
     }
 
     /// The model in HF layout (what `cargo xtask score` and transformers load) or, for LoRA,
-    /// the PEFT adapter; `optimizer.bpk`; `trainer_state.json`; the data record.
+    /// the PEFT adapter; `optimizer.safetensors`; `trainer_state.json`; the data record.
     fn save(&self, dir: &Path) -> Result<(), TrainError> {
-        let io = |e| TrainError::Io(dir.to_path_buf(), e);
         match &self.lora {
             Some(lora) => {
                 pmc_peft::Adapter::from_model(&self.model, lora.config.clone()).write_files(dir)?
             }
             None => pmc_model::save_hf(&self.model, &self.model_config, dir, Default::default())?,
         }
-        let bytes = self
-            .optimizer
-            .into_bytes()
-            .map_err(|e| TrainError::OptimizerState(dir.to_path_buf(), format!("{e:?}")))?;
-        std::fs::write(dir.join("optimizer.bpk"), &bytes[..]).map_err(io)?;
+        self.moments.write(dir)?;
         let mut extra = serde_json::Map::new();
         if let Some(lora) = &self.lora {
             // The base model to load again on resume, and its config for the tokenizer's ids.

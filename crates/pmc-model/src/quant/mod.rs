@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 
 use burn::prelude::*;
 
-use crate::checkpoint::WeightDType;
+use crate::config::WeightDType;
 use kernels::{BLOCK, Kernels, Operands, TILE_ROWS, Tile, TileKernel};
 
 /// A block format of quantized weights.
