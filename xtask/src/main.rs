@@ -10,10 +10,6 @@ macro_rules! say {
     };
 }
 
-mod bench;
-mod bench_fsdp;
-mod bench_train;
-mod candle;
 mod commands;
 mod corpus;
 mod eval;
@@ -44,11 +40,11 @@ enum Command {
     PrepareCorpus(corpus::PrepareCorpusArgs),
     /// prepare-corpus MB/s against a Python reference pipeline, tokenization against raw
     /// encode_batch, and peak RSS with the input replicated.
-    BenchCorpus(corpus::BenchCorpusArgs),
+    BenchCorpus(pmc_perf::corpus::BenchCorpusArgs),
     /// Full or LoRA fine-tuning on instruction data (a JSONL file or a task's training pool).
     Finetune(finetune::FinetuneArgs),
     /// LoRA against full fine-tuning: trainable parameters, tokens/s and peak RSS.
-    BenchFinetune(finetune::BenchFinetuneArgs),
+    BenchFinetune(pmc_perf::finetune::BenchFinetuneArgs),
     /// Share of a benchmark's items sharing a word 13-gram with a prepared corpus.
     Contamination(eval::ContaminationArgs),
     /// The paper's table: base vs. continued model × zero-shot / LoRA / full × the three tasks.
@@ -64,17 +60,17 @@ enum Command {
     /// Paired comparison of two eval runs on the same questions (bootstrap and McNemar).
     Compare(eval::CompareArgs),
     /// Loglik-mode questions/s and agreement against transformers scoring the lm-eval way.
-    BenchEval(eval::BenchEvalArgs),
+    BenchEval(pmc_perf::eval::BenchEvalArgs),
     /// Training tokens/s, GFLOP/s and peak RSS against PyTorch eager (+ PEFT): the 33.7 M toy
     /// config, or a real model's shapes with --model.
-    BenchTrain(bench_train::BenchTrainArgs),
+    BenchTrain(pmc_perf::train::BenchTrainArgs),
     /// Sharded training: state bytes per rank at levels 0-3 against the ZeRO formulas,
     /// communication per step, and two MPI workers against one process.
-    BenchFsdp(bench_fsdp::BenchFsdpArgs),
+    BenchFsdp(pmc_perf::fsdp::BenchFsdpArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
-    BenchModel(bench::BenchModelArgs),
+    BenchModel(pmc_perf::model::BenchModelArgs),
     /// The CPU, the instruction-set cap (PMC_CPU_MAX) and the kernel each dispatcher picks.
     Cpu,
 }
@@ -145,7 +141,7 @@ impl ComputeArgs {
 
     /// The autodiff device these options train on.
     pub fn device(&self) -> pmc_model::burn::prelude::Device {
-        training_device(self.gradient_checkpointing)
+        pmc_train::autodiff_device(self.gradient_checkpointing)
     }
 }
 
@@ -239,16 +235,6 @@ pub fn finished(
     }
 }
 
-/// The autodiff device training runs on, with gradient checkpointing when asked.
-pub fn training_device(gradient_checkpointing: bool) -> pmc_model::burn::prelude::Device {
-    let device = pmc_model::default_device().autodiff();
-    if gradient_checkpointing {
-        device.gradient_checkpointing()
-    } else {
-        device
-    }
-}
-
 fn main() {
     pmc_model::allocator::reuse_large_buffers();
     tracing_subscriber::fmt()
@@ -268,9 +254,9 @@ fn main() {
     let result = match cli.command {
         Command::Pretrain(args) => pretrain::pretrain(args),
         Command::PrepareCorpus(args) => corpus::prepare_corpus(args),
-        Command::BenchCorpus(args) => corpus::bench_corpus(args),
+        Command::BenchCorpus(args) => pmc_perf::corpus::bench_corpus(args),
         Command::Finetune(args) => finetune::finetune(args),
-        Command::BenchFinetune(args) => finetune::bench_finetune(args),
+        Command::BenchFinetune(args) => pmc_perf::finetune::bench_finetune(args),
         Command::Contamination(args) => eval::contamination(args),
         Command::Reproduce(args) => reproduce::reproduce(args),
         Command::Merge(args) => commands::merge(args),
@@ -279,14 +265,14 @@ fn main() {
         Command::Convert(args) => commands::convert(args),
         Command::Eval(args) => eval::eval(args),
         Command::Compare(args) => eval::compare(args),
-        Command::BenchEval(args) => eval::bench_eval(args),
-        Command::BenchModel(args) => bench::bench_model(args),
-        Command::BenchTrain(args) => bench_train::bench_train(args),
+        Command::BenchEval(args) => pmc_perf::eval::bench_eval(args),
+        Command::BenchModel(args) => pmc_perf::model::bench_model(args),
+        Command::BenchTrain(args) => pmc_perf::train::bench_train(args),
         Command::Cpu => {
             print!("{}", pmc_model::cpu::describe());
             Ok(())
         }
-        Command::BenchFsdp(args) => bench_fsdp::bench_fsdp(args),
+        Command::BenchFsdp(args) => pmc_perf::fsdp::bench_fsdp(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");

@@ -13,7 +13,8 @@ use pmc_train::run_dir::UsedDir;
 
 use crate::commands::ModelArgs;
 use crate::eval::{EvalArgs, eval};
-use crate::finetune::{FinetuneArgs, Method, finetune};
+use crate::finetune::{FinetuneArgs, finetune};
+use pmc_train::Method;
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {

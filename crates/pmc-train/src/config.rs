@@ -68,3 +68,45 @@ pub struct TrainState {
     /// Position in the data stream.
     pub cursor: Cursor,
 }
+
+/// How a model is fine-tuned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Low-rank adapters on the chosen projections; the base stays frozen.
+    Lora,
+    /// Every weight trained.
+    Full,
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lora" => Ok(Method::Lora),
+            "full" => Ok(Method::Full),
+            other => Err(format!("unknown method {other:?}: lora or full")),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::Lora => "lora",
+            Method::Full => "full",
+        })
+    }
+}
+
+/// The autodiff device training runs on (the default device), with gradient checkpointing
+/// when asked: activations are then recomputed in the backward pass instead of kept.
+pub fn autodiff_device(gradient_checkpointing: bool) -> pmc_model::burn::prelude::Device {
+    let device = pmc_model::default_device().autodiff();
+    if gradient_checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
+    }
+}

@@ -22,6 +22,7 @@ pub mod trainer;
 use std::path::PathBuf;
 
 pub use checkpoint::{Checkpointer, DataGuard, checkpoint_dir, run_dir_of};
+pub use config::{Method, autodiff_device};
 pub use data::{Batch, CorpusShards, Cursor, Sampling, TokenWindows, TrainingData};
 pub use schedule::CosineSchedule;
 pub use sft::{Example, SftData, Template};

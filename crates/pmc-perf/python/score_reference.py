@@ -2,7 +2,7 @@
 """The reference for `cargo xtask score`: the same JSONL in, the same JSON lines out, computed
 by HF transformers (float32) the way lm-evaluation-harness does it.
 
-    python3 xtask/python/score_reference.py --model DIR_OR_GGUF --input FILE.jsonl
+    python3 crates/pmc-perf/python/score_reference.py --model DIR_OR_GGUF --input FILE.jsonl
 
 A `.gguf` model goes through transformers' own GGUF loader (`pip install gguf`).
 """

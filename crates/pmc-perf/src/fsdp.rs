@@ -64,7 +64,7 @@ fn sharded(
     level: ShardLevel,
 ) -> Result<Launched<StepMeasure>> {
     let (config, train, data) = setup(args)?;
-    let device = crate::training_device(false);
+    let device = pmc_train::autodiff_device(false);
     Ok(pmc_fsdp::launch(
         engine,
         world,
@@ -81,14 +81,14 @@ fn sharded(
 fn worker(args: &BenchFsdpArgs, kind: &str) -> Result<()> {
     let rss = |m: &StepMeasure, rank: usize| {
         json!({"rank": rank, "tokens_per_s": m.tokens_per_s,
-               "peak_rss_mib": crate::bench::peak_rss().unwrap_or(0) as f64 / (1 << 20) as f64,
+               "peak_rss_mib": crate::rss::peak_rss().unwrap_or(0) as f64 / (1 << 20) as f64,
                "state_bytes": m.state.total()})
     };
     match kind {
         "single" => {
             let (config, mut train, data) = setup(args)?;
             train.parallel_micro_batches = 2;
-            let device = crate::training_device(false);
+            let device = pmc_train::autodiff_device(false);
             let model = pmc_model::init_random(&config, WeightDType::F32, 0, &device);
             let mut t = pmc_train::Trainer::new(model, config, train, &device)?;
             t.step(&data)?;
@@ -101,7 +101,7 @@ fn worker(args: &BenchFsdpArgs, kind: &str) -> Result<()> {
             println!(
                 "{}",
                 json!({"rank": 0, "tokens_per_s": tps,
-                       "peak_rss_mib": crate::bench::peak_rss().unwrap_or(0) as f64 / (1 << 20) as f64})
+                       "peak_rss_mib": crate::rss::peak_rss().unwrap_or(0) as f64 / (1 << 20) as f64})
             );
         }
         "sharded" => {

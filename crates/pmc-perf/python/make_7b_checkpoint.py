@@ -2,7 +2,7 @@
 """Writes a LLaMA-7B-shaped HF checkpoint with random bf16 weights (13.5 GB, sharded with an
 index) for the memory benchmark of `--dtype bf16`. Never commit its output.
 
-    python3 xtask/python/make_7b_checkpoint.py /tmp/llama-7b-random
+    python3 crates/pmc-perf/python/make_7b_checkpoint.py /tmp/llama-7b-random
 """
 import json
 import sys

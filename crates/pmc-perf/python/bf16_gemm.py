@@ -6,7 +6,7 @@ has it) in f32 and bf16 at the shapes of `cargo xtask bench-train`'s 33.7 M conf
 micro-batch of 2 × 512 tokens through hidden 512, intermediate 1376 and vocab 8192 —
 forward (x @ Wᵀ) and the two backward products, alternating f32 and bf16 rounds.
 
-    python3 xtask/python/bf16_gemm.py [--threads 2] [--rounds 5]
+    python3 crates/pmc-perf/python/bf16_gemm.py [--threads 2] [--rounds 5]
 """
 import argparse
 import statistics

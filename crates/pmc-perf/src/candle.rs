@@ -7,10 +7,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::bench::Figures;
+use crate::model::Figures;
 
 fn tool_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tools/candle-decode")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/candle-decode")
 }
 
 /// Builds the tool (a no-op when it is up to date) and returns the binary.

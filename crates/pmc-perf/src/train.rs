@@ -11,10 +11,11 @@ use pmc_model::{Llama, LlamaConfig, WeightDType};
 use pmc_train::TrainStep;
 use serde_json::{Value, json};
 
-use crate::bench::{
-    Metric, REFERENCE_MISSING, gib, peak_rss, reset_peak_rss, run_python_reference,
-};
-use crate::finetune::Method;
+use pmc_train::Method;
+
+use crate::reference::{REFERENCE_MISSING, run_python_reference};
+use crate::report::{Metric, gib};
+use crate::rss::{peak_rss, reset_peak_rss};
 
 #[derive(Args, Debug)]
 pub struct BenchTrainArgs {
@@ -131,7 +132,7 @@ fn subject(args: &BenchTrainArgs, device: &Device) -> Result<(Llama, LlamaConfig
 
 pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let device = crate::training_device(args.gradient_checkpointing);
+    let device = pmc_train::autodiff_device(args.gradient_checkpointing);
     let (model, config, what) = subject(&args, &device)?;
     let (model, lora) = match args.method {
         Method::Full => (model, Value::Null),
@@ -248,7 +249,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         }
     }
     let share = |f: &[TrainFigures]| {
-        crate::bench::median(&f.iter().map(|f| f.gflop_per_s / peak).collect::<Vec<_>>())
+        crate::report::median(&f.iter().map(|f| f.gflop_per_s / peak).collect::<Vec<_>>())
     };
     if let Some(s) = share(&ours) {
         let theirs = references

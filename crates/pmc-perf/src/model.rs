@@ -2,12 +2,15 @@
 //! machine, beside PyTorch + transformers on the same config in the same invocation.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use pmc_model::{GenerationConfig, LlamaConfig};
+
+use crate::reference::{REFERENCE_MISSING, run_python_reference};
+use crate::report::{Metric, gib, tok_per_s};
+use crate::rss::{peak_rss, reset_peak_rss};
 use serde_json::{Value, json};
 
 #[derive(Args, Debug)]
@@ -47,12 +50,12 @@ pub struct BenchModelArgs {
 
 /// What one side of the benchmark measured in one round.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct Figures {
-    pub(crate) score_tps: Option<f64>,
-    pub(crate) decode_tps: f64,
-    pub(crate) peak_rss: f64,
-    pub(crate) load_s: Option<f64>,
-    pub(crate) load_rss: Option<f64>,
+pub struct Figures {
+    pub score_tps: Option<f64>,
+    pub decode_tps: f64,
+    pub peak_rss: f64,
+    pub load_s: Option<f64>,
+    pub load_rss: Option<f64>,
 }
 
 /// The benchmark config: LLaMA-shaped, 32k vocabulary, about 95 M parameters.
@@ -63,95 +66,6 @@ fn bench_config() -> Value {
         "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2,
     })
-}
-
-/// Peak resident set size of this process since the last [`reset_peak_rss`], in bytes.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// Prints this process's peak RSS as a `peak RSS: N MiB` line (the line
-/// [`parse_peak_rss`] reads back from a child process's output).
-pub fn print_peak_rss() {
-    if let Some(rss) = peak_rss() {
-        println!("peak RSS: {:.1} MiB", rss as f64 / (1 << 20) as f64);
-    }
-}
-
-/// The MiB of a `peak RSS: N MiB` line in `output`.
-pub fn parse_peak_rss(output: &str) -> Option<f64> {
-    output.lines().find_map(|l| {
-        l.strip_prefix("peak RSS: ")?
-            .strip_suffix(" MiB")?
-            .parse()
-            .ok()
-    })
-}
-
-/// Resets the kernel's peak-RSS counter of this process (Linux: `clear_refs` 5).
-pub fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-/// The reference scripts of `xtask/python`, compiled in: a binary built from another clone
-/// (a shared target dir) or from one deleted since runs the scripts it was built with, not
-/// whatever lies at the path it was built in.
-const REFERENCE_SCRIPTS: [(&str, &str); 6] = [
-    ("bench_model.py", include_str!("../python/bench_model.py")),
-    ("bench_train.py", include_str!("../python/bench_train.py")),
-    (
-        "corpus_reference.py",
-        include_str!("../python/corpus_reference.py"),
-    ),
-    (
-        "eval_reference.py",
-        include_str!("../python/eval_reference.py"),
-    ),
-    (
-        "score_reference.py",
-        include_str!("../python/score_reference.py"),
-    ),
-    ("rss.py", include_str!("../python/rss.py")),
-];
-
-/// Runs the reference script `script` (one of [`REFERENCE_SCRIPTS`], written with the others
-/// into a scratch directory, since one imports another) with `args` and returns the JSON
-/// objects it printed, one per stdout line. A failure carries the last line of its stderr
-/// (usually the missing package).
-pub fn run_python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Result<Vec<Value>> {
-    anyhow::ensure!(
-        REFERENCE_SCRIPTS.iter().any(|(name, _)| *name == script),
-        "no reference script {script} is built in"
-    );
-    let dir = tempfile::tempdir().context("a scratch directory for the reference scripts")?;
-    for (name, source) in REFERENCE_SCRIPTS {
-        let path = dir.path().join(name);
-        std::fs::write(&path, source).with_context(|| format!("writing {}", path.display()))?;
-    }
-    let out = Command::new("python3")
-        .arg(dir.path().join(script))
-        .args(args)
-        .output()
-        .context("running python3")?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        anyhow::bail!("{script}: {}", stderr.lines().last().unwrap_or("failed"));
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).with_context(|| format!("{script} printed {l:?}")))
-        .collect()
-}
-
-/// What a failed reference run is told: a benchmark never reports ours alone unless asked.
-pub const REFERENCE_MISSING: &str = "the PyTorch reference failed (pip install torch transformers accelerate peft gguf, or pass --no-reference to measure ours alone)";
-
-pub(crate) fn gib(bytes: f64) -> String {
-    format!("{:.2} GiB", bytes / (1u64 << 30) as f64)
 }
 
 pub fn bench_model(args: BenchModelArgs) -> Result<()> {
@@ -292,64 +206,6 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     Ok(())
 }
 
-fn tok_per_s(x: f64) -> String {
-    format!("{x:.1} tok/s")
-}
-
-/// One row of a comparison table over rounds of figures `F`.
-pub struct Metric<F> {
-    name: &'static str,
-    get: fn(&F) -> Option<f64>,
-    format: fn(f64) -> String,
-}
-
-impl<F> Metric<F> {
-    pub fn new(name: &'static str, get: fn(&F) -> Option<f64>, format: fn(f64) -> String) -> Self {
-        Self { name, get, format }
-    }
-
-    /// `| name | ours | theirs | ratio | theirs | ratio |…`: medians over the rounds, and
-    /// for each reference the per-round ratio's median and range (`n/a` where a reference
-    /// did not run every round). `None` when ours has no such figure.
-    pub fn row(&self, ours: &[F], references: &[Vec<F>]) -> Option<String> {
-        let ours: Vec<f64> = ours.iter().filter_map(self.get).collect();
-        let mut line = format!("| {} | {} |", self.name, (self.format)(median(&ours)?));
-        for reference in references {
-            let theirs: Vec<f64> = reference.iter().filter_map(self.get).collect();
-            match median(&theirs) {
-                Some(t) if theirs.len() == ours.len() => {
-                    let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, t)| o / t).collect();
-                    line += &format!(" {} | {} |", (self.format)(t), ratio_summary(&ratios));
-                }
-                _ => line += " n/a | n/a |",
-            }
-        }
-        Some(line)
-    }
-}
-
-/// The median of `values` (`None` when empty).
-pub fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    }
-}
-
-/// `1.23 × (1.10–1.31)`: the median ratio and its range over the rounds.
-pub fn ratio_summary(ratios: &[f64]) -> String {
-    let Some(mid) = median(ratios) else {
-        return "n/a".into();
-    };
-    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{mid:.2} × ({lo:.2}–{hi:.2})")
-}
-
 /// One round of ours: every row scored, then greedy decoding after `prompt`.
 fn measure_ours(
     model: &pmc_model::Llama,
@@ -380,7 +236,7 @@ fn measure_ours(
     })
 }
 
-/// Runs `xtask/python/bench_model.py` once (it loads the model, scores, decodes).
+/// Runs `python/bench_model.py` once (it loads the model, scores, decodes).
 fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Result<Figures> {
     let payload = json!({
         "config": config, "threads": threads, "seq_len": args.seq_len, "rows": args.rows,
