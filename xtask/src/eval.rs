@@ -1,7 +1,6 @@
 //! `eval` and `compare`.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -67,40 +66,18 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         bail!("--shots is supported in loglik mode only");
     }
     // Every task's questions first: the progress bar and its ETA span all of them.
-    struct TaskRun {
-        task: Task,
-        data_file: PathBuf,
-        questions: Vec<pmc_bench::data::Question>,
-        shots: Vec<pmc_bench::data::Question>,
-    }
     let mut runs = Vec::new();
     for &task in &args.task {
-        let data_file = data::resolve(task, Split::Eval, &args.data)?;
-        let mut questions = data::load(task, Split::Eval, &args.data)?;
-        if let Some(n) = args.limit {
-            questions.truncate(n);
-        }
-        let shots = if args.shots > 0 {
-            let pool = data::load(task, Split::Train, &args.data)
-                .with_context(|| format!("--shots needs {}'s train split", task.name()))?;
-            run::fewshot_examples(&pool, args.shots, args.seed)
-        } else {
-            Vec::new()
-        };
+        let run = run::TaskQuestions::load(task, &args.data, args.limit, args.shots, args.seed)?;
         eprintln!(
             "{}: {} questions from {}, {:?} mode, {template:?} template, {} shots",
             task.name(),
-            questions.len(),
-            data_file.display(),
+            run.questions.len(),
+            run.data_file.display(),
             args.mode,
             args.shots
         );
-        runs.push(TaskRun {
-            task,
-            data_file,
-            questions,
-            shots,
-        });
+        runs.push(run);
     }
     let device = pmc_model::default_device();
     let loaded = args.model.load(&device)?;
@@ -144,8 +121,13 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         };
         let evaluator =
             run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &loaded.source)?;
-        let started = Instant::now();
-        let predictions = evaluator.evaluate(&r.questions, &r.shots, |done| {
+        // One task writes into --out itself; several each into a subdirectory.
+        let dir = if several {
+            args.out.join(r.task.name())
+        } else {
+            args.out.clone()
+        };
+        let (_, results) = run::evaluate_into(&evaluator, r, &model_name, &dir, |done| {
             let correct = done.iter().filter(|p| p.pred == Some(p.gold)).count();
             bar.inc(1);
             bar.set_message(format!(
@@ -154,21 +136,6 @@ pub fn eval(args: EvalArgs) -> Result<()> {
                 correct as f64 / done.len() as f64
             ));
         })?;
-        let results = run::results_json(
-            &config,
-            &predictions,
-            &model_name,
-            &r.data_file,
-            &data_hash(r.task, &r.data_file)?,
-            started.elapsed().as_secs_f64(),
-        );
-        // One task writes into --out itself; several each into a subdirectory.
-        let dir = if several {
-            args.out.join(r.task.name())
-        } else {
-            args.out.clone()
-        };
-        run::write_outputs(&dir, &predictions, &results)?;
         all_results.push(results);
     }
     bar.finish_and_clear();
@@ -242,19 +209,6 @@ pub fn compare(args: CompareArgs) -> Result<()> {
         metrics::mcnemar_exact(only_a, only_b)
     );
     Ok(())
-}
-
-/// SHA-256 of the data a run used; PubMedQA's test split also depends on its ground-truth file.
-fn data_hash(task: Task, data_file: &std::path::Path) -> Result<String> {
-    let main = pmc_bench::sha256_file(data_file)?;
-    if task == Task::PubMedQa {
-        let truth = data_file.with_file_name("test_ground_truth.json");
-        return Ok(format!(
-            "{main} + test_ground_truth.json {}",
-            pmc_bench::sha256_file(&truth)?
-        ));
-    }
-    Ok(main)
 }
 
 #[derive(Args, Debug)]

@@ -222,19 +222,6 @@ impl DistributedArgs {
     }
 }
 
-/// What the front ends do with a run's [`pmc_fsdp::Outcome`]: the summary (and trainer) to
-/// print where the run finished; nothing on the other MPI ranks; the relaunched job's exit
-/// code passed on.
-pub fn finished(
-    outcome: pmc_fsdp::Outcome,
-) -> Option<(pmc_train::run::RunSummary, Option<Box<pmc_train::Trainer>>)> {
-    match outcome {
-        pmc_fsdp::Outcome::Finished { summary, trainer } => Some((summary, trainer)),
-        pmc_fsdp::Outcome::OtherRank => None,
-        pmc_fsdp::Outcome::Relaunched(code) => std::process::exit(code),
-    }
-}
-
 fn main() {
     pmc_model::allocator::reuse_large_buffers();
     tracing_subscriber::fmt()

@@ -1,13 +1,10 @@
 //! `pretrain`: continued pretraining (or training from a size preset) on text.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use pmc_fsdp::Start;
-use pmc_train::run::{self, RunOptions};
-use pmc_train::source::Source;
-use pmc_train::{Checkpointer, CorpusShards, CosineSchedule, TokenWindows, TrainingData};
+use pmc_fsdp::{Pretrained, Pretraining};
 
 /// `pretrain --config FILE.toml ...`: the file's keys (the option names, `-` or `_`) become
 /// options placed before the command line's own, so anything given on the command line
@@ -142,7 +139,7 @@ pub struct PretrainArgs {
     /// With a prepared corpus: packed (every sequence once per epoch) or paper-windows
     /// (PMC-LLaMA's one random window per paper per epoch).
     #[arg(long, default_value = "packed")]
-    pub sampling: String,
+    pub sampling: pmc_train::Sampling,
     #[command(flatten)]
     pub compute: crate::ComputeArgs,
     #[command(flatten)]
@@ -152,241 +149,58 @@ pub struct PretrainArgs {
     pub eval_sequences: usize,
 }
 
-/// The checkpoint `--resume` names and its tokenizer ([`pmc_fsdp::job::resume_point`]), said.
-pub fn resume_point(path: &Path) -> Result<(PathBuf, pmc_model::Tokenizer)> {
-    let (ckpt, tokenizer) = pmc_fsdp::job::resume_point(path)?;
-    say!("resuming {}", ckpt.display());
-    Ok((ckpt, tokenizer))
+impl PretrainArgs {
+    /// The run these flags describe.
+    pub fn pretraining(&self) -> Result<Pretraining> {
+        Ok(Pretraining {
+            base: self.base.clone(),
+            preset: self.preset.clone(),
+            vocab_size: self.vocab_size,
+            corpus: self.corpus.clone(),
+            valid: self.valid.clone(),
+            valid_fraction: self.valid_fraction,
+            corpus_cache: self.corpus_cache.clone(),
+            steps: self.steps,
+            seq_len: self.seq_len,
+            micro_batch: self.micro_batch,
+            global_batch: self.global_batch,
+            lr: self.lr,
+            warmup: self.warmup,
+            min_lr_ratio: self.min_lr_ratio,
+            weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
+            seed: self.seed,
+            sampling: self.sampling,
+            out: self.out.clone(),
+            resume: self.resume.clone(),
+            log_every: self.log_every,
+            eval_every: self.eval_every,
+            checkpoint_every: self.checkpoint_every,
+            keep: self.keep,
+            eval_sequences: self.eval_sequences,
+            precision: self.compute.precision,
+            parallel_micro_batches: self.compute.parallel_micro_batches,
+            gradient_checkpointing: self.compute.gradient_checkpointing,
+            sharding: self.distributed.sharding()?,
+        })
+    }
 }
 
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     args.distributed.relaunch_if_needed()?;
-    let device = args.compute.device();
-    let resumed = args.resume.as_deref().map(resume_point).transpose()?;
-    if resumed.is_none() {
-        // Before the corpus is prepared: a used --out is refused at once.
-        pmc_train::run_dir::check_unused(&args.out)?;
-    }
-    // A fresh run from a base model: loaded before the data, whose tokens are its tokenizer's.
-    let base = match (&resumed, &args.base) {
-        (None, Some(base)) => {
-            let loaded = pmc_model::load_model(base, &Default::default(), &device)?;
-            let tokenizer = loaded
-                .tokenizer
-                .clone()
-                .with_context(|| format!("{} has no tokenizer", loaded.source.display()))?;
-            Some((loaded, tokenizer))
-        }
-        _ => None,
-    };
+    let pretraining = args.pretraining()?;
+    let beginning = pretraining.begin()?;
     let source = if pmc_corpus::are_papers(&args.corpus) {
-        // Continuing a base model (also on resume, when --base is given again) tokenizes with
-        // its tokenizer; a fresh model trains one on the papers.
-        let tokenizer = match (&base, &resumed) {
-            (Some((_, tokenizer)), _) => Some(tokenizer),
-            (None, Some((_, tokenizer))) if args.base.is_some() => Some(tokenizer),
-            _ => None,
-        };
-        let how = pmc_train::source::PaperPreparation {
-            seq_len: args.seq_len.unwrap_or(128),
-            tokenizer,
-            vocab_size: args.vocab_size,
-            valid_fraction: args.valid_fraction,
-            cache: &args.corpus_cache,
-        };
-        let source = crate::corpus::with_progress_bar(&args.corpus, |progress| {
-            Source::prepare_papers(&args.corpus, &how, progress)
-        })?;
-        if let Source::Shards { dir, manifest } = &source {
-            say!(
-                "papers: {} read, {} kept → {} training and {} held-out sequences (held-out papers), in {}",
-                manifest.documents.input,
-                manifest.documents.kept,
-                manifest.sequences,
-                manifest.valid_sequences,
-                dir.display()
-            );
-        }
-        source
+        crate::corpus::with_progress_bar(&args.corpus, |progress| {
+            pretraining.source(&beginning, progress)
+        })?
     } else {
-        Source::read(&args.corpus, &args.valid)?
-    };
-    let seq_len = match &source {
-        Source::Shards { manifest, dir } => match args.seq_len {
-            Some(n) if n != manifest.seq_len => bail!(
-                "{} is packed in {}-token sequences, --seq-len says {n}; prepare it with --seq-len {n} or drop the option",
-                dir.display(),
-                manifest.seq_len
-            ),
-            _ => manifest.seq_len,
-        },
-        Source::Text { .. } => args.seq_len.unwrap_or(128),
-    };
-    let (start, tokenizer, train_config) = match resumed {
-        Some((ckpt, tokenizer)) => {
-            let config = pmc_train::checkpoint::SavedState::read(&ckpt)?.config;
-            (Start::Resume(ckpt), tokenizer, config)
-        }
-        None => {
-            let mut config = pmc_train::TrainConfig {
-                schedule: CosineSchedule {
-                    peak_lr: args.lr,
-                    warmup_steps: args.warmup,
-                    total_steps: args.steps,
-                    min_lr_ratio: args.min_lr_ratio,
-                },
-                weight_decay: args.weight_decay,
-                max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
-                micro_batch: args.micro_batch,
-                global_batch: args.global_batch,
-                seed: args.seed,
-                precision: args.compute.precision,
-                ..run::default_train_config(seq_len)
-            };
-            // (start, its config, tokenizer)
-            let (start, model_config, tokenizer) = match base {
-                Some((loaded, tokenizer)) => {
-                    if let Source::Shards { dir, manifest } = &source {
-                        pmc_train::source::check_same_tokenizer(
-                            &tokenizer,
-                            &pmc_train::source::corpus_tokenizer(dir, manifest)?,
-                            dir,
-                        )?;
-                    }
-                    let model_config = loaded.config.clone();
-                    let start = Start::Fresh {
-                        model: loaded.model,
-                        model_config: loaded.config,
-                    };
-                    (start, model_config, tokenizer)
-                }
-                None if matches!(source, Source::Shards { .. }) => {
-                    let Source::Shards { dir, manifest } = &source else {
-                        unreachable!()
-                    };
-                    let tokenizer = pmc_train::source::corpus_tokenizer(dir, manifest)?;
-                    let config = pmc_model::LlamaConfig::preset(&args.preset, manifest.vocab_size)?;
-                    let start = Start::Seeded {
-                        model_config: config.clone(),
-                        seed: args.seed,
-                    };
-                    (start, config, tokenizer)
-                }
-                None => {
-                    let Source::Text { docs, .. } = &source else {
-                        unreachable!()
-                    };
-                    say!(
-                        "training a {}-token BPE tokenizer on {} documents",
-                        args.vocab_size,
-                        docs.len()
-                    );
-                    let tokenizer = run::train_bpe(docs, args.vocab_size)?;
-                    let vocab = tokenizer.inner().get_vocab_size(true);
-                    let config = pmc_model::LlamaConfig::preset(&args.preset, vocab)?;
-                    let start = Start::Seeded {
-                        model_config: config.clone(),
-                        seed: args.seed,
-                    };
-                    (start, config, tokenizer)
-                }
-            };
-            say!(
-                "model: {} — {:.2} M parameters, {} layers, hidden {}",
-                args.base
-                    .as_ref()
-                    .map_or(format!("fresh `{}`", args.preset), |b| b
-                        .display()
-                        .to_string()),
-                model_config.num_parameters() as f64 / 1e6,
-                model_config.num_hidden_layers,
-                model_config.hidden_size
-            );
-            // The sharded trainer computes its micro-batches one by one.
-            if args.distributed.sharding()?.is_none() {
-                args.compute.set_lanes(&model_config, &mut config);
-            }
-            (start, tokenizer, config)
-        }
-    };
-    // The training stream and the held-out sequences. (The trainer refuses a stream other
-    // than its checkpoint's on resume.)
-    let (train, held_out): (Box<dyn TrainingData>, Vec<Vec<u32>>) = match &source {
-        Source::Text {
-            docs, valid_docs, ..
-        } => {
-            let train_tokens = run::tokenize(&tokenizer, docs)?;
-            let train = TokenWindows::new(&train_tokens, seq_len, train_config.seed);
-            let valid = TokenWindows::new(&run::tokenize(&tokenizer, valid_docs)?, seq_len, 0);
-            (Box::new(train), valid.windows().to_vec())
-        }
-        Source::Shards { dir, .. } => {
-            let sampling = match args.sampling.as_str() {
-                "packed" => pmc_train::Sampling::Packed,
-                "paper-windows" => pmc_train::Sampling::PaperWindows,
-                other => bail!("--sampling must be packed or paper-windows, got {other:?}"),
-            };
-            let train = CorpusShards::open_with(dir, train_config.seed, sampling)?;
-            let mut held_out = CorpusShards::held_out(dir, args.eval_sequences)?;
-            if held_out.is_empty() && !args.valid.is_empty() {
-                let valid_docs = run::read_documents(&args.valid)?;
-                held_out = TokenWindows::new(&run::tokenize(&tokenizer, &valid_docs)?, seq_len, 0)
-                    .windows()
-                    .to_vec();
-            }
-            if held_out.is_empty() {
-                bail!(
-                    "{} has no validation split: prepare it with --valid-fraction, or pass --valid FILES",
-                    dir.display()
-                );
-            }
-            (Box::new(train), held_out)
-        }
-    };
-    if train.sequences() == 0 || held_out.is_empty() {
-        bail!("not enough text for one {seq_len}-token window in the training or held-out split");
-    }
-    say!(
-        "data: {} training sequences, {} held-out sequences of {seq_len} tokens; global batch {} sequences",
-        train.sequences(),
-        held_out.len(),
-        train_config.global_batch
-    );
-    let valid_paths = match &source {
-        Source::Text { valid_paths, .. } => valid_paths.clone(),
-        Source::Shards { .. } => args.valid.clone(),
-    };
-    let run_dir = start.run_dir(&args.out)?;
-    let options = RunOptions {
-        steps: args.steps,
-        log_every: args.log_every,
-        eval_every: args.eval_every,
-        checkpoint_every: args.checkpoint_every,
-        max_eval_windows: args.eval_sequences,
+        pretraining.source(&beginning, |_| {})?
     };
     // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
     crate::install_stop_handler()?;
-    let checkpointer = Checkpointer::new(&run_dir, args.keep).with_tokenizer(tokenizer);
-    let save_config = |config: &pmc_train::TrainConfig, model: &pmc_model::LlamaConfig| {
-        run::save_run_config(
-            &run_dir,
-            &serde_json::json!({"train": config, "model": model.to_json(), "corpus": args.corpus,
-                "valid": valid_paths, "base": args.base, "steps": args.steps,
-                "distributed": args.distributed.describe()}),
-        )
-    };
-    let job = pmc_fsdp::Job {
-        start,
-        lora: None,
-        train_config,
-        sharding: args.distributed.sharding()?,
-        device: args.compute.device(),
-        data: train.as_ref(),
-        held_out: &held_out,
-        options: &options,
-        checkpointer: &checkpointer,
-    };
-    let Some((summary, _)) = crate::finished(job.run(save_config)?) else {
+    let record = serde_json::json!({"distributed": args.distributed.describe()});
+    let Some(Pretrained { summary, run_dir }) = pretraining.run(beginning, source, record)? else {
         return Ok(());
     };
     println!("\n| | held-out perplexity |\n|---|---|");

@@ -2,19 +2,12 @@
 //! full fine-tuning × PubMedQA, MedQA, MedMCQA — run end to end and written to a markdown
 //! section of `docs/results.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use pmc_bench::data::{self, Split, Task};
-use pmc_bench::regimes::{Accuracy, Regime};
-use pmc_bench::run::Mode;
-use pmc_train::run_dir::UsedDir;
-
-use crate::commands::ModelArgs;
-use crate::eval::{EvalArgs, eval};
-use crate::finetune::{FinetuneArgs, finetune};
-use pmc_train::Method;
+use pmc_bench::data::Task;
+use pmc_bench::regimes::{CellSettings, Regime, run_cell};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -52,123 +45,28 @@ pub struct ReproduceArgs {
     pub results: PathBuf,
 }
 
-fn eval_args(
-    task: Task,
-    model: &Path,
-    adapter: Option<PathBuf>,
-    args: &ReproduceArgs,
-    out: PathBuf,
-) -> EvalArgs {
-    EvalArgs {
-        task: vec![task],
-        model: ModelArgs {
-            model: model.to_path_buf(),
-            adapter,
-            dtype: Default::default(),
-        },
-        data: args.data.clone(),
-        mode: Mode::Loglik,
-        template: None,
-        shots: 0,
-        limit: args.limit,
-        seed: 1234,
-        max_new_tokens: 32,
-        temperature: 0.0,
-        top_p: 1.0,
-        out,
-    }
-}
-
-fn finetune_args(
-    task: Task,
-    model: &Path,
-    method: Method,
-    args: &ReproduceArgs,
-    out: PathBuf,
-) -> FinetuneArgs {
-    FinetuneArgs {
-        method,
-        model: model.to_path_buf(),
-        data: None,
-        task: Some(task),
-        data_dir: args.data.clone(),
-        fraction: args.fraction,
-        template: "pmc-llama".into(),
-        r: 8,
-        alpha: 16.0,
-        targets: pmc_peft::TargetModules::LLAMA_PROJECTIONS
-            .map(String::from)
-            .to_vec(),
-        rslora: false,
-        lora_dropout: 0.05,
-        lr: None,
-        steps: args.steps,
-        micro_batch: 1,
-        global_batch: args.global_batch,
-        max_len: 512,
-        warmup_ratio: 0.03,
-        weight_decay: 0.0,
-        max_grad_norm: 1.0,
-        seed: 0,
-        out,
-        resume: None,
-        distributed: Default::default(),
-        log_every: 10,
-        checkpoint_every: 1_000_000,
-        keep: 1,
-        compute: crate::ComputeArgs::default(),
-    }
-}
-
-fn accuracy(dir: &Path, task: Task) -> Result<Accuracy> {
-    Ok(pmc_bench::regimes::read_accuracy(dir, task)?)
-}
-
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
     let mut models = vec![("base", args.model.clone())];
     if let Some(c) = &args.continued {
         models.push(("continued", c.clone()));
     }
+    let settings = CellSettings {
+        data: args.data.clone(),
+        fraction: args.fraction,
+        steps: args.steps,
+        global_batch: args.global_batch,
+        limit: args.limit,
+    };
+    crate::install_stop_handler()?;
     let (mut rows, mut bars) = (Vec::new(), Vec::new());
     for (label, model) in &models {
         for &task in &args.tasks {
-            let has_train = data::resolve(task, Split::Train, &args.data).is_ok();
-            for regime in &args.regimes {
+            for &regime in &args.regimes {
                 let dir = args
                     .out
                     .join(format!("{label}-{}-{}", task.name(), regime.name()));
-                let cell = match regime {
-                    Regime::ZeroShot => {
-                        eval(eval_args(task, model, None, &args, dir.join("eval")))?;
-                        Some(accuracy(&dir.join("eval"), task)?)
-                    }
-                    Regime::Lora | Regime::Full if !has_train => None,
-                    Regime::Lora => {
-                        // The cell is recomputed: its earlier run goes first.
-                        pmc_train::run_dir::claim_fresh(&dir, UsedDir::Replace)?;
-                        finetune(finetune_args(task, model, Method::Lora, &args, dir.clone()))?;
-                        eval(eval_args(
-                            task,
-                            model,
-                            Some(dir.join("adapter")),
-                            &args,
-                            dir.join("eval"),
-                        ))?;
-                        Some(accuracy(&dir.join("eval"), task)?)
-                    }
-                    Regime::Full => {
-                        pmc_train::run_dir::claim_fresh(&dir, UsedDir::Replace)?;
-                        finetune(finetune_args(task, model, Method::Full, &args, dir.clone()))?;
-                        eval(eval_args(
-                            task,
-                            &dir.join("model"),
-                            None,
-                            &args,
-                            dir.join("eval"),
-                        ))?;
-                        Some(accuracy(&dir.join("eval"), task)?)
-                    }
-                };
+                eprintln!("cell {label} / {} / {}", task.name(), regime.name());
+                let cell = run_cell(model, task, regime, &settings, &dir)?;
                 let group = format!("{} / {}", task.name(), regime.name());
                 let text = match &cell {
                     Some(acc) => {

@@ -39,6 +39,12 @@ pub enum BenchError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] pmc_model::ModelError),
+    /// A LoRA adapter failed to load.
+    #[error(transparent)]
+    Peft(#[from] pmc_peft::PeftError),
+    /// Fine-tuning (a regime's training run) failed.
+    #[error(transparent)]
+    Train(#[from] pmc_train::TrainError),
 }
 
 /// SHA-256 of a file, hex: results record which data they were computed on.

@@ -1,8 +1,13 @@
-//! The paper's fine-tuning regimes as data: which examples a task's fine-tuning sees (the
-//! whole training pool, or PMC-LLaMA's data-efficient fractions of it), and the accuracy an
-//! evaluation run reports, read back as a typed value.
+//! The paper's fine-tuning regimes: which examples a task's fine-tuning sees (the whole
+//! training pool, or PMC-LLaMA's data-efficient fractions of it), one cell of the paper's
+//! table run in-process (model × regime × task → accuracy, [`run_cell`]), and the accuracy
+//! an evaluation run reports, read back as a typed value.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use pmc_fsdp::FineTuning;
+use pmc_train::Method;
+use pmc_train::run_dir::UsedDir;
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -96,6 +101,112 @@ impl std::fmt::Display for Accuracy {
             self.acc, self.wilson_95.0, self.wilson_95.1
         )
     }
+}
+
+impl Accuracy {
+    /// The accuracy of `predictions`.
+    pub fn of(predictions: &[crate::Prediction]) -> Self {
+        let correct = predictions
+            .iter()
+            .filter(|p| p.pred == Some(p.gold))
+            .count();
+        Accuracy {
+            acc: correct as f64 / predictions.len().max(1) as f64,
+            wilson_95: crate::metrics::wilson(correct, predictions.len()),
+        }
+    }
+}
+
+/// What every cell of a grid shares: the data, the fine-tuning budget, the questions.
+#[derive(Debug, Clone)]
+pub struct CellSettings {
+    /// Where the benchmarks are (laid out like ../shared/data).
+    pub data: PathBuf,
+    /// Share of the training pool fine-tuned on.
+    pub fraction: f64,
+    /// Fine-tuning steps (`None`: one epoch).
+    pub steps: Option<usize>,
+    /// Sequences per fine-tuning step.
+    pub global_batch: usize,
+    /// Evaluate on the first N questions only.
+    pub limit: Option<usize>,
+}
+
+/// One cell of the paper's table: `model` (an HF directory or GGUF file) under `regime` on
+/// `task`, working in `dir` (the fine-tuning run, then `eval/` with the predictions and
+/// results). Zero-shot evaluates the model as it is; LoRA and full fine-tune it on the
+/// task's training pool first (PMC-LLaMA's template, r 8 on the seven projections), then
+/// evaluate the adapter or the fine-tuned model, loglik mode with lm-eval's prompts. A
+/// fine-tuning cell starts afresh: what `dir` held is replaced. `None` when the regime needs
+/// a training split that `settings.data` lacks.
+pub fn run_cell(
+    model: &Path,
+    task: Task,
+    regime: Regime,
+    settings: &CellSettings,
+    dir: &Path,
+) -> Result<Option<Accuracy>, BenchError> {
+    let method = match regime {
+        Regime::ZeroShot => None,
+        Regime::Lora => Some(Method::Lora),
+        Regime::Full => Some(Method::Full),
+    };
+    let evaluated = match method {
+        None => (model.to_path_buf(), None),
+        Some(_) if data::resolve(task, Split::Train, &settings.data).is_err() => return Ok(None),
+        Some(method) => {
+            pmc_train::run_dir::claim_fresh(dir, UsedDir::Replace)?;
+            let examples = training_pool(task, &settings.data, settings.fraction, 0)?;
+            let fine_tuning = FineTuning {
+                steps: settings.steps,
+                global_batch: settings.global_batch,
+                checkpoint_every: usize::MAX,
+                keep: 1,
+                ..FineTuning::new(method, model, dir)
+            };
+            let record = serde_json::json!({"task": task.name(), "fraction": settings.fraction});
+            let Some(done) = fine_tuning.run(examples, record)? else {
+                return Err(BenchError::Config(
+                    "a cell is fine-tuned in one process".into(),
+                ));
+            };
+            match method {
+                Method::Lora => (model.to_path_buf(), Some(done.result)),
+                Method::Full => (done.result, None),
+            }
+        }
+    };
+    let (model_path, adapter) = evaluated;
+    let device = pmc_model::default_device();
+    let mut loaded = pmc_model::load_model(&model_path, &Default::default(), &device)?;
+    let mut model_name = model_path.display().to_string();
+    if let Some(adapter) = &adapter {
+        pmc_peft::load_adapter(&mut loaded.model, adapter, &device)?;
+        model_name += &format!(" + adapter {}", adapter.display());
+    }
+    let tokenizer = loaded
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| BenchError::Config(format!("{} has no tokenizer", model_path.display())))?;
+    let config = crate::EvalConfig {
+        task,
+        mode: crate::Mode::Loglik,
+        template: crate::Template::LmEval,
+        shots: 0,
+        seed: 1234,
+        generation: Default::default(),
+    };
+    let questions = crate::run::TaskQuestions::load(task, &settings.data, settings.limit, 0, 0)?;
+    let evaluator =
+        crate::run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &model_path)?;
+    let (predictions, _) = crate::run::evaluate_into(
+        &evaluator,
+        &questions,
+        &model_name,
+        &dir.join("eval"),
+        |_| {},
+    )?;
+    Ok(Some(Accuracy::of(&predictions)))
 }
 
 /// The accuracy of `task` in the evaluation run written to `dir`.

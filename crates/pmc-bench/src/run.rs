@@ -10,7 +10,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use serde_json::{Value, json};
 
 use crate::BenchError;
-use crate::data::{Question, Task};
+use crate::data::{Question, Split, Task};
 use crate::metrics;
 use crate::prompt::{self, TARGET_DELIMITER, Template};
 
@@ -493,4 +493,91 @@ mod merge_tests {
         );
         assert!(Task::parse_list("medqa,nope").is_err());
     }
+}
+
+/// A task's questions for one evaluation: the eval split (its first `limit` questions, in
+/// file order) and the few-shot examples drawn from its training pool.
+#[derive(Debug, Clone)]
+pub struct TaskQuestions {
+    /// The task.
+    pub task: Task,
+    /// The file the questions came from.
+    pub data_file: PathBuf,
+    /// The questions evaluated.
+    pub questions: Vec<Question>,
+    /// The few-shot examples put before each (loglik mode).
+    pub shots: Vec<Question>,
+}
+
+impl TaskQuestions {
+    /// Loads `task`'s eval split under `data` (a directory laid out like ../shared/data, or
+    /// the task's file) and, with `shots` > 0, that many examples of its training pool.
+    pub fn load(
+        task: Task,
+        data: &Path,
+        limit: Option<usize>,
+        shots: usize,
+        seed: u64,
+    ) -> Result<Self, BenchError> {
+        let data_file = crate::data::resolve(task, Split::Eval, data)?;
+        let mut questions = crate::data::load(task, Split::Eval, data)?;
+        if let Some(n) = limit {
+            questions.truncate(n);
+        }
+        let shots = if shots > 0 {
+            let pool = crate::data::load(task, Split::Train, data).map_err(|e| {
+                BenchError::Config(format!(
+                    "few-shot examples need {}'s train split: {e}",
+                    task.name()
+                ))
+            })?;
+            fewshot_examples(&pool, shots, seed)
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            task,
+            data_file,
+            questions,
+            shots,
+        })
+    }
+}
+
+/// SHA-256 of the data a run used; PubMedQA's test split also depends on its ground-truth
+/// file beside it.
+pub fn data_hash(task: Task, data_file: &Path) -> Result<String, BenchError> {
+    let main = crate::sha256_file(data_file)?;
+    if task == Task::PubMedQa {
+        let truth = data_file.with_file_name("test_ground_truth.json");
+        return Ok(format!(
+            "{main} + test_ground_truth.json {}",
+            crate::sha256_file(&truth)?
+        ));
+    }
+    Ok(main)
+}
+
+/// Evaluates `questions` with `evaluator` (calling `on_done` after each question) and writes
+/// `predictions.jsonl`, `results.json` (naming the model `model_name`) and `results.md` into
+/// `dir`; returns the predictions and the results.
+pub fn evaluate_into(
+    evaluator: &Evaluator,
+    questions: &TaskQuestions,
+    model_name: &str,
+    dir: &Path,
+    on_done: impl FnMut(&[Prediction]),
+) -> Result<(Vec<Prediction>, Value), BenchError> {
+    let started = std::time::Instant::now();
+    let predictions = evaluator.evaluate(&questions.questions, &questions.shots, on_done)?;
+    let results = results_json(
+        evaluator.config,
+        &predictions,
+        model_name,
+        &questions.data_file,
+        &data_hash(questions.task, &questions.data_file)?,
+        started.elapsed().as_secs_f64(),
+    );
+    write_outputs(dir, &predictions, &results)?;
+    Ok((predictions, results))
 }

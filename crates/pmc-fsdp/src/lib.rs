@@ -13,20 +13,24 @@
 
 pub mod checkpoint;
 pub mod collective;
+pub mod finetune;
 pub mod flat;
 pub mod job;
 pub mod launch;
 pub mod measure;
 #[cfg(feature = "mpi")]
 pub mod mpi;
+pub mod pretrain;
 pub mod step;
 pub mod threads;
 pub mod trainer;
 
 pub use collective::{Collective, CollectiveError, DEFAULT_TIMEOUT, Traffic};
+pub use finetune::{FineTuned, FineTuning, LoraSettings};
 pub use flat::Layout;
 pub use job::{Job, Outcome, Sharding, Start};
 pub use launch::{Engine, Launched, launch};
+pub use pretrain::{Beginning, Pretrained, Pretraining};
 pub use trainer::{FsdpTrainer, ShardLevel, StateBytes};
 
 /// Errors of sharded training outside a step.

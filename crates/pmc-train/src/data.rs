@@ -221,6 +221,20 @@ pub enum Sampling {
     PaperWindows,
 }
 
+impl std::str::FromStr for Sampling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "packed" => Ok(Sampling::Packed),
+            "paper-windows" => Ok(Sampling::PaperWindows),
+            other => Err(format!(
+                "unknown sampling {other:?}: packed or paper-windows"
+            )),
+        }
+    }
+}
+
 enum OpenStream {
     Packed(pmc_corpus::SequenceStream),
     Papers(pmc_corpus::reader::PaperWindows),

@@ -26,6 +26,14 @@ pub enum Template {
 }
 
 impl Template {
+    /// `pmc-llama` or `plain`, as [`Template::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::PmcLlama => "pmc-llama",
+            Template::Plain => "plain",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Template> {
         match name {
             "pmc-llama" | "alpaca" => Some(Template::PmcLlama),

@@ -1,0 +1,127 @@
+//! One cell of the paper's table, run in-process on the GQA fixture model and a small
+//! MedQA-shaped task: zero-shot, LoRA (fine-tuned, then evaluated with its adapter applied)
+//! and a regime without a training split.
+
+use std::path::{Path, PathBuf};
+
+use pmc_bench::Task;
+use pmc_bench::regimes::{Accuracy, CellSettings, Regime, read_accuracy, run_cell};
+
+fn fixture_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pmc-model/tests/fixtures/gqa_tied")
+}
+
+/// `n` four-option questions, JSONL in MedQA's original fields.
+fn medqa_lines(n: usize, offset: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let i = i + offset;
+            let answer = ["A", "B", "C", "D"][i % 4];
+            serde_json::json!({
+                "question": format!("Which enzyme does drug {i} inhibit in patient {}?", i % 7),
+                "options": {"A": "kinase", "B": "protease", "C": "lipase", "D": "amylase"},
+                "answer_idx": answer,
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+/// The log-likelihoods of every prediction in an evaluation directory, in order.
+fn logliks(eval_dir: &Path) -> Vec<Vec<f64>> {
+    std::fs::read_to_string(eval_dir.join("predictions.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            serde_json::from_value(v["loglik"].clone()).unwrap()
+        })
+        .collect()
+}
+
+/// Equal up to the last digit that serde_json's float parsing may change.
+fn assert_same(ours: Accuracy, written: Accuracy) {
+    let pairs = [
+        (ours.acc, written.acc),
+        (ours.wilson_95.0, written.wilson_95.0),
+        (ours.wilson_95.1, written.wilson_95.1),
+    ];
+    assert!(
+        pairs.iter().all(|(a, b)| (a - b).abs() < 1e-12),
+        "{ours:?} vs {written:?}"
+    );
+}
+
+#[test]
+fn a_cell_fine_tunes_then_evaluates_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("medqa")).unwrap();
+    std::fs::write(data.join("medqa/train_4options.jsonl"), medqa_lines(24, 0)).unwrap();
+    std::fs::write(data.join("medqa/test_4options.jsonl"), medqa_lines(6, 100)).unwrap();
+    let settings = CellSettings {
+        data: data.clone(),
+        fraction: 1.0,
+        steps: Some(2),
+        global_batch: 4,
+        limit: None,
+    };
+    let model = fixture_model();
+
+    let zero_dir = dir.path().join("zero-shot");
+    let zero = run_cell(&model, Task::MedQa, Regime::ZeroShot, &settings, &zero_dir)
+        .unwrap()
+        .expect("zero-shot needs no training split");
+    // The value returned is the one the written results report.
+    assert_same(
+        zero,
+        read_accuracy(&zero_dir.join("eval"), Task::MedQa).unwrap(),
+    );
+    let zero_ll = logliks(&zero_dir.join("eval"));
+    assert_eq!(zero_ll.len(), 6);
+
+    let lora_dir = dir.path().join("lora");
+    let lora = run_cell(&model, Task::MedQa, Regime::Lora, &settings, &lora_dir)
+        .unwrap()
+        .expect("the task has a training split");
+    assert!(lora_dir.join("adapter/adapter_model.safetensors").exists());
+    assert_same(
+        lora,
+        read_accuracy(&lora_dir.join("eval"), Task::MedQa).unwrap(),
+    );
+    // The evaluation ran with the trained adapter applied: the scores moved.
+    let lora_ll = logliks(&lora_dir.join("eval"));
+    let moved = zero_ll
+        .iter()
+        .flatten()
+        .zip(lora_ll.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(moved > 1e-6, "LoRA cell scores equal zero-shot's");
+
+    // Run again, the cell starts afresh in its directory instead of refusing it.
+    run_cell(&model, Task::MedQa, Regime::Lora, &settings, &lora_dir).unwrap();
+
+    // Without a training split, a fine-tuning regime has no cell.
+    let test_only = dir.path().join("test-only");
+    std::fs::create_dir_all(test_only.join("medqa")).unwrap();
+    std::fs::copy(
+        data.join("medqa/test_4options.jsonl"),
+        test_only.join("medqa/test_4options.jsonl"),
+    )
+    .unwrap();
+    let settings = CellSettings {
+        data: test_only,
+        ..settings
+    };
+    let none = run_cell(
+        &model,
+        Task::MedQa,
+        Regime::Full,
+        &settings,
+        &dir.path().join("full"),
+    )
+    .unwrap();
+    assert!(none.is_none());
+}
