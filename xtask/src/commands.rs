@@ -128,13 +128,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
             .map(|s| pmc_model::Message::new("system", s))
             .collect();
         messages.push(pmc_model::Message::new("user", &args.prompt));
-        let text = template.render(&messages, true)?;
-        tracing::debug!(prompt = %text, "chat prompt");
-        // The template writes the special tokens itself (as apply_chat_template).
-        (
-            tokenizer.encode_plain(&text)?,
-            template.end_of_turn_ids(tokenizer)?,
-        )
+        template.prompt_ids(tokenizer, &messages)?
     } else {
         (tokenizer.encode(&args.prompt)?, tokenizer.eos_ids.clone())
     };

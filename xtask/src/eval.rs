@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use pmc_bench::{EvalConfig, Mode, Split, Task, Template, data, metrics, run};
+use pmc_bench::{EvalConfig, Mode, Task, Template, metrics, run};
 use pmc_model::GenerationConfig;
 
 use crate::commands::ModelArgs;
@@ -163,51 +163,25 @@ pub struct CompareArgs {
 }
 
 pub fn compare(args: CompareArgs) -> Result<()> {
-    let a = run::read_predictions(&args.run_a)?;
-    let b = run::read_predictions(&args.run_b)?;
-    let b_by_id: std::collections::HashMap<&str, bool> =
-        b.iter().map(|(id, c)| (id.as_str(), *c)).collect();
-    let mut paired = Vec::new();
-    for (id, ca) in &a {
-        let cb = b_by_id.get(id.as_str()).with_context(|| {
-            format!(
-                "question {id} is in {} but not in {}",
-                args.run_a.display(),
-                args.run_b.display()
-            )
-        })?;
-        paired.push((*ca, *cb));
-    }
-    if paired.len() != b.len() {
-        bail!(
-            "the runs cover different questions ({} vs {})",
-            a.len(),
-            b.len()
-        );
-    }
-    let ca: Vec<bool> = paired.iter().map(|p| p.0).collect();
-    let cb: Vec<bool> = paired.iter().map(|p| p.1).collect();
-    let only_a = paired.iter().filter(|(x, y)| *x && !*y).count();
-    let only_b = paired.iter().filter(|(x, y)| !*x && *y).count();
-    let (lo, hi, p_boot) = metrics::paired_bootstrap(&ca, &cb, args.samples, 0);
+    let paired = run::PairedRuns::read(&args.run_a, &args.run_b)?;
+    let (ca, cb) = (&paired.a, &paired.b);
+    let (only_a, only_b) = paired.discordant();
+    let (lo, hi, p_boot) = metrics::paired_bootstrap(ca, cb, args.samples, 0);
     println!("| | A | B |\n|---|---|---|");
     println!(
         "| accuracy | {:.4} | {:.4} |",
-        metrics::accuracy(&ca),
-        metrics::accuracy(&cb)
+        metrics::accuracy(ca),
+        metrics::accuracy(cb)
     );
     println!(
         "\n{} paired questions; A right and B wrong: {only_a}; B right and A wrong: {only_b}",
-        paired.len()
+        ca.len()
     );
     println!(
         "accuracy A − B: {:+.4}, paired bootstrap 95 % CI [{lo:+.4}, {hi:+.4}], P(A ≤ B) = {p_boot:.4}",
-        metrics::accuracy(&ca) - metrics::accuracy(&cb)
+        metrics::accuracy(ca) - metrics::accuracy(cb)
     );
-    println!(
-        "McNemar exact test: p = {:.4}",
-        metrics::mcnemar_exact(only_a, only_b)
-    );
+    println!("McNemar exact test: p = {:.4}", paired.mcnemar_p());
     Ok(())
 }
 
@@ -230,29 +204,10 @@ pub struct ContaminationArgs {
 /// `contamination`: the share of a benchmark's items whose text shares a word 13-gram with
 /// the pretraining corpus, for the evaluation split and the training pool.
 pub fn contamination(args: ContaminationArgs) -> Result<()> {
-    use pmc_bench::contamination::{ContaminationIndex, NGRAM};
-    let manifest = pmc_corpus::read_manifest(&args.corpus)?;
-    let mut splits = Vec::new();
-    for split in [Split::Eval, Split::Train] {
-        match data::load(args.task, split, &args.data) {
-            Ok(questions) => splits.push((split, ContaminationIndex::new(args.task, &questions))),
-            Err(e) if split == Split::Train => eprintln!("note: no training pool ({e})"),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    // question index per split → the corpus documents that contain one of its n-grams
-    let mut found: Vec<std::collections::BTreeMap<u32, Vec<String>>> =
-        vec![Default::default(); splits.len()];
-    let mut documents = 0usize;
-    for shard in &manifest.text_shards {
-        for (doc_id, text) in pmc_corpus::shards::read_text_shard(&args.corpus.join(&shard.file))? {
-            documents += 1;
-            for (k, (_, index)) in splits.iter().enumerate() {
-                for hit in index.hits(&text) {
-                    found[k].entry(hit).or_default().push(doc_id.clone());
-                }
-            }
-        }
+    use pmc_bench::contamination::{NGRAM, scan};
+    let (splits, documents) = scan(&args.corpus, args.task, &args.data)?;
+    if splits.len() == 1 {
+        eprintln!("note: {} has no training pool here", args.task.name());
     }
     println!(
         "{} against {} ({documents} documents), word {NGRAM}-grams\n",
@@ -262,7 +217,7 @@ pub fn contamination(args: ContaminationArgs) -> Result<()> {
     println!("| split | items | contaminated | share |");
     println!("|---|---:|---:|---:|");
     let mut lines = Vec::new();
-    for ((split, index), hits) in splits.iter().zip(&found) {
+    for pmc_bench::contamination::SplitContamination { split, index, hits } in &splits {
         println!(
             "| {split:?} | {} | {} | {:.2} % |",
             index.len(),

@@ -1,15 +1,5 @@
 //! `cargo xtask`: the project's commands. Each parses its arguments and calls the crates.
 
-/// `eprintln!` for progress and setup lines, which only the first process of an MPI job
-/// prints (every rank prepares the same data; one report is enough).
-macro_rules! say {
-    ($($arg:tt)*) => {
-        if pmc_fsdp::launch::launcher_rank().unwrap_or(0) == 0 {
-            eprintln!($($arg)*);
-        }
-    };
-}
-
 mod commands;
 mod corpus;
 mod eval;
@@ -125,26 +115,6 @@ impl Default for ComputeArgs {
     }
 }
 
-impl ComputeArgs {
-    /// Sets `train.parallel_micro_batches` from the option, or picks it for `model` on this
-    /// machine (see `pmc_train::lanes`) and says what it picked.
-    pub fn set_lanes(&self, model: &pmc_model::LlamaConfig, train: &mut pmc_train::TrainConfig) {
-        train.parallel_micro_batches = match self.parallel_micro_batches {
-            Some(n) => n,
-            None => {
-                let lanes = pmc_train::lanes::choose(model, train);
-                say!("{}", lanes.reason);
-                lanes.count
-            }
-        };
-    }
-
-    /// The autodiff device these options train on.
-    pub fn device(&self) -> pmc_model::burn::prelude::Device {
-        pmc_train::autodiff_device(self.gradient_checkpointing)
-    }
-}
-
 /// Sharded data-parallel training (pretrain and finetune share these options).
 #[derive(clap::Args, Debug, Clone)]
 pub struct DistributedArgs {
@@ -182,26 +152,12 @@ impl DistributedArgs {
     /// `None`: train in one process with pmc-train's trainer.
     pub fn sharding(&self) -> anyhow::Result<Option<pmc_fsdp::Sharding>> {
         let engine: pmc_fsdp::Engine = self.engine.parse().map_err(anyhow::Error::msg)?;
-        if self.world_size.is_none_or(|n| n <= 1)
-            && self.shard_level.is_none()
-            && engine == pmc_fsdp::Engine::Threads
-        {
-            return Ok(None);
-        }
-        if self.world_size == Some(0) {
-            anyhow::bail!("--world-size must be at least 1");
-        }
-        let level = pmc_fsdp::ShardLevel::from_number(self.shard_level.unwrap_or(3))
-            .ok_or_else(|| anyhow::anyhow!("--shard-level must be 0, 1, 2 or 3"))?;
-        if self.collective_timeout.is_nan() || self.collective_timeout <= 0.0 {
-            anyhow::bail!("--collective-timeout must be positive");
-        }
-        Ok(Some(pmc_fsdp::Sharding {
-            level,
+        Ok(pmc_fsdp::Sharding::of(
+            self.world_size,
+            self.shard_level,
             engine,
-            world_size: self.world_size,
-            timeout: std::time::Duration::from_secs_f64(self.collective_timeout),
-        }))
+            self.collective_timeout,
+        )?)
     }
 
     /// Under `--engine mpi` outside an MPI job: reruns this command under `mpiexec` and exits

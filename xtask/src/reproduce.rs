@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use pmc_bench::data::Task;
-use pmc_bench::regimes::{CellSettings, Regime, run_cell};
+use pmc_bench::regimes::{
+    CellSettings, Regime, TableRow, run_cell, table_section, write_table_section,
+};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -67,52 +69,40 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
                     .join(format!("{label}-{}-{}", task.name(), regime.name()));
                 eprintln!("cell {label} / {} / {}", task.name(), regime.name());
                 let cell = run_cell(model, task, regime, &settings, &dir)?;
-                let group = format!("{} / {}", task.name(), regime.name());
-                let text = match &cell {
-                    Some(acc) => {
-                        bars.push(pmc_plot::AccuracyBar {
-                            group,
-                            series: label.to_string(),
-                            acc: acc.acc,
-                            low: acc.wilson_95.0,
-                            high: acc.wilson_95.1,
-                        });
-                        acc.to_string()
-                    }
-                    None => "— (no training split in --data)".to_string(),
-                };
-                rows.push(format!(
-                    "| {label} | {} | {} | {text} |",
-                    task.name(),
-                    regime.name()
-                ));
+                if let Some(acc) = &cell {
+                    bars.push(pmc_plot::AccuracyBar {
+                        group: format!("{} / {}", task.name(), regime.name()),
+                        series: label.to_string(),
+                        acc: acc.acc,
+                        low: acc.wilson_95.0,
+                        high: acc.wilson_95.1,
+                    });
+                }
+                rows.push(TableRow {
+                    model: label.to_string(),
+                    task,
+                    regime,
+                    accuracy: cell,
+                });
             }
         }
     }
-    let table = format!(
-        "<!-- reproduce:begin -->\n`cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}` \
-         (loglik mode, lm-eval templates; acc with Wilson 95 % interval)\n\n| model | task | regime | acc |\n|---|---|---|---|\n{}\n<!-- reproduce:end -->",
+    let names = |names: Vec<&str>| names.join(",");
+    let command = format!(
+        "cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}",
         args.model.display(),
         args.continued
             .as_ref()
             .map_or(String::new(), |c| format!(" --continued {}", c.display())),
-        args.tasks
-            .iter()
-            .map(|t| t.name())
-            .collect::<Vec<_>>()
-            .join(","),
-        args.regimes
-            .iter()
-            .map(|r| r.name())
-            .collect::<Vec<_>>()
-            .join(","),
+        names(args.tasks.iter().map(|t| t.name()).collect()),
+        names(args.regimes.iter().map(|r| r.name()).collect()),
         args.fraction,
         args.steps
             .map_or(String::new(), |s| format!(" --steps {s}")),
         args.limit
             .map_or(String::new(), |l| format!(" --limit {l}")),
-        rows.join("\n")
     );
+    let table = table_section(&command, &rows);
     println!("{table}");
     if !bars.is_empty() {
         let (svg, png) = pmc_plot::accuracy_chart(
@@ -122,20 +112,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         )?;
         eprintln!("chart: {} and {}", svg.display(), png.display());
     }
-    let text = std::fs::read_to_string(&args.results).unwrap_or_default();
-    let updated = match (
-        text.find("<!-- reproduce:begin -->"),
-        text.find("<!-- reproduce:end -->"),
-    ) {
-        (Some(a), Some(b)) if a < b => format!(
-            "{}{table}{}",
-            &text[..a],
-            &text[b + "<!-- reproduce:end -->".len()..]
-        ),
-        _ => format!("{text}\n## The paper's table (`cargo xtask reproduce`)\n\n{table}\n"),
-    };
-    std::fs::write(&args.results, updated)
-        .with_context(|| format!("writing {}", args.results.display()))?;
+    write_table_section(&args.results, &table)?;
     eprintln!("wrote the table into {}", args.results.display());
     Ok(())
 }

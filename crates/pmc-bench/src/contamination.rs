@@ -37,6 +37,7 @@ pub fn item_text(task: Task, q: &Question) -> String {
 }
 
 /// Index of the benchmark's n-grams → the questions that contain them.
+#[derive(Debug)]
 pub struct ContaminationIndex {
     ngrams: HashMap<u64, Vec<u32>>,
     ids: Vec<String>,
@@ -128,4 +129,50 @@ mod tests {
                 .is_empty()
         );
     }
+}
+
+/// One split's items that share a word n-gram with the corpus.
+#[derive(Debug)]
+pub struct SplitContamination {
+    /// The split.
+    pub split: crate::Split,
+    /// Its items.
+    pub index: ContaminationIndex,
+    /// Item → the corpus documents sharing an n-gram with it.
+    pub hits: std::collections::BTreeMap<u32, Vec<String>>,
+}
+
+/// Scans the text shards of the corpus prepared at `corpus` for `task`'s evaluation split
+/// and, when `data` has one, its training pool. Returns each split's contamination and the
+/// number of documents read.
+pub fn scan(
+    corpus: &std::path::Path,
+    task: Task,
+    data: &std::path::Path,
+) -> Result<(Vec<SplitContamination>, usize), crate::BenchError> {
+    let manifest = pmc_corpus::read_manifest(corpus)?;
+    let mut splits = Vec::new();
+    for split in [crate::Split::Eval, crate::Split::Train] {
+        match crate::data::load(task, split, data) {
+            Ok(questions) => splits.push(SplitContamination {
+                split,
+                index: ContaminationIndex::new(task, &questions),
+                hits: Default::default(),
+            }),
+            Err(_) if split == crate::Split::Train => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut documents = 0usize;
+    for shard in &manifest.text_shards {
+        for (doc_id, text) in pmc_corpus::shards::read_text_shard(&corpus.join(&shard.file))? {
+            documents += 1;
+            for split in &mut splits {
+                for hit in split.index.hits(&text) {
+                    split.hits.entry(hit).or_default().push(doc_id.clone());
+                }
+            }
+        }
+    }
+    Ok((splits, documents))
 }

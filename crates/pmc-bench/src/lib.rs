@@ -39,6 +39,9 @@ pub enum BenchError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] pmc_model::ModelError),
+    /// A prepared corpus could not be read.
+    #[error(transparent)]
+    Corpus(#[from] pmc_corpus::CorpusError),
     /// A LoRA adapter failed to load.
     #[error(transparent)]
     Peft(#[from] pmc_peft::PeftError),

@@ -230,3 +230,63 @@ pub fn read_accuracy(dir: &Path, task: Task) -> Result<Accuracy, BenchError> {
         wilson_95: wilson,
     })
 }
+
+/// Where the paper's table sits in a markdown file.
+const SECTION_BEGIN: &str = "<!-- reproduce:begin -->";
+const SECTION_END: &str = "<!-- reproduce:end -->";
+
+/// One row of the paper's table: a model's cell, or `None` where the regime needed a
+/// training split the data lacks.
+#[derive(Debug, Clone)]
+pub struct TableRow {
+    /// The model's label (`base`, `continued`).
+    pub model: String,
+    /// The task.
+    pub task: Task,
+    /// The regime.
+    pub regime: Regime,
+    /// Its accuracy.
+    pub accuracy: Option<Accuracy>,
+}
+
+/// The table as a markdown section between `reproduce` markers, under the `command` that
+/// made it.
+pub fn table_section(command: &str, rows: &[TableRow]) -> String {
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let acc = row.accuracy.map_or_else(
+                || "— (no training split in the data)".to_string(),
+                |acc| acc.to_string(),
+            );
+            format!(
+                "| {} | {} | {} | {acc} |",
+                row.model,
+                row.task.name(),
+                row.regime.name()
+            )
+        })
+        .collect();
+    format!(
+        "{SECTION_BEGIN}\n`{command}` (loglik mode, lm-eval templates; acc with Wilson 95 % interval)\n\n\
+         | model | task | regime | acc |\n|---|---|---|---|\n{}\n{SECTION_END}",
+        rows.join("\n")
+    )
+}
+
+/// Puts `section` (from [`table_section`]) into the markdown file at `path`: in place of the
+/// one there, or appended under a heading (the file is created if missing).
+pub fn write_table_section(path: &Path, section: &str) -> Result<(), BenchError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(BenchError::Io(path.to_path_buf(), e)),
+    };
+    let updated = match (text.find(SECTION_BEGIN), text.find(SECTION_END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &text[..a], &text[b + SECTION_END.len()..])
+        }
+        _ => format!("{text}\n## The paper's table (`cargo xtask reproduce`)\n\n{section}\n"),
+    };
+    std::fs::write(path, updated).map_err(|e| BenchError::Io(path.to_path_buf(), e))
+}

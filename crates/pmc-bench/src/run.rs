@@ -581,3 +581,59 @@ pub fn evaluate_into(
     write_outputs(dir, &predictions, &results)?;
     Ok((predictions, results))
 }
+
+/// Two evaluation runs' correctness on the same questions, paired by question id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairedRuns {
+    /// Run A's correctness, in A's question order.
+    pub a: Vec<bool>,
+    /// Run B's on the same questions.
+    pub b: Vec<bool>,
+}
+
+impl PairedRuns {
+    /// Reads the predictions in `run_a` and `run_b` and pairs them; runs over different
+    /// questions are refused, naming a question one lacks.
+    pub fn read(run_a: &Path, run_b: &Path) -> Result<Self, BenchError> {
+        let a = read_predictions(run_a)?;
+        let b = read_predictions(run_b)?;
+        let b_by_id: std::collections::HashMap<&str, bool> =
+            b.iter().map(|(id, c)| (id.as_str(), *c)).collect();
+        let different = |message: String| Err(BenchError::Config(message));
+        let mut paired = PairedRuns {
+            a: Vec::with_capacity(a.len()),
+            b: Vec::with_capacity(a.len()),
+        };
+        for (id, correct) in &a {
+            let Some(&other) = b_by_id.get(id.as_str()) else {
+                return different(format!(
+                    "question {id} is in {} but not in {}",
+                    run_a.display(),
+                    run_b.display()
+                ));
+            };
+            paired.a.push(*correct);
+            paired.b.push(other);
+        }
+        if a.len() != b.len() {
+            return different(format!(
+                "the runs cover different questions ({} vs {})",
+                a.len(),
+                b.len()
+            ));
+        }
+        Ok(paired)
+    }
+
+    /// Questions A got right and B wrong, and the other way round.
+    pub fn discordant(&self) -> (usize, usize) {
+        let only = |x: &[bool], y: &[bool]| x.iter().zip(y).filter(|(x, y)| **x && !**y).count();
+        (only(&self.a, &self.b), only(&self.b, &self.a))
+    }
+
+    /// McNemar's exact test of A and B being equally accurate.
+    pub fn mcnemar_p(&self) -> f64 {
+        let (only_a, only_b) = self.discordant();
+        metrics::mcnemar_exact(only_a, only_b)
+    }
+}

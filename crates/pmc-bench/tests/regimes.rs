@@ -125,3 +125,71 @@ fn a_cell_fine_tunes_then_evaluates_in_process() {
     .unwrap();
     assert!(none.is_none());
 }
+
+#[test]
+fn the_table_replaces_its_own_section_and_keeps_the_rest() {
+    use pmc_bench::regimes::{TableRow, table_section, write_table_section};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.md");
+    std::fs::write(&path, "# Results\n\nbefore\n").unwrap();
+    let row = |acc| TableRow {
+        model: "base".into(),
+        task: Task::MedQa,
+        regime: Regime::ZeroShot,
+        accuracy: Some(Accuracy {
+            acc,
+            wilson_95: (0.1, 0.9),
+        }),
+    };
+    write_table_section(&path, &table_section("first", &[row(0.25)])).unwrap();
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "\nafter\n").unwrap();
+    let mut missing = row(0.5);
+    missing.accuracy = None;
+    write_table_section(&path, &table_section("second", &[row(0.5), missing])).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("# Results\n\nbefore\n"), "{text}");
+    assert!(text.ends_with("\nafter\n"), "{text}");
+    assert!(!text.contains("first") && !text.contains("0.250"), "{text}");
+    assert!(
+        text.contains("| base | medqa_4options | zero-shot | 0.500 [0.100, 0.900] |"),
+        "{text}"
+    );
+    assert!(text.contains("no training split"), "{text}");
+    assert_eq!(text.matches("reproduce:begin").count(), 1);
+}
+
+#[test]
+fn paired_runs_match_questions_by_id_and_refuse_different_sets() {
+    use pmc_bench::run::PairedRuns;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, rows: &[(&str, u64)]| {
+        let run = dir.path().join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        let lines: String = rows
+            .iter()
+            .map(|(id, pred)| format!("{{\"id\": \"{id}\", \"pred\": {pred}, \"gold\": 1}}\n"))
+            .collect();
+        std::fs::write(run.join("predictions.jsonl"), lines).unwrap();
+        run
+    };
+    // B lists the questions in another order: pairing is by id.
+    let a = write("a", &[("q1", 1), ("q2", 0), ("q3", 1), ("q4", 0)]);
+    let b = write("b", &[("q4", 1), ("q3", 1), ("q2", 1), ("q1", 0)]);
+    let paired = PairedRuns::read(&a, &b).unwrap();
+    assert_eq!(paired.a, [true, false, true, false]);
+    assert_eq!(paired.b, [false, true, true, true]);
+    assert_eq!(paired.discordant(), (1, 2));
+    assert_eq!(paired.mcnemar_p(), 1.0);
+    let c = write("c", &[("q1", 1), ("q2", 0), ("q3", 1), ("q9", 0)]);
+    let err = PairedRuns::read(&a, &c).unwrap_err().to_string();
+    assert!(
+        err.contains("question q4 is in") && err.contains("but not in"),
+        "{err}"
+    );
+    let d = write(
+        "d",
+        &[("q1", 1), ("q2", 0), ("q3", 1), ("q4", 0), ("q5", 1)],
+    );
+    let err = PairedRuns::read(&a, &d).unwrap_err().to_string();
+    assert!(err.contains("different questions (4 vs 5)"), "{err}");
+}

@@ -89,6 +89,38 @@ pub struct Sharding {
     pub timeout: Duration,
 }
 
+impl Sharding {
+    /// The sharding that a run's options ask for: `None` (one process, pmc-train's trainer)
+    /// without a world size above 1, a level or another engine than threads; the level
+    /// defaults to 3. Errors name the option that is wrong.
+    pub fn of(
+        world_size: Option<usize>,
+        level: Option<u8>,
+        engine: Engine,
+        timeout_s: f64,
+    ) -> Result<Option<Sharding>, TrainError> {
+        if world_size.is_none_or(|n| n <= 1) && level.is_none() && engine == Engine::Threads {
+            return Ok(None);
+        }
+        let invalid = |message: &str| Err(TrainError::Config(message.into()));
+        if world_size == Some(0) {
+            return invalid("--world-size must be at least 1");
+        }
+        let Some(level) = ShardLevel::from_number(level.unwrap_or(3)) else {
+            return invalid("--shard-level must be 0, 1, 2 or 3");
+        };
+        if timeout_s.is_nan() || timeout_s <= 0.0 {
+            return invalid("--collective-timeout must be positive");
+        }
+        Ok(Some(Sharding {
+            level,
+            engine,
+            world_size,
+            timeout: Duration::from_secs_f64(timeout_s),
+        }))
+    }
+}
+
 /// Everything a run is made of.
 pub struct Job<'a> {
     /// Where it starts.

@@ -104,6 +104,22 @@ impl ChatTemplate {
             .map_err(|e| ModelError::ChatTemplate(format!("rendering the chat template: {e:#}")))
     }
 
+    /// The token ids of `messages` rendered with the generation prompt, and the ids that end
+    /// the reply ([`ChatTemplate::end_of_turn_ids`]). The template writes the special tokens
+    /// itself (as transformers' `apply_chat_template`), so the text is encoded without adding
+    /// BOS.
+    pub fn prompt_ids(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let text = self.render(messages, true)?;
+        Ok((
+            tokenizer.encode_plain(&text)?,
+            self.end_of_turn_ids(tokenizer)?,
+        ))
+    }
+
     /// The tokens that close an assistant turn: what the template writes right after a reply
     /// when it is a single special token (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`,
     /// `</s>`), plus the model's EOS ids.
