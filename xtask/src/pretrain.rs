@@ -144,6 +144,14 @@ pub struct PretrainArgs {
     pub compute: crate::ComputeArgs,
     #[command(flatten)]
     pub distributed: crate::DistributedArgs,
+    /// Benchmark accuracy at every evaluation: TASK:N,… (e.g. pubmedqa:200,medqa:200,medmcqa:200),
+    /// N questions of each task's evaluation split drawn with a fixed seed, scored the
+    /// loglik way (lm-eval's prompts) and logged with Wilson intervals.
+    #[arg(long, value_delimiter = ',')]
+    pub eval_tasks: Vec<pmc_bench::probe::ProbeSpec>,
+    /// Where --eval-tasks' benchmarks are (laid out like ../shared/data).
+    #[arg(long, default_value = "../shared/data")]
+    pub eval_data: PathBuf,
     /// Held-out sequences in each perplexity evaluation.
     #[arg(long, default_value_t = 64)]
     pub eval_sequences: usize,
@@ -200,7 +208,15 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     // Ctrl-C finishes the current step, writes a checkpoint and stops; a second one kills.
     crate::install_stop_handler()?;
     let record = serde_json::json!({"distributed": args.distributed.describe()});
-    let Some(Pretrained { summary, run_dir }) = pretraining.run(beginning, source, record)? else {
+    let prepared = pretraining.prepare(beginning, source)?;
+    // The same questions in every run and on every rank, whatever the training seed.
+    let probes = pmc_bench::probe::probes(
+        &args.eval_tasks,
+        &args.eval_data,
+        prepared.tokenizer(),
+        1234,
+    )?;
+    let Some(Pretrained { summary, run_dir }) = prepared.run(probes, record)? else {
         return Ok(());
     };
     println!("\n| | held-out perplexity |\n|---|---|");

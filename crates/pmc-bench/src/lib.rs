@@ -7,6 +7,7 @@
 pub mod contamination;
 pub mod data;
 pub mod metrics;
+pub mod probe;
 pub mod prompt;
 pub mod regimes;
 pub mod run;

@@ -2,9 +2,6 @@
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-/// z for a two-sided 95 % interval.
-const Z95: f64 = 1.959963984540054;
-
 /// Fraction of `correct`.
 pub fn accuracy(correct: &[bool]) -> f64 {
     if correct.is_empty() {
@@ -24,18 +21,7 @@ pub fn stderr(correct: &[bool]) -> f64 {
     (p * (1.0 - p) * n / (n - 1.0) / n).sqrt()
 }
 
-/// The Wilson score 95 % interval of `k` successes in `n` trials.
-pub fn wilson(k: usize, n: usize) -> (f64, f64) {
-    if n == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    let (k, n) = (k as f64, n as f64);
-    let p = k / n;
-    let z2 = Z95 * Z95;
-    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
-    let half = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
-    ((centre - half).max(0.0), (centre + half).min(1.0))
-}
+pub use pmc_train::probe::wilson;
 
 /// Percentile bootstrap 95 % interval of the accuracy (`samples` resamples, seeded).
 pub fn bootstrap(correct: &[bool], samples: usize, seed: u64) -> (f64, f64) {

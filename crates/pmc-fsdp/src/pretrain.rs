@@ -169,15 +169,13 @@ impl Pretraining {
         Ok(source)
     }
 
-    /// Trains on `source` from `beginning`. `record` goes into `run_config.json` beside the
-    /// trainer's and the model's configs. `Ok(None)` on MPI ranks other than 0; a job
-    /// relaunched under `mpiexec` exits with its code.
-    pub fn run(
+    /// The run's start, tokenizer and trainer config for `source` from `beginning` (a fresh
+    /// model's tokenizer is learnt here when the text brings none).
+    pub fn prepare(
         &self,
         beginning: Beginning,
         source: Source,
-        record: serde_json::Value,
-    ) -> Result<Option<Pretrained>, TrainError> {
+    ) -> Result<Prepared<'_>, TrainError> {
         let seq_len = match &source {
             Source::Shards { manifest, dir } => match self.seq_len {
                 Some(n) if n != manifest.seq_len => {
@@ -198,7 +196,50 @@ impl Pretraining {
             }
             beginning => self.fresh_start(beginning, &source, seq_len)?,
         };
-        let (train, held_out) = self.stream(&source, &tokenizer, seq_len, train_config.seed)?;
+        Ok(Prepared {
+            settings: self,
+            source,
+            seq_len,
+            start,
+            tokenizer,
+            train_config,
+        })
+    }
+}
+
+/// A run ready to train: what [`Pretraining::prepare`] resolved.
+pub struct Prepared<'a> {
+    settings: &'a Pretraining,
+    source: Source,
+    seq_len: usize,
+    start: Start,
+    tokenizer: Tokenizer,
+    train_config: TrainConfig,
+}
+
+impl Prepared<'_> {
+    /// The tokenizer the run's data and checkpoints use.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Trains, scoring `probes` at every evaluation. `record` goes into `run_config.json`
+    /// beside the trainer's and the model's configs. `Ok(None)` on MPI ranks other than 0;
+    /// a job relaunched under `mpiexec` exits with its code.
+    pub fn run(
+        self,
+        probes: Vec<pmc_train::probe::Probe>,
+        record: serde_json::Value,
+    ) -> Result<Option<Pretrained>, TrainError> {
+        let Prepared {
+            settings,
+            source,
+            seq_len,
+            start,
+            tokenizer,
+            train_config,
+        } = self;
+        let (train, held_out) = settings.stream(&source, &tokenizer, seq_len, train_config.seed)?;
         say(format!(
             "data: {} training sequences, {} held-out sequences of {seq_len} tokens; global batch {} sequences",
             train.sequences(),
@@ -207,21 +248,22 @@ impl Pretraining {
         ));
         let valid_paths = match &source {
             Source::Text { valid_paths, .. } => valid_paths.clone(),
-            Source::Shards { .. } => self.valid.clone(),
+            Source::Shards { .. } => settings.valid.clone(),
         };
-        let run_dir = start.run_dir(&self.out)?;
+        let run_dir = start.run_dir(&settings.out)?;
         let options = RunOptions {
-            steps: self.steps,
-            log_every: self.log_every,
-            eval_every: self.eval_every,
-            checkpoint_every: self.checkpoint_every,
-            max_eval_windows: self.eval_sequences,
+            steps: settings.steps,
+            log_every: settings.log_every,
+            eval_every: settings.eval_every,
+            checkpoint_every: settings.checkpoint_every,
+            max_eval_windows: settings.eval_sequences,
+            probes,
         };
-        let checkpointer = Checkpointer::new(&run_dir, self.keep).with_tokenizer(tokenizer);
+        let checkpointer = Checkpointer::new(&run_dir, settings.keep).with_tokenizer(tokenizer);
         let save_config = |config: &TrainConfig, model: &LlamaConfig| {
             let mut saved = serde_json::json!({"train": config, "model": model.to_json(),
-                "corpus": self.corpus, "valid": valid_paths, "base": self.base,
-                "steps": self.steps});
+                "corpus": settings.corpus, "valid": valid_paths, "base": settings.base,
+                "steps": settings.steps});
             if let (Some(saved), Some(extra)) = (saved.as_object_mut(), record.as_object()) {
                 saved.extend(extra.clone());
             }
@@ -231,8 +273,8 @@ impl Pretraining {
             start,
             lora: None,
             train_config,
-            sharding: self.sharding,
-            device: pmc_train::autodiff_device(self.gradient_checkpointing),
+            sharding: settings.sharding,
+            device: pmc_train::autodiff_device(settings.gradient_checkpointing),
             data: train.as_ref(),
             held_out: &held_out,
             options: &options,
@@ -244,7 +286,9 @@ impl Pretraining {
             Outcome::Relaunched(code) => std::process::exit(code),
         }
     }
+}
 
+impl Pretraining {
     /// A fresh run's start (the base model, or a seeded preset with the corpus's tokenizer or
     /// one learnt on the text), its tokenizer and the trainer's config.
     fn fresh_start(

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use burn::module::Module;
+use pmc_model::ScoreRequest;
 use pmc_train::data::Batch;
 use pmc_train::{
     StepStats, Strategy, TrainConfig, TrainError, TrainState, TrainStep, TrainingData, take_step,
@@ -143,6 +144,26 @@ impl TrainStep for FsdpTrainer<'_> {
         let mut total = [sum];
         self.all_reduce_f64(&mut total)?;
         Ok(total[0] / windows.len().max(1) as f64)
+    }
+
+    /// Each rank scores its share of the requests (every `world`-th); the values are
+    /// gathered on all by a sum over zeros elsewhere.
+    fn continuation_logliks(&self, requests: &[ScoreRequest]) -> Result<Vec<f64>, TrainError> {
+        let (rank, world) = (self.comm.rank(), self.comm.world_size());
+        let mine: Vec<&ScoreRequest> = requests.iter().skip(rank).step_by(world).collect();
+        let scores = match &self.model {
+            Some(model) => {
+                let mine: Vec<ScoreRequest> = mine.into_iter().cloned().collect();
+                pmc_model::request_logliks(&model.valid(), &mine, &self.device.clone().inner())?
+            }
+            None => self.unit_wise_logliks(&mine)?,
+        };
+        let mut all = vec![0.0; requests.len()];
+        for (i, score) in scores.into_iter().enumerate() {
+            all[rank + i * world] = score;
+        }
+        self.all_reduce_f64(&mut all)?;
+        Ok(all)
     }
 
     fn rank(&self) -> usize {

@@ -9,7 +9,7 @@
 use burn::prelude::*;
 use pmc_model::rope::Rope;
 use pmc_model::units::{self, Embedding, Head};
-use pmc_model::{DecoderLayer, Llama, LlamaConfig, RopeTables, WeightRef};
+use pmc_model::{DecoderLayer, Llama, LlamaConfig, RopeTables, ScoreRequest, WeightRef};
 use pmc_train::checkpoint::DataGuard;
 use pmc_train::data::Batch;
 use pmc_train::{TrainConfig, TrainError, TrainState};
@@ -688,6 +688,47 @@ impl<'c> FsdpTrainer<'c> {
             sum += mean * n;
         }
         Ok(sum)
+    }
+
+    /// Level 3: each of `requests`' continuation log-likelihoods, the context and
+    /// continuation run as one sequence through the units (gathered once for all of them;
+    /// every rank gathers even with no request of its own, since gathers are collective).
+    pub(crate) fn unit_wise_logliks(
+        &self,
+        requests: &[&ScoreRequest],
+    ) -> Result<Vec<f64>, TrainError> {
+        let inner = self.device.clone().inner();
+        let inputs = requests
+            .iter()
+            .map(|r| {
+                if r.context.is_empty() || r.continuation.is_empty() {
+                    return Err(TrainError::Config(
+                        "a scored request needs a context and a continuation".into(),
+                    ));
+                }
+                let ids: Vec<i64> = r
+                    .context
+                    .iter()
+                    .chain(&r.continuation[..r.continuation.len() - 1])
+                    .map(|&t| t as i64)
+                    .collect();
+                let n = ids.len();
+                Ok(Tensor::from_data(TensorData::new(ids, [1, n]), &inner))
+            })
+            .collect::<Result<Vec<Tensor<2, Int>>, TrainError>>()?;
+        let xs = self.forward_layers(&inputs, false)?.into_iter().flatten();
+        let head = self.head(&inner)?;
+        xs.zip(requests)
+            .map(|(x, r)| {
+                let [b, n, h] = x.dims();
+                // The positions that predict the continuation: the context's last onwards.
+                let x = x.slice([0..b, r.context.len() - 1..n, 0..h]);
+                Ok(pmc_model::continuation_loglik(
+                    head.logits(x),
+                    &r.continuation,
+                )?)
+            })
+            .collect()
     }
 }
 

@@ -232,3 +232,59 @@ fn starting_from_the_seed_equals_starting_from_the_model() {
         }
     }
 }
+
+/// Requests of every shape a probe sends: several choices sharing a context, contexts of
+/// one token, continuations of several.
+fn score_requests() -> Vec<pmc_model::ScoreRequest> {
+    (0..7)
+        .map(|i| pmc_model::ScoreRequest {
+            context: (0..1 + (i * 5) % 9)
+                .map(|t| ((t * 3 + i) % 64) as u32)
+                .collect(),
+            continuation: (0..1 + i % 3)
+                .map(|t| ((t * 11 + i * 7) % 64) as u32)
+                .collect(),
+        })
+        .collect()
+}
+
+/// A benchmark probe scored during a sharded run: every rank gets every request's
+/// log-likelihood, equal to the single-process trainer's, at levels 0 (whole model on each
+/// rank) and 3 (units gathered one by one).
+#[test]
+fn sharded_trainers_score_requests_like_the_unsharded_one() {
+    let requests = score_requests();
+    let device = Device::flex().autodiff();
+    let config = model_config(true);
+    let model = init_random(&config, WeightDType::F32, 42, &device);
+    let single = Trainer::new(model, config, train_config_in(Precision::F32), &device).unwrap();
+    let want = single.continuation_logliks(&requests).unwrap();
+    assert!(want.iter().all(|l| l.is_finite() && *l < 0.0), "{want:?}");
+    for (world, level) in [(2, ShardLevel::Parameters), (4, ShardLevel::DataParallel)] {
+        let comms = threads::group(world, Duration::from_secs(60));
+        let results = threads::run(comms, |comm| {
+            let device = Device::flex().autodiff();
+            let config = model_config(true);
+            let model = init_random(&config, WeightDType::F32, 42, &device);
+            let t = FsdpTrainer::new(
+                model,
+                config,
+                train_config_in(Precision::F32),
+                level,
+                comm,
+                &device,
+            )?;
+            t.continuation_logliks(&requests)
+        });
+        for (rank, got) in results.into_iter().enumerate() {
+            let got = got.expect("no panic").expect("no error");
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-4,
+                    "world {world}, {level:?}, rank {rank}, request {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}

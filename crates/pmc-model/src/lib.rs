@@ -54,7 +54,8 @@ pub use model::{
 };
 pub use quant::{QuantKind, WeightFormat};
 pub use score::{
-    ContextCache, PreparedContext, Score, ScoreRequest, mean_nll, score_continuations,
+    ContextCache, PreparedContext, Score, ScoreRequest, continuation_loglik, mean_nll,
+    request_logliks, score_continuations,
 };
 pub use tokenizer::Tokenizer;
 

@@ -40,6 +40,32 @@ fn target_logprobs(logits: Tensor<3>, targets: &[u32]) -> Result<Vec<(f64, bool)
         .collect())
 }
 
+/// Each request's continuation log-likelihood, consecutive requests with the same context
+/// (the choices of one question) sharing its pass.
+pub fn request_logliks(
+    model: &Llama,
+    requests: &[ScoreRequest],
+    device: &Device,
+) -> Result<Vec<f64>> {
+    let mut contexts = ContextCache::default();
+    requests
+        .iter()
+        .map(|r| {
+            let context = contexts.prepare(model, &r.context, device)?;
+            Ok(context.score(model, &r.continuation)?.loglik)
+        })
+        .collect()
+}
+
+/// The log-likelihood of `continuation` from the logits `[1, continuation.len(), vocab]` of
+/// the positions that predict it (a driver that ran the model its own way, unit by unit).
+pub fn continuation_loglik(logits: Tensor<3>, continuation: &[u32]) -> Result<f64> {
+    Ok(target_logprobs(logits, continuation)?
+        .iter()
+        .map(|(lp, _)| lp)
+        .sum())
+}
+
 /// Copies tensor data to the host as `E`, converting the dtype if needed.
 pub(crate) fn read_back<E: burn::tensor::Element>(data: TensorData) -> Result<Vec<E>> {
     data.try_into_vec_as::<E>()

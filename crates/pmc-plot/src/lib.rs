@@ -38,6 +38,19 @@ pub struct RunPoint {
     pub lr: Option<f64>,
 }
 
+/// A benchmark accuracy measured during a run, with its 95 % interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccuracyPoint {
+    /// The task.
+    pub task: String,
+    /// The optimizer step it was measured at.
+    pub step: f64,
+    pub acc: f64,
+    /// 95 % interval.
+    pub low: f64,
+    pub high: f64,
+}
+
 /// One bar of an accuracy chart: `series` (a model) in `group` (a task and regime).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccuracyBar {
@@ -63,18 +76,25 @@ const SERIES_COLOURS: [RGBColor; 4] = [
 /// Training curves of one run: the upper panel has the training loss (line) and held-out
 /// loss (markers) against optimizer steps (bottom axis) and tokens (top axis), with
 /// held-out perplexity on a log scale on the right (perplexity = e^loss, so both vertical
-/// axes are one scale); the lower panel has the learning rate. Writes `<stem>.svg` and
-/// `<stem>.png` and returns their paths.
+/// axes are one scale); with `accuracy`, a panel of each benchmark's accuracy (95 %
+/// intervals as error bars) by tokens trained follows; the lowest panel has the learning
+/// rate. Writes `<stem>.svg` and `<stem>.png` and returns their paths.
 pub fn training_curves(
     points: &[RunPoint],
+    accuracy: &[AccuracyPoint],
     title: &str,
     stem: &Path,
 ) -> Result<(PathBuf, PathBuf), PlotError> {
-    let curves = Curves::of(points, title).ok_or_else(|| PlotError::Empty {
+    let curves = Curves::of(points, accuracy, title).ok_or_else(|| PlotError::Empty {
         path: stem.to_path_buf(),
         what: "no training or held-out loss in the metrics",
     })?;
-    render(stem, (1000, 760), &curves)
+    let height = if curves.accuracy.is_empty() {
+        760
+    } else {
+        1080
+    };
+    render(stem, (1000, height), &curves)
 }
 
 /// A grouped bar chart of accuracies with their 95 % intervals as error bars: one group per
@@ -164,6 +184,9 @@ fn padded(lo: f64, hi: f64, fraction: f64) -> Range<f64> {
     lo - span * fraction..hi + span * fraction
 }
 
+/// (step, accuracy, interval low, interval high).
+type Measured = (f64, f64, f64, f64);
+
 struct Curves<'a> {
     title: &'a str,
     train: Vec<(f64, f64)>,
@@ -173,10 +196,12 @@ struct Curves<'a> {
     losses: Range<f64>,
     /// Tokens per optimizer step, for the top axis (None: the metrics do not say).
     tokens_per_step: Option<f64>,
+    /// Per task (first seen first): its measurements, one per step.
+    accuracy: Vec<(String, Vec<Measured>)>,
 }
 
 impl<'a> Curves<'a> {
-    fn of(points: &[RunPoint], title: &'a str) -> Option<Self> {
+    fn of(points: &[RunPoint], accuracy: &[AccuracyPoint], title: &'a str) -> Option<Self> {
         let series = |value: fn(&RunPoint) -> Option<f64>| -> Vec<(f64, f64)> {
             points
                 .iter()
@@ -207,6 +232,19 @@ impl<'a> Curves<'a> {
             steps: 0.0..last_step,
             losses: padded(lo.max(0.0), hi, 0.05),
             tokens_per_step,
+            accuracy: first_seen(accuracy.iter().map(|a| a.task.as_str()))
+                .into_iter()
+                .map(|task| {
+                    let mut series: Vec<_> = accuracy
+                        .iter()
+                        .filter(|a| a.task == task)
+                        .map(|a| (a.step, a.acc, a.low, a.high))
+                        .collect();
+                    // The evaluation after the last step repeats the one logged with it.
+                    series.dedup_by(|a, b| a.0 == b.0);
+                    (task, series)
+                })
+                .collect(),
         })
     }
 }
@@ -219,7 +257,14 @@ impl Chart for Curves<'_> {
             .titled(self.title, (FONT, 24).into_font().style(FontStyle::Bold))
             .map_err(e)?;
         let height = root.dim_in_pixel().1;
-        let (upper, lower) = root.split_vertically(height * 7 / 10);
+        let (upper, lower) = if self.accuracy.is_empty() {
+            root.split_vertically(height * 7 / 10)
+        } else {
+            let (upper, rest) = root.split_vertically(height * 50 / 100);
+            let (middle, lower) = rest.split_vertically(height * 30 / 100);
+            self.draw_accuracy(&middle).map_err(e)?;
+            (upper, lower)
+        };
 
         // Perplexity = e^loss: the right axis is the loss axis labelled with e^loss, which
         // is a log-scale perplexity axis lined up with the loss exactly. (plotters' own log
@@ -310,6 +355,58 @@ impl Chart for Curves<'_> {
         .map_err(e)?;
         legend(&mut chart).map_err(e)?;
         Ok(())
+    }
+}
+
+impl Curves<'_> {
+    /// Each benchmark's accuracy by tokens trained (by step where the metrics have no token
+    /// counts), its 95 % interval as an error bar, under the loss panel.
+    fn draw_accuracy<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+    ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+        let scale = self.tokens_per_step.unwrap_or(1.0);
+        let x = self.steps.start * scale..self.steps.end * scale;
+        let mut chart = ChartBuilder::on(area)
+            .margin(12)
+            .margin_right(12 + 80)
+            .x_label_area_size(44)
+            .y_label_area_size(70)
+            .build_cartesian_2d(x, 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc(if self.tokens_per_step.is_some() {
+                "tokens trained"
+            } else {
+                "optimizer step"
+            })
+            .x_label_formatter(&|t| si(*t))
+            .y_desc("benchmark accuracy (95 % CI)")
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 14))
+            .y_labels(6)
+            .y_label_formatter(&|v| format!("{v:.1}"))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()?;
+        for (i, (task, series)) in self.accuracy.iter().enumerate() {
+            let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+            let at = |p: &Measured| (p.0 * scale, p.1);
+            chart.draw_series(series.iter().map(|p| {
+                ErrorBar::new_vertical(p.0 * scale, p.2, p.1, p.3, colour.stroke_width(1), 8)
+            }))?;
+            chart.draw_series(
+                series
+                    .iter()
+                    .map(|p| Circle::new(at(p), 4, colour.filled())),
+            )?;
+            line(
+                &mut chart,
+                &series.iter().map(at).collect::<Vec<_>>(),
+                colour,
+                task,
+            )?;
+        }
+        legend(&mut chart)
     }
 }
 
@@ -481,7 +578,8 @@ mod tests {
     #[test]
     fn curves_are_written_as_svg_and_png_with_titled_axes_and_a_named_legend() {
         let (_tmp, dir) = out_dir();
-        let (svg, png) = training_curves(&run_points(), "test run", &dir.join("curves")).unwrap();
+        let (svg, png) =
+            training_curves(&run_points(), &[], "test run", &dir.join("curves")).unwrap();
         let text = std::fs::read_to_string(&svg).unwrap();
         for label in [
             "optimizer step",
@@ -503,7 +601,8 @@ mod tests {
     #[test]
     fn no_losses_is_an_error_naming_the_chart() {
         let dir = tempfile::tempdir().unwrap();
-        let err = training_curves(&[RunPoint::default()], "x", &dir.path().join("c")).unwrap_err();
+        let err =
+            training_curves(&[RunPoint::default()], &[], "x", &dir.path().join("c")).unwrap_err();
         assert!(err.to_string().contains("nothing to plot"), "{err}");
     }
 

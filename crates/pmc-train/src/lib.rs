@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod lanes;
 pub mod plot;
+pub mod probe;
 pub mod run;
 pub mod run_dir;
 pub mod schedule;

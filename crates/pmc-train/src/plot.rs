@@ -46,12 +46,47 @@ pub fn read_metrics(run_dir: &Path) -> Result<Vec<RunPoint>, TrainError> {
         .collect()
 }
 
+/// The benchmark accuracies in the run's metrics (`"bench"` of the evaluation lines).
+pub fn read_accuracy(run_dir: &Path) -> Result<Vec<pmc_plot::AccuracyPoint>, TrainError> {
+    let path = run_dir.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io(path.clone(), e))?;
+    let mut out = Vec::new();
+    // Lines that do not parse were reported by `read_metrics`, which runs first.
+    for v in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    {
+        let (Some(step), Some(bench)) = (v["step"].as_f64(), v["bench"].as_object()) else {
+            continue;
+        };
+        for (task, score) in bench {
+            let interval = &score["wilson_95"];
+            if let (Some(acc), Some(low), Some(high)) = (
+                score["acc"].as_f64(),
+                interval[0].as_f64(),
+                interval[1].as_f64(),
+            ) {
+                out.push(pmc_plot::AccuracyPoint {
+                    task: task.clone(),
+                    step,
+                    acc,
+                    low,
+                    high,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads `run_dir/metrics.jsonl` and writes `run_dir/curves.svg` and `run_dir/curves.png`;
 /// returns their paths.
 pub fn write_curves(run_dir: &Path) -> Result<(PathBuf, PathBuf), TrainError> {
     let points = read_metrics(run_dir)?;
+    let accuracy = read_accuracy(run_dir)?;
     Ok(pmc_plot::training_curves(
         &points,
+        &accuracy,
         &format!("Training curves of {}", run_dir.display()),
         &run_dir.join("curves"),
     )?)
@@ -70,6 +105,8 @@ mod tests {
                     "lr": 1e-3, "tokens": s * 256});
                 if s % 10 == 0 {
                     v["val_loss"] = serde_json::json!(5.0 * (-(s as f64) / 20.0).exp() + 1.5);
+                    v["bench"] = serde_json::json!({"pubmedqa": {"acc": 0.3 + s as f64 / 200.0,
+                        "wilson_95": [0.2, 0.6], "n": 50, "seconds": 1.0}});
                 }
                 v.to_string()
             })
@@ -88,12 +125,14 @@ mod tests {
         assert_eq!(points.len(), 41);
         assert_eq!(points[0].val_loss, Some(6.5));
         assert_eq!(points[40].tokens, Some(40.0 * 256.0));
+        let accuracy = read_accuracy(dir.path()).unwrap();
+        assert_eq!(accuracy.len(), 4);
+        assert_eq!((accuracy[3].step, accuracy[3].acc), (40.0, 0.5));
+        assert_eq!((accuracy[3].low, accuracy[3].high), (0.2, 0.6));
         let (svg, png) = write_curves(dir.path()).unwrap();
-        assert!(
-            std::fs::read_to_string(svg)
-                .unwrap()
-                .contains("training loss")
-        );
+        let svg = std::fs::read_to_string(svg).unwrap();
+        assert!(svg.contains("training loss"));
+        assert!(svg.contains("benchmark accuracy") && svg.contains("pubmedqa"));
         assert_eq!(&std::fs::read(png).unwrap()[..4], b"\x89PNG");
     }
 

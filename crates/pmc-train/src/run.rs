@@ -92,6 +92,10 @@ pub struct RunOptions {
     pub checkpoint_every: usize,
     /// Held-out windows evaluated at most.
     pub max_eval_windows: usize,
+    /// Benchmark questions scored at every evaluation (before, every `eval_every` steps,
+    /// after), logged as `"bench"` in `metrics.jsonl`.
+    #[serde(skip)]
+    pub probes: Vec<crate::probe::Probe>,
 }
 
 /// Set (for example by a Ctrl-C handler) to stop a run after the current step with a
@@ -155,11 +159,19 @@ pub fn run(
     };
     let held_out = &held_out[..held_out.len().min(options.max_eval_windows)];
     let ppl_before = trainer.eval_loss(held_out)?.exp();
+    let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens,
+                          "val_loss": ppl_before.ln(), "val_ppl": ppl_before});
+    let accuracies = score_probes(&options.probes, &*trainer, &mut line)?;
     say(format!(
-        "held-out perplexity at step {}: {ppl_before:.2}",
-        trainer.state().step
+        "held-out perplexity at step {}: {ppl_before:.2}{}",
+        trainer.state().step,
+        if accuracies.is_empty() {
+            String::new()
+        } else {
+            format!("; accuracy{accuracies}")
+        }
     ));
-    log(json!({"step": trainer.state().step, "val_loss": ppl_before.ln(), "val_ppl": ppl_before}))?;
+    log(line)?;
 
     let first_step = trainer.state().step;
     let started = Instant::now();
@@ -174,10 +186,12 @@ pub fn run(
                               "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
                               "tokens": tokens});
         let evaluate = options.eval_every > 0 && stats.step.is_multiple_of(options.eval_every);
+        let mut accuracies = String::new();
         if evaluate {
             let val_loss = trainer.eval_loss(held_out)?;
             line["val_loss"] = json!(val_loss);
             line["val_ppl"] = json!(val_loss.exp());
+            accuracies = score_probes(&options.probes, &*trainer, &mut line)?;
         }
         log(line.clone())?;
         bar.set_position(stats.step as u64);
@@ -188,7 +202,7 @@ pub fn run(
         {
             let eta = elapsed / done as f64 * (options.steps - stats.step) as f64;
             say(format!(
-                "step {:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s ETA {:.0}s{}",
+                "step {:>6}/{} loss {:.4} lr {:.2e} |g| {:.3} {:.0} tok/s ETA {:.0}s{}{accuracies}",
                 stats.step,
                 options.steps,
                 stats.loss,
@@ -222,7 +236,16 @@ pub fn run(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let ppl_after = trainer.eval_loss(held_out)?.exp();
-    log(json!({"step": trainer.state().step, "val_loss": ppl_after.ln(), "val_ppl": ppl_after}))?;
+    let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens,
+                          "val_loss": ppl_after.ln(), "val_ppl": ppl_after});
+    let accuracies = score_probes(&options.probes, &*trainer, &mut line)?;
+    if !accuracies.is_empty() {
+        say(format!(
+            "accuracy after step {}:{accuracies}",
+            trainer.state().step
+        ));
+    }
+    log(line)?;
     if leader {
         drop(metrics);
         let (svg, png) = crate::plot::write_curves(run_dir)?;
@@ -235,6 +258,25 @@ pub fn run(
         tokens: trainer.state().tokens - first_tokens,
         seconds,
     })
+}
+
+/// Scores `probes` through `trainer` into `line["bench"]` (`{task: {acc, wilson_95, n,
+/// seconds}}`) and returns ` task acc …` for the progress line (empty without probes).
+fn score_probes(
+    probes: &[crate::probe::Probe],
+    trainer: &dyn TrainStep,
+    line: &mut serde_json::Value,
+) -> Result<String, TrainError> {
+    if probes.is_empty() {
+        return Ok(String::new());
+    }
+    let scores = crate::probe::score_all(probes, trainer)?;
+    let text = scores
+        .iter()
+        .map(|(name, s)| format!(" {name} {:.3}", s["acc"].as_f64().unwrap_or(f64::NAN)))
+        .collect::<String>();
+    line["bench"] = serde_json::Value::Object(scores);
+    Ok(text)
 }
 
 /// `metrics.jsonl`: one JSON object per logged step or evaluation, appended across resumes.

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
+use pmc_model::ScoreRequest;
 use serde::Serialize;
 
 use crate::TrainError;
@@ -52,6 +53,9 @@ pub trait TrainStep {
     fn save(&self, dir: &Path) -> Result<(), TrainError>;
     /// Mean next-token loss on `windows`, without gradients (the same value on every rank).
     fn eval_loss(&self, windows: &[Vec<u32>]) -> Result<f64, TrainError>;
+    /// The log-likelihood of each request's continuation after its context, without
+    /// gradients (the same values on every rank): what a [`crate::probe::Probe`] scores.
+    fn continuation_logliks(&self, requests: &[ScoreRequest]) -> Result<Vec<f64>, TrainError>;
     /// This worker's rank.
     fn rank(&self) -> usize {
         0

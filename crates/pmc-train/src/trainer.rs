@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use pmc_model::{Llama, LlamaConfig, Precision, WeightRef, causal_lm_gradients};
+use pmc_model::{Llama, LlamaConfig, Precision, ScoreRequest, WeightRef, causal_lm_gradients};
 
 use crate::TrainError;
 use crate::adamw::{AdamW, Moments, NamedMoments};
@@ -579,5 +579,11 @@ impl TrainStep for Trainer {
             sum += pmc_model::mean_nll(&model, w, w.len(), &device)?;
         }
         Ok(sum / windows.len().max(1) as f64)
+    }
+
+    fn continuation_logliks(&self, requests: &[ScoreRequest]) -> Result<Vec<f64>, TrainError> {
+        let model = self.model.valid();
+        let device = self.device.clone().inner();
+        Ok(pmc_model::request_logliks(&model, requests, &device)?)
     }
 }
