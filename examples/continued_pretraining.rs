@@ -84,6 +84,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         checkpoint_every: steps,
         max_eval_windows: 32,
         probes: Vec::new(),
+        held_out_by_source: Vec::new(),
     };
     // Every checkpoint is a complete HF model directory: weights, config, tokenizer.
     let checkpointer = Checkpointer::new(&out, 1).with_tokenizer(tokenizer);

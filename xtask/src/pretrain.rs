@@ -77,6 +77,12 @@ pub struct PretrainArgs {
     /// By default the bundled open-access papers.
     #[arg(long, num_args = 1.., default_values = ["datasets/pmc-oa/papers.tar.gz"])]
     pub corpus: Vec<PathBuf>,
+    /// Train on a mixture instead of --corpus: NAME=PATH:WEIGHT,… (e.g.
+    /// pmc=../shared/data/pmc-jats:0.95,general=../shared/data/general/gutenberg-6-books.txt:0.05),
+    /// each sequence's source drawn with seeded weights that sum to 1; every source's tokens
+    /// and held-out perplexity are logged. Needs --base.
+    #[arg(long, value_delimiter = ',')]
+    pub mix: Vec<pmc_train::MixSpec>,
     /// Held-out text files; by default, with papers, the held-out papers (--valid-fraction),
     /// with text files the last 5 % of their documents.
     #[arg(long, num_args = 1..)]
@@ -165,6 +171,7 @@ impl PretrainArgs {
             preset: self.preset.clone(),
             vocab_size: self.vocab_size,
             corpus: self.corpus.clone(),
+            mix: self.mix.clone(),
             valid: self.valid.clone(),
             valid_fraction: self.valid_fraction,
             corpus_cache: self.corpus_cache.clone(),
@@ -198,8 +205,15 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     args.distributed.relaunch_if_needed()?;
     let pretraining = args.pretraining()?;
     let beginning = pretraining.begin()?;
-    let source = if pmc_corpus::are_papers(&args.corpus) {
-        crate::corpus::with_progress_bar(&args.corpus, |progress| {
+    let inputs = match args.mix.is_empty() {
+        true => args.corpus.clone(),
+        false => args.mix.iter().map(|m| m.path.clone()).collect(),
+    };
+    let source = if inputs
+        .iter()
+        .any(|p| pmc_corpus::are_papers(std::slice::from_ref(p)))
+    {
+        crate::corpus::with_progress_bar(&inputs, |progress| {
             pretraining.source(&beginning, progress)
         })?
     } else {

@@ -165,3 +165,129 @@ fn a_fresh_run_into_a_used_directory_is_refused() {
         "the refused run changed the earlier one"
     );
 }
+
+/// `--mix`: a run on two text sources resumed from a middle checkpoint ends with the
+/// uninterrupted run's weights (the mixture's cursor gives every source's position), and
+/// `metrics.jsonl` has each source's tokens and held-out perplexity.
+#[test]
+fn a_mixture_resumes_exactly_and_logs_its_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, words: &[&str]| {
+        let path = dir.path().join(name);
+        let lines: String = (0..300)
+            .map(|i| {
+                (0..12)
+                    .map(|j| words[(i * 7 + j * 3) % words.len()])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    + "\n"
+            })
+            .collect();
+        std::fs::write(&path, lines).unwrap();
+        path
+    };
+    let pmc = write(
+        "pmc.txt",
+        &["kinase", "inhibitor", "tumour", "cell", "protein", "dose"],
+    );
+    let general = write(
+        "general.txt",
+        &["the", "ship", "sailed", "into", "a", "storm", "at"],
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let base = root.join("crates/pmc-model/tests/fixtures/gqa_tied");
+    let mix = format!(
+        "pmc={}:0.7,general={}:0.3",
+        pmc.display(),
+        general.display()
+    );
+    let run = |out: &Path, extra: &[&str]| {
+        let output = pretrain(out, extra)
+            .arg("--base")
+            .arg(&base)
+            .args(["--mix", &mix])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let straight = dir.path().join("straight");
+    run(&straight, &[]);
+    // A fresh process resumes from the straight run's step 6, copied into a directory of its
+    // own: every source's position is recounted from the mixture's cursor.
+    let copy = dir.path().join("copy");
+    std::fs::create_dir_all(copy.join("checkpoints")).unwrap();
+    let step6 = straight.join("checkpoints/step-00000006");
+    let target = copy.join("checkpoints/step-00000006");
+    std::fs::create_dir_all(&target).unwrap();
+    for entry in std::fs::read_dir(&step6).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), target.join(entry.file_name())).unwrap();
+    }
+    run(&copy, &["--resume", target.to_str().unwrap()]);
+    let last = "checkpoints/step-00000012/model.safetensors";
+    assert!(
+        std::fs::read(straight.join(last)).unwrap() == std::fs::read(copy.join(last)).unwrap(),
+        "weights after resuming a mixture differ from the uninterrupted run"
+    );
+
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let step = lines.iter().find(|l| l["loss"].is_number()).unwrap();
+    let by_source = step["tokens_by_source"].as_object().unwrap();
+    let sum: u64 = by_source.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(sum, step["tokens"].as_u64().unwrap());
+    let last = lines.last().unwrap();
+    let ppl = last["val_ppl_by_source"].as_object().unwrap();
+    assert!(
+        ppl["pmc"].as_f64().unwrap().is_finite() && ppl["general"].as_f64().unwrap().is_finite()
+    );
+    let general_share = lines
+        .iter()
+        .rev()
+        .find_map(|l| l["tokens_by_source"]["general"].as_f64())
+        .unwrap()
+        / lines
+            .iter()
+            .rev()
+            .find_map(|l| l["tokens"].as_f64().filter(|_| l["loss"].is_number()))
+            .unwrap();
+    assert!((0.1..0.5).contains(&general_share), "{general_share}");
+
+    // Weights that do not sum to 1 and a missing source are refused, naming them.
+    let out = pretrain(&dir.path().join("bad"), &[])
+        .arg("--base")
+        .arg(&base)
+        .args([
+            "--mix",
+            &format!(
+                "pmc={}:0.7,general={}:0.2",
+                pmc.display(),
+                general.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("sum to 0.9"),
+        "{stderr}"
+    );
+    let out = pretrain(&dir.path().join("bad2"), &[])
+        .arg("--base")
+        .arg(&base)
+        .args(["--mix", "pmc=/nonexistent/papers:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("mixture source \"pmc\"") && stderr.contains("/nonexistent/papers"),
+        "{stderr}"
+    );
+}

@@ -211,6 +211,7 @@ impl FineTuning {
             checkpoint_every: self.checkpoint_every,
             max_eval_windows: 16,
             probes: Vec::new(),
+            held_out_by_source: Vec::new(),
         };
         let checkpointer = Checkpointer::new(&run_dir, self.keep).with_tokenizer(tokenizer.clone());
         let lora_json = lora.as_ref().map(|l| l.config.to_json());

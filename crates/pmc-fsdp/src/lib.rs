@@ -30,7 +30,7 @@ pub use finetune::{FineTuned, FineTuning, LoraSettings};
 pub use flat::Layout;
 pub use job::{Job, Outcome, Sharding, Start};
 pub use launch::{Engine, Launched, launch};
-pub use pretrain::{Beginning, Pretrained, Pretraining};
+pub use pretrain::{Beginning, Pretrained, Pretraining, TrainingText};
 pub use trainer::{FsdpTrainer, ShardLevel, StateBytes};
 
 /// Errors of sharded training outside a step.

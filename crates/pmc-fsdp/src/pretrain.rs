@@ -11,8 +11,8 @@ use pmc_model::{LlamaConfig, LoadedModel, Precision, Tokenizer};
 use pmc_train::run::{self, RunOptions, RunSummary};
 use pmc_train::source::Source;
 use pmc_train::{
-    Checkpointer, CorpusShards, CosineSchedule, Sampling, TokenWindows, TrainConfig, TrainError,
-    TrainingData,
+    Checkpointer, CorpusShards, CosineSchedule, MixSource, MixSpec, Mixture, Sampling,
+    TokenWindows, TrainConfig, TrainError, TrainingData,
 };
 
 use crate::job::{Job, Outcome, Sharding, Start, resume_point};
@@ -30,6 +30,9 @@ pub struct Pretraining {
     pub vocab_size: usize,
     /// Papers, one prepared corpus directory, or text files.
     pub corpus: Vec<PathBuf>,
+    /// A mixture instead of `corpus`: named sources (papers, a prepared corpus, a text file)
+    /// drawn from with seeded weights; needs a base model, whose tokenizer reads them all.
+    pub mix: Vec<MixSpec>,
     /// Held-out text files (with papers: used only when the corpus has no held-out split).
     pub valid: Vec<PathBuf>,
     /// With papers: the share of whole papers held out.
@@ -80,6 +83,32 @@ pub struct Pretraining {
     pub gradient_checkpointing: bool,
     /// `None`: one process; otherwise sharded.
     pub sharding: Option<Sharding>,
+}
+
+/// The text a run trains on: one source, or a mixture of named ones.
+pub enum TrainingText {
+    /// Papers, a prepared corpus or text files.
+    One(Source),
+    /// Each source of the mixture with its spec.
+    Mixture(Vec<(MixSpec, Source)>),
+}
+
+impl TrainingText {
+    /// Every source.
+    fn sources(&self) -> Vec<&Source> {
+        match self {
+            TrainingText::One(source) => vec![source],
+            TrainingText::Mixture(parts) => parts.iter().map(|(_, s)| s).collect(),
+        }
+    }
+}
+
+/// What a run reads: the training stream, the held-out sequences, and each mixture
+/// source's name and held-out sequences.
+struct Streams {
+    train: Box<dyn TrainingData>,
+    held_out: Vec<Vec<u32>>,
+    held_out_by_source: Vec<(String, Vec<Vec<u32>>)>,
 }
 
 /// What a run starts from, known before its data is prepared.
@@ -134,20 +163,57 @@ impl Pretraining {
 
     /// The training text: papers prepared (with `progress` called as they are) into token
     /// shards with the base model's tokenizer (also on resume, when `base` is given again)
-    /// or a tokenizer learnt on them; a prepared corpus; or text files.
+    /// or a tokenizer learnt on them; a prepared corpus; or text files — or, with `mix`,
+    /// each source of the mixture so.
     pub fn source(
         &self,
         beginning: &Beginning,
-        progress: impl FnMut(pmc_corpus::Progress),
-    ) -> Result<Source, TrainError> {
-        if !pmc_corpus::are_papers(&self.corpus) {
-            return Source::read(&self.corpus, &self.valid);
-        }
+        mut progress: impl FnMut(pmc_corpus::Progress),
+    ) -> Result<TrainingText, TrainError> {
         let tokenizer = match beginning {
             Beginning::Base(_, tokenizer) => Some(tokenizer),
             Beginning::Resumed(_, tokenizer) if self.base.is_some() => Some(tokenizer),
             _ => None,
         };
+        if self.mix.is_empty() {
+            let source = self.source_of(&self.corpus, &self.valid, tokenizer, &mut progress)?;
+            return Ok(TrainingText::One(source));
+        }
+        pmc_train::mixture::check_specs(&self.mix)?;
+        if tokenizer.is_none() {
+            return Err(TrainError::Config(
+                "a mixture continues a base model (--base, given again on --resume): its tokenizer reads every source".into(),
+            ));
+        }
+        let mut parts = Vec::new();
+        for spec in &self.mix {
+            if !spec.path.exists() {
+                return Err(TrainError::Config(format!(
+                    "mixture source {:?}: {} does not exist",
+                    spec.name,
+                    spec.path.display()
+                )));
+            }
+            let paths = std::slice::from_ref(&spec.path);
+            parts.push((
+                spec.clone(),
+                self.source_of(paths, &[], tokenizer, &mut progress)?,
+            ));
+        }
+        Ok(TrainingText::Mixture(parts))
+    }
+
+    /// One source: `corpus` prepared or read, with `valid` held out for text files.
+    fn source_of(
+        &self,
+        corpus: &[PathBuf],
+        valid: &[PathBuf],
+        tokenizer: Option<&Tokenizer>,
+        progress: impl FnMut(pmc_corpus::Progress),
+    ) -> Result<Source, TrainError> {
+        if !pmc_corpus::are_papers(corpus) {
+            return Source::read(corpus, valid);
+        }
         let how = pmc_train::source::PaperPreparation {
             seq_len: self.seq_len.unwrap_or(128),
             tokenizer,
@@ -155,7 +221,7 @@ impl Pretraining {
             valid_fraction: self.valid_fraction,
             cache: &self.corpus_cache,
         };
-        let source = Source::prepare_papers(&self.corpus, &how, progress)?;
+        let source = Source::prepare_papers(corpus, &how, progress)?;
         if let Source::Shards { dir, manifest } = &source {
             say(format!(
                 "papers: {} read, {} kept → {} training and {} held-out sequences (held-out papers), in {}",
@@ -169,25 +235,44 @@ impl Pretraining {
         Ok(source)
     }
 
+    /// Tokens per sequence of `source`: a prepared corpus's packing length (which a set
+    /// `seq_len` must equal), else `seq_len` or 128.
+    fn seq_len_of(&self, source: &Source) -> Result<usize, TrainError> {
+        match source {
+            Source::Shards { manifest, dir } => match self.seq_len {
+                Some(n) if n != manifest.seq_len => Err(TrainError::Config(format!(
+                    "{} is packed in {}-token sequences, not {n}: prepare it with that length or leave the length unset",
+                    dir.display(),
+                    manifest.seq_len
+                ))),
+                _ => Ok(manifest.seq_len),
+            },
+            Source::Text { .. } => Ok(self.seq_len.unwrap_or(128)),
+        }
+    }
+
     /// The run's start, tokenizer and trainer config for `source` from `beginning` (a fresh
     /// model's tokenizer is learnt here when the text brings none).
     pub fn prepare(
         &self,
         beginning: Beginning,
-        source: Source,
+        source: TrainingText,
     ) -> Result<Prepared<'_>, TrainError> {
         let seq_len = match &source {
-            Source::Shards { manifest, dir } => match self.seq_len {
-                Some(n) if n != manifest.seq_len => {
+            TrainingText::One(source) => self.seq_len_of(source)?,
+            TrainingText::Mixture(parts) => {
+                let lengths = parts
+                    .iter()
+                    .map(|(_, source)| self.seq_len_of(source))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if let Some(i) = lengths.iter().position(|&n| n != lengths[0]) {
                     return Err(TrainError::Config(format!(
-                        "{} is packed in {}-token sequences, not {n}: prepare it with that length or leave the length unset",
-                        dir.display(),
-                        manifest.seq_len
+                        "mixture sources {:?} and {:?} are packed in {}- and {}-token sequences",
+                        parts[0].0.name, parts[i].0.name, lengths[0], lengths[i]
                     )));
                 }
-                _ => manifest.seq_len,
-            },
-            Source::Text { .. } => self.seq_len.unwrap_or(128),
+                lengths[0]
+            }
         };
         let (start, tokenizer, train_config) = match beginning {
             Beginning::Resumed(ckpt, tokenizer) => {
@@ -210,7 +295,7 @@ impl Pretraining {
 /// A run ready to train: what [`Pretraining::prepare`] resolved.
 pub struct Prepared<'a> {
     settings: &'a Pretraining,
-    source: Source,
+    source: TrainingText,
     seq_len: usize,
     start: Start,
     tokenizer: Tokenizer,
@@ -239,7 +324,11 @@ impl Prepared<'_> {
             tokenizer,
             train_config,
         } = self;
-        let (train, held_out) = settings.stream(&source, &tokenizer, seq_len, train_config.seed)?;
+        let Streams {
+            train,
+            held_out,
+            held_out_by_source,
+        } = settings.training_stream(&source, &tokenizer, seq_len, train_config.seed)?;
         say(format!(
             "data: {} training sequences, {} held-out sequences of {seq_len} tokens; global batch {} sequences",
             train.sequences(),
@@ -247,8 +336,9 @@ impl Prepared<'_> {
             train_config.global_batch
         ));
         let valid_paths = match &source {
-            Source::Text { valid_paths, .. } => valid_paths.clone(),
-            Source::Shards { .. } => settings.valid.clone(),
+            TrainingText::One(Source::Text { valid_paths, .. }) => valid_paths.clone(),
+            TrainingText::One(Source::Shards { .. }) => settings.valid.clone(),
+            TrainingText::Mixture(_) => Vec::new(),
         };
         let run_dir = start.run_dir(&settings.out)?;
         let options = RunOptions {
@@ -258,11 +348,13 @@ impl Prepared<'_> {
             checkpoint_every: settings.checkpoint_every,
             max_eval_windows: settings.eval_sequences,
             probes,
+            held_out_by_source,
         };
         let checkpointer = Checkpointer::new(&run_dir, settings.keep).with_tokenizer(tokenizer);
         let save_config = |config: &TrainConfig, model: &LlamaConfig| {
             let mut saved = serde_json::json!({"train": config, "model": model.to_json(),
-                "corpus": settings.corpus, "valid": valid_paths, "base": settings.base,
+                "corpus": settings.corpus, "valid": valid_paths,
+                "mix": settings.mix.iter().map(|m| format!("{}={}:{}", m.name, m.path.display(), m.weight)).collect::<Vec<_>>(), "base": settings.base,
                 "steps": settings.steps});
             if let (Some(saved), Some(extra)) = (saved.as_object_mut(), record.as_object()) {
                 saved.extend(extra.clone());
@@ -294,7 +386,7 @@ impl Pretraining {
     fn fresh_start(
         &self,
         beginning: Beginning,
-        source: &Source,
+        text: &TrainingText,
         seq_len: usize,
     ) -> Result<(Start, Tokenizer, TrainConfig), TrainError> {
         let mut config = TrainConfig {
@@ -316,14 +408,20 @@ impl Pretraining {
             model_config: model_config.clone(),
             seed: self.seed,
         };
-        let (start, model_config, tokenizer) = match (beginning, source) {
+        let one = match text {
+            TrainingText::One(source) => Some(source),
+            TrainingText::Mixture(_) => None,
+        };
+        let (start, model_config, tokenizer) = match (beginning, one) {
             (Beginning::Base(loaded, tokenizer), _) => {
-                if let Source::Shards { dir, manifest } = source {
-                    pmc_train::source::check_same_tokenizer(
-                        &tokenizer,
-                        &pmc_train::source::corpus_tokenizer(dir, manifest)?,
-                        dir,
-                    )?;
+                for source in text.sources() {
+                    if let Source::Shards { dir, manifest } = source {
+                        pmc_train::source::check_same_tokenizer(
+                            &tokenizer,
+                            &pmc_train::source::corpus_tokenizer(dir, manifest)?,
+                            dir,
+                        )?;
+                    }
                 }
                 let model_config = loaded.config.clone();
                 let start = Start::Fresh {
@@ -332,12 +430,17 @@ impl Pretraining {
                 };
                 (start, model_config, tokenizer)
             }
-            (_, Source::Shards { dir, manifest }) => {
+            (_, None) => {
+                return Err(TrainError::Config(
+                    "a mixture continues a base model (--base)".into(),
+                ));
+            }
+            (_, Some(Source::Shards { dir, manifest })) => {
                 let tokenizer = pmc_train::source::corpus_tokenizer(dir, manifest)?;
                 let config = LlamaConfig::preset(&self.preset, manifest.vocab_size)?;
                 (seeded(&config), config, tokenizer)
             }
-            (_, Source::Text { docs, .. }) => {
+            (_, Some(Source::Text { docs, .. })) => {
                 say(format!(
                     "training a {}-token BPE tokenizer on {} documents",
                     self.vocab_size,
@@ -372,6 +475,52 @@ impl Pretraining {
             };
         }
         Ok((start, tokenizer, config))
+    }
+
+    /// The training stream (one source's, or the mixture of all), the held-out sequences
+    /// (a mixture's first source's) and, for a mixture, each source's held-out sequences.
+    fn training_stream(
+        &self,
+        text: &TrainingText,
+        tokenizer: &Tokenizer,
+        seq_len: usize,
+        seed: u64,
+    ) -> Result<Streams, TrainError> {
+        let parts = match text {
+            TrainingText::One(source) => {
+                let (train, held_out) = self.stream(source, tokenizer, seq_len, seed)?;
+                return Ok(Streams {
+                    train,
+                    held_out,
+                    held_out_by_source: Vec::new(),
+                });
+            }
+            TrainingText::Mixture(parts) => parts,
+        };
+        let mut sources = Vec::new();
+        let mut by_source = Vec::new();
+        for (spec, source) in parts {
+            let (data, held_out) = self.stream(source, tokenizer, seq_len, seed)?;
+            say(format!(
+                "mixture source {}: weight {}, {} training and {} held-out sequences",
+                spec.name,
+                spec.weight,
+                data.sequences(),
+                held_out.len()
+            ));
+            sources.push(MixSource {
+                name: spec.name.clone(),
+                weight: spec.weight,
+                data,
+            });
+            by_source.push((spec.name.clone(), held_out));
+        }
+        let mixture = Mixture::new(sources, seed)?;
+        Ok(Streams {
+            train: Box::new(mixture),
+            held_out: by_source[0].1.clone(),
+            held_out_by_source: by_source,
+        })
     }
 
     /// The training stream and the held-out sequences. (The trainer refuses a stream other

@@ -106,6 +106,11 @@ pub trait TrainingData: Send + Sync {
     /// with every checkpoint, and a resumed run on data with another fingerprint is refused.
     /// Asked for at every step, so a source that hashes its contents does it once.
     fn fingerprint(&self) -> String;
+    /// For a mixture: the sequences drawn of each source, by name, once the run stands at
+    /// `cursor` (logged per step). `None` for a single stream.
+    fn composition(&self, _cursor: &Cursor) -> Option<Vec<(String, u64)>> {
+        None
+    }
 }
 
 /// Non-overlapping windows of `seq_len` tokens over a token stream.

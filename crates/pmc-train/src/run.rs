@@ -96,6 +96,10 @@ pub struct RunOptions {
     /// after), logged as `"bench"` in `metrics.jsonl`.
     #[serde(skip)]
     pub probes: Vec<crate::probe::Probe>,
+    /// With a mixture: each source's held-out sequences, whose perplexity is logged at every
+    /// evaluation (`val_ppl_by_source`), so forgetting shows.
+    #[serde(skip)]
+    pub held_out_by_source: Vec<(String, Vec<Vec<u32>>)>,
 }
 
 /// Set (for example by a Ctrl-C handler) to stop a run after the current step with a
@@ -158,10 +162,8 @@ pub fn run(
         (true, false) => bar.println(text),
     };
     let held_out = &held_out[..held_out.len().min(options.max_eval_windows)];
-    let ppl_before = trainer.eval_loss(held_out)?.exp();
-    let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens,
-                          "val_loss": ppl_before.ln(), "val_ppl": ppl_before});
-    let accuracies = score_probes(&options.probes, &*trainer, &mut line)?;
+    let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens});
+    let (ppl_before, accuracies) = evaluate(&*trainer, held_out, options, &mut line)?;
     say(format!(
         "held-out perplexity at step {}: {ppl_before:.2}{}",
         trainer.state().step,
@@ -185,19 +187,24 @@ pub fn run(
         let mut line = json!({"step": stats.step, "loss": stats.loss, "lr": stats.lr,
                               "grad_norm": stats.grad_norm, "tokens_per_s": tokens_per_s,
                               "tokens": tokens});
-        let evaluate = options.eval_every > 0 && stats.step.is_multiple_of(options.eval_every);
+        let evaluating = options.eval_every > 0 && stats.step.is_multiple_of(options.eval_every);
+        if let Some(composition) = train.composition(&trainer.state().cursor) {
+            let seq_len = train.seq_len() as u64;
+            line["tokens_by_source"] = composition
+                .into_iter()
+                .map(|(name, sequences)| (name, json!(sequences * seq_len)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
         let mut accuracies = String::new();
-        if evaluate {
-            let val_loss = trainer.eval_loss(held_out)?;
-            line["val_loss"] = json!(val_loss);
-            line["val_ppl"] = json!(val_loss.exp());
-            accuracies = score_probes(&options.probes, &*trainer, &mut line)?;
+        if evaluating {
+            accuracies = evaluate(&*trainer, held_out, options, &mut line)?.1;
         }
         log(line.clone())?;
         bar.set_position(stats.step as u64);
         bar.set_message(format!("loss {:.3} · {tokens_per_s:.0} tok/s", stats.loss));
         if stats.step.is_multiple_of(options.log_every.max(1))
-            || evaluate
+            || evaluating
             || stats.step == options.steps
         {
             let eta = elapsed / done as f64 * (options.steps - stats.step) as f64;
@@ -235,10 +242,8 @@ pub fn run(
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
-    let ppl_after = trainer.eval_loss(held_out)?.exp();
-    let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens,
-                          "val_loss": ppl_after.ln(), "val_ppl": ppl_after});
-    let accuracies = score_probes(&options.probes, &*trainer, &mut line)?;
+    let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens});
+    let (ppl_after, accuracies) = evaluate(&*trainer, held_out, options, &mut line)?;
     if !accuracies.is_empty() {
         say(format!(
             "accuracy after step {}:{accuracies}",
@@ -258,6 +263,30 @@ pub fn run(
         tokens: trainer.state().tokens - first_tokens,
         seconds,
     })
+}
+
+/// One evaluation into `line`: held-out loss and perplexity (`val_loss`, `val_ppl`), each
+/// mixture source's held-out perplexity (`val_ppl_by_source`), and the benchmark probes
+/// (`bench`). Returns the perplexity and the probes' ` task acc …` for the progress line.
+fn evaluate(
+    trainer: &dyn TrainStep,
+    held_out: &[Vec<u32>],
+    options: &RunOptions,
+    line: &mut serde_json::Value,
+) -> Result<(f64, String), TrainError> {
+    let val_loss = trainer.eval_loss(held_out)?;
+    line["val_loss"] = json!(val_loss);
+    line["val_ppl"] = json!(val_loss.exp());
+    if !options.held_out_by_source.is_empty() {
+        let mut by_source = serde_json::Map::new();
+        for (name, windows) in &options.held_out_by_source {
+            let windows = &windows[..windows.len().min(options.max_eval_windows)];
+            by_source.insert(name.clone(), json!(trainer.eval_loss(windows)?.exp()));
+        }
+        line["val_ppl_by_source"] = by_source.into();
+    }
+    let accuracies = score_probes(&options.probes, trainer, line)?;
+    Ok((val_loss.exp(), accuracies))
 }
 
 /// Scores `probes` through `trainer` into `line["bench"]` (`{task: {acc, wilson_95, n,
