@@ -8,8 +8,9 @@ use anyhow::Result;
 use clap::Args;
 use pmc_bench::data::Task;
 use pmc_bench::regimes::{
-    CellSettings, Regime, TableRow, run_cell, table_section, write_table_section,
+    Cell, CellSettings, Regime, TableRow, run_cell, table_section, write_table_section,
 };
+use pmc_bench::run::PairedRuns;
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -45,6 +46,9 @@ pub struct ReproduceArgs {
     /// The markdown file whose `reproduce` section receives the table.
     #[arg(long, default_value = "docs/results.md")]
     pub results: PathBuf,
+    /// Print the cells (and which are finished) without running any.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
@@ -59,33 +63,79 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         global_batch: args.global_batch,
         limit: args.limit,
     };
-    crate::install_stop_handler()?;
-    let (mut rows, mut bars) = (Vec::new(), Vec::new());
+    let mut cells: Vec<(&str, &PathBuf, Task, Regime)> = Vec::new();
     for (label, model) in &models {
         for &task in &args.tasks {
             for &regime in &args.regimes {
-                let dir = args
-                    .out
-                    .join(format!("{label}-{}-{}", task.name(), regime.name()));
-                eprintln!("cell {label} / {} / {}", task.name(), regime.name());
-                let cell = run_cell(model, task, regime, &settings, &dir)?;
-                if let Some(acc) = &cell {
-                    bars.push(pmc_plot::AccuracyBar {
-                        group: format!("{} / {}", task.name(), regime.name()),
-                        series: label.to_string(),
-                        acc: acc.acc,
-                        low: acc.wilson_95.0,
-                        high: acc.wilson_95.1,
-                    });
-                }
-                rows.push(TableRow {
-                    model: label.to_string(),
-                    task,
-                    regime,
-                    accuracy: cell,
-                });
+                cells.push((label, model, task, regime));
             }
         }
+    }
+    let dir_of = |label: &str, task: Task, regime: Regime| {
+        args.out
+            .join(format!("{label}-{}-{}", task.name(), regime.name()))
+    };
+    if args.dry_run {
+        for (i, &(label, model, task, regime)) in cells.iter().enumerate() {
+            let done = dir_of(label, task, regime).join("cell.json").exists();
+            println!(
+                "{:>2}. {label} ({}) / {} / {}{}",
+                i + 1,
+                model.display(),
+                task.name(),
+                regime.name(),
+                if done {
+                    " — finished (cell.json)"
+                } else {
+                    ""
+                }
+            );
+        }
+        return Ok(());
+    }
+    crate::install_stop_handler()?;
+    let (mut rows, mut bars) = (Vec::new(), Vec::<pmc_plot::AccuracyBar>::new());
+    for (i, &(label, model, task, regime)) in cells.iter().enumerate() {
+        let dir = dir_of(label, task, regime);
+        let cell = run_cell(model, task, regime, &settings, &dir)?;
+        let accuracy = cell.accuracy();
+        eprintln!(
+            "cell {}/{}: {label} / {} / {}: {}{}",
+            i + 1,
+            cells.len(),
+            task.name(),
+            regime.name(),
+            accuracy.map_or("no training split".into(), |a| a.to_string()),
+            if matches!(cell, Cell::Cached(_)) {
+                " (cached)"
+            } else {
+                ""
+            }
+        );
+        // The continued model against the base on the same questions.
+        let base_dir = dir_of("base", task, regime);
+        let mcnemar_p = match (label, accuracy) {
+            ("continued", Some(_)) if base_dir.join("eval/predictions.jsonl").exists() => {
+                Some(PairedRuns::read(&base_dir.join("eval"), &dir.join("eval"))?.mcnemar_p())
+            }
+            _ => None,
+        };
+        if let Some(acc) = &accuracy {
+            bars.push(pmc_plot::AccuracyBar {
+                group: format!("{} / {}", task.name(), regime.name()),
+                series: label.to_string(),
+                acc: acc.acc,
+                low: acc.wilson_95.0,
+                high: acc.wilson_95.1,
+            });
+        }
+        rows.push(TableRow {
+            model: label.to_string(),
+            task,
+            regime,
+            accuracy,
+            mcnemar_p,
+        });
     }
     let names = |names: Vec<&str>| names.join(",");
     let command = format!(

@@ -85,7 +85,7 @@ pub fn keep_fraction<T>(
 }
 
 /// Accuracy and its Wilson 95 % interval, as an evaluation run's `results.json` reports it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Accuracy {
     /// Fraction correct.
     pub acc: f64,
@@ -118,7 +118,7 @@ impl Accuracy {
 }
 
 /// What every cell of a grid shares: the data, the fine-tuning budget, the questions.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct CellSettings {
     /// Where the benchmarks are (laid out like ../shared/data).
     pub data: PathBuf,
@@ -139,7 +139,61 @@ pub struct CellSettings {
 /// evaluate the adapter or the fine-tuned model, loglik mode with lm-eval's prompts. A
 /// fine-tuning cell starts afresh: what `dir` held is replaced. `None` when the regime needs
 /// a training split that `settings.data` lacks.
+///
+/// A finished cell records itself in `dir/cell.json` (what it was run with and its
+/// accuracy); run again with the same model, task, regime and settings it returns that
+/// accuracy at once ([`Cell::Cached`]), so an interrupted grid continues where it stopped.
 pub fn run_cell(
+    model: &Path,
+    task: Task,
+    regime: Regime,
+    settings: &CellSettings,
+    dir: &Path,
+) -> Result<Cell, BenchError> {
+    let key = serde_json::json!({"model": model, "task": task.name(), "regime": regime.name(),
+        "settings": settings});
+    let record = dir.join("cell.json");
+    if let Ok(text) = std::fs::read_to_string(&record)
+        && let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text)
+        && saved["key"] == key
+    {
+        let accuracy =
+            serde_json::from_value(saved["accuracy"].clone()).map_err(|e| BenchError::Data {
+                path: record.clone(),
+                line: None,
+                message: format!("`accuracy`: {e}"),
+            })?;
+        return Ok(Cell::Cached(accuracy));
+    }
+    let accuracy = compute_cell(model, task, regime, settings, dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(dir.to_path_buf(), e))?;
+    let tmp = dir.join("cell.json.tmp");
+    let text = serde_json::json!({"key": key, "accuracy": accuracy}).to_string();
+    std::fs::write(&tmp, text).map_err(|e| BenchError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, &record).map_err(|e| BenchError::Io(record.clone(), e))?;
+    Ok(Cell::Run(accuracy))
+}
+
+/// A cell's outcome.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cell {
+    /// Computed now (`None`: the regime needs a training split the data lacks).
+    Run(Option<Accuracy>),
+    /// Finished by an earlier run with the same settings.
+    Cached(Option<Accuracy>),
+}
+
+impl Cell {
+    /// The accuracy, however it was obtained.
+    pub fn accuracy(self) -> Option<Accuracy> {
+        match self {
+            Cell::Run(a) | Cell::Cached(a) => a,
+        }
+    }
+}
+
+/// [`run_cell`]'s work when nothing is cached.
+fn compute_cell(
     model: &Path,
     task: Task,
     regime: Regime,
@@ -247,6 +301,9 @@ pub struct TableRow {
     pub regime: Regime,
     /// Its accuracy.
     pub accuracy: Option<Accuracy>,
+    /// McNemar's exact p-value against the base model's cell on the same questions (rows
+    /// of the continued model only).
+    pub mcnemar_p: Option<f64>,
 }
 
 /// The table as a markdown section between `reproduce` markers, under the `command` that
@@ -259,8 +316,9 @@ pub fn table_section(command: &str, rows: &[TableRow]) -> String {
                 || "— (no training split in the data)".to_string(),
                 |acc| acc.to_string(),
             );
+            let p = row.mcnemar_p.map_or(String::new(), |p| format!("{p:.3}"));
             format!(
-                "| {} | {} | {} | {acc} |",
+                "| {} | {} | {} | {acc} | {p} |",
                 row.model,
                 row.task.name(),
                 row.regime.name()
@@ -268,8 +326,9 @@ pub fn table_section(command: &str, rows: &[TableRow]) -> String {
         })
         .collect();
     format!(
-        "{SECTION_BEGIN}\n`{command}` (loglik mode, lm-eval templates; acc with Wilson 95 % interval)\n\n\
-         | model | task | regime | acc |\n|---|---|---|---|\n{}\n{SECTION_END}",
+        "{SECTION_BEGIN}\n`{command}` (loglik mode, lm-eval templates; acc with Wilson 95 % interval; McNemar's exact \
+         p against the base model on the same questions)\n\n\
+         | model | task | regime | acc | McNemar p vs base |\n|---|---|---|---|---|\n{}\n{SECTION_END}",
         rows.join("\n")
     )
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use pmc_bench::Task;
-use pmc_bench::regimes::{Accuracy, CellSettings, Regime, read_accuracy, run_cell};
+use pmc_bench::regimes::{Accuracy, Cell, CellSettings, Regime, read_accuracy, run_cell};
 
 fn fixture_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../pmc-model/tests/fixtures/gqa_tied")
@@ -72,6 +72,7 @@ fn a_cell_fine_tunes_then_evaluates_in_process() {
     let zero_dir = dir.path().join("zero-shot");
     let zero = run_cell(&model, Task::MedQa, Regime::ZeroShot, &settings, &zero_dir)
         .unwrap()
+        .accuracy()
         .expect("zero-shot needs no training split");
     // The value returned is the one the written results report.
     assert_same(
@@ -84,6 +85,7 @@ fn a_cell_fine_tunes_then_evaluates_in_process() {
     let lora_dir = dir.path().join("lora");
     let lora = run_cell(&model, Task::MedQa, Regime::Lora, &settings, &lora_dir)
         .unwrap()
+        .accuracy()
         .expect("the task has a training split");
     assert!(lora_dir.join("adapter/adapter_model.safetensors").exists());
     assert_same(
@@ -100,8 +102,19 @@ fn a_cell_fine_tunes_then_evaluates_in_process() {
         .fold(0.0, f64::max);
     assert!(moved > 1e-6, "LoRA cell scores equal zero-shot's");
 
-    // Run again, the cell starts afresh in its directory instead of refusing it.
-    run_cell(&model, Task::MedQa, Regime::Lora, &settings, &lora_dir).unwrap();
+    // Run again with the same settings, the finished cell is not recomputed.
+    let again = run_cell(&model, Task::MedQa, Regime::Lora, &settings, &lora_dir).unwrap();
+    let Cell::Cached(Some(cached)) = again else {
+        panic!("the finished cell ran again: {again:?}");
+    };
+    assert_same(cached, lora);
+    // With other settings, it starts afresh in its directory instead of refusing it.
+    let other = CellSettings {
+        steps: Some(1),
+        ..settings.clone()
+    };
+    let rerun = run_cell(&model, Task::MedQa, Regime::Lora, &other, &lora_dir).unwrap();
+    assert!(matches!(rerun, Cell::Run(Some(_))), "{rerun:?}");
 
     // Without a training split, a fine-tuning regime has no cell.
     let test_only = dir.path().join("test-only");
@@ -123,7 +136,7 @@ fn a_cell_fine_tunes_then_evaluates_in_process() {
         &dir.path().join("full"),
     )
     .unwrap();
-    assert!(none.is_none());
+    assert_eq!(none, Cell::Run(None));
 }
 
 #[test]
@@ -140,6 +153,7 @@ fn the_table_replaces_its_own_section_and_keeps_the_rest() {
             acc,
             wilson_95: (0.1, 0.9),
         }),
+        mcnemar_p: Some(0.0312),
     };
     write_table_section(&path, &table_section("first", &[row(0.25)])).unwrap();
     std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "\nafter\n").unwrap();
@@ -151,7 +165,7 @@ fn the_table_replaces_its_own_section_and_keeps_the_rest() {
     assert!(text.ends_with("\nafter\n"), "{text}");
     assert!(!text.contains("first") && !text.contains("0.250"), "{text}");
     assert!(
-        text.contains("| base | medqa_4options | zero-shot | 0.500 [0.100, 0.900] |"),
+        text.contains("| base | medqa_4options | zero-shot | 0.500 [0.100, 0.900] | 0.031 |"),
         "{text}"
     );
     assert!(text.contains("no training split"), "{text}");
