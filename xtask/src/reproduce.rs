@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use pmc_bench::data::Task;
 use pmc_bench::regimes::{
-    Cell, CellSettings, Regime, TableRow, run_cell, table_section, write_table_section,
+    Cell, CellSettings, Regime, TableRow, claim_grid, run_cell, table_section, write_table_section,
 };
 use pmc_bench::run::PairedRuns;
 
@@ -63,6 +63,9 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         global_batch: args.global_batch,
         limit: args.limit,
     };
+    let labelled: Vec<(&str, &std::path::Path)> =
+        models.iter().map(|(l, p)| (*l, p.as_path())).collect();
+    claim_grid(&args.out, &labelled, &settings, !args.dry_run)?;
     let mut cells: Vec<(&str, &PathBuf, Task, Regime)> = Vec::new();
     for (label, model) in &models {
         for &task in &args.tasks {

@@ -132,6 +132,52 @@ pub struct CellSettings {
     pub limit: Option<usize>,
 }
 
+/// Claims `out` for a grid of cells over `models` (label → path) with `settings`, recorded
+/// in `out/grid.json`: a directory that holds a grid of other models or settings is refused
+/// (its cells would be mixed into this one's table); the same grid, with more or fewer tasks
+/// and regimes, continues there. With `record` false (a dry run) it only checks.
+pub fn claim_grid(
+    out: &Path,
+    models: &[(&str, &Path)],
+    settings: &CellSettings,
+    record: bool,
+) -> Result<(), BenchError> {
+    let models: serde_json::Map<String, serde_json::Value> = models
+        .iter()
+        .map(|(label, path)| (label.to_string(), serde_json::json!(path)))
+        .collect();
+    let grid = serde_json::json!({"models": models, "settings": settings});
+    let path = out.join("grid.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let saved: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| BenchError::Data {
+                    path: path.clone(),
+                    line: None,
+                    message: e.to_string(),
+                })?;
+            if saved != grid {
+                return Err(BenchError::Config(format!(
+                    "{} holds a grid of other models or settings ({} there, {} now): give another --out, or remove it to start over",
+                    out.display(),
+                    saved,
+                    grid
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if record {
+                std::fs::create_dir_all(out).map_err(|e| BenchError::Io(out.to_path_buf(), e))?;
+                std::fs::write(&path, grid.to_string())
+                    .map_err(|e| BenchError::Io(path.clone(), e))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(BenchError::Io(path, e)),
+    }
+}
+
 /// One cell of the paper's table: `model` (an HF directory or GGUF file) under `regime` on
 /// `task`, working in `dir` (the fine-tuning run, then `eval/` with the predictions and
 /// results). Zero-shot evaluates the model as it is; LoRA and full fine-tune it on the

@@ -207,3 +207,38 @@ fn paired_runs_match_questions_by_id_and_refuse_different_sets() {
     let err = PairedRuns::read(&a, &d).unwrap_err().to_string();
     assert!(err.contains("different questions (4 vs 5)"), "{err}");
 }
+
+#[test]
+fn a_grid_directory_of_other_settings_is_refused() {
+    use pmc_bench::regimes::claim_grid;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("grid");
+    let settings = CellSettings {
+        data: "data".into(),
+        fraction: 1.0,
+        steps: Some(10),
+        global_batch: 8,
+        limit: None,
+    };
+    let models = [("base", Path::new("m1")), ("continued", Path::new("m2"))];
+    // A dry run only looks.
+    claim_grid(&out, &models, &settings, false).unwrap();
+    assert!(!out.join("grid.json").exists());
+    claim_grid(&out, &models, &settings, true).unwrap();
+    claim_grid(&out, &models, &settings, true).unwrap();
+    let other = CellSettings {
+        fraction: 0.3,
+        ..settings.clone()
+    };
+    let err = claim_grid(&out, &models, &other, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds a grid of other models or settings") && err.contains("--out"),
+        "{err}"
+    );
+    let err = claim_grid(&out, &[("base", Path::new("m3"))], &settings, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("other models"), "{err}");
+}

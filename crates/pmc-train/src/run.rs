@@ -178,6 +178,10 @@ pub fn run(
     let first_step = trainer.state().step;
     let started = Instant::now();
     let first_tokens = trainer.state().tokens;
+    // The last evaluation (its step, perplexity, probes' text and logged line): when the run
+    // ends on an evaluation step, the closing evaluation reuses it instead of scoring
+    // everything again.
+    let mut last_evaluation: Option<(usize, f64, String, serde_json::Value)> = None;
     while trainer.state().step < options.steps {
         let stats = trainer.step(train)?;
         let tokens = trainer.state().tokens;
@@ -198,7 +202,9 @@ pub fn run(
         }
         let mut accuracies = String::new();
         if evaluating {
-            accuracies = evaluate(&*trainer, held_out, options, &mut line)?.1;
+            let ppl;
+            (ppl, accuracies) = evaluate(&*trainer, held_out, options, &mut line)?;
+            last_evaluation = Some((stats.step, ppl, accuracies.clone(), line.clone()));
         }
         log(line.clone())?;
         bar.set_position(stats.step as u64);
@@ -243,7 +249,18 @@ pub fn run(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let mut line = json!({"step": trainer.state().step, "tokens": trainer.state().tokens});
-    let (ppl_after, accuracies) = evaluate(&*trainer, held_out, options, &mut line)?;
+    let (ppl_after, accuracies) = match last_evaluation {
+        Some((step, ppl, accuracies, evaluated)) if step == trainer.state().step => {
+            // The same values again, so the closing line stands for the run's end as before.
+            for key in ["val_loss", "val_ppl", "val_ppl_by_source", "bench"] {
+                if let Some(value) = evaluated.get(key) {
+                    line[key] = value.clone();
+                }
+            }
+            (ppl, accuracies)
+        }
+        _ => evaluate(&*trainer, held_out, options, &mut line)?,
+    };
     if !accuracies.is_empty() {
         say(format!(
             "accuracy after step {}:{accuracies}",
