@@ -1,6 +1,6 @@
 //! `score` and `generate`.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -51,18 +51,7 @@ pub struct ScoreArgs {
 pub fn score(args: ScoreArgs) -> Result<()> {
     let device = pmc_model::default_device();
     let loaded = args.model.load(&device)?;
-    let file =
-        std::fs::File::open(&args.input).with_context(|| format!("{}", args.input.display()))?;
-    let mut requests = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: line {}", args.input.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let request = pmc_model::ScoreRequest::parse(&line, loaded.tokenizer.as_ref())
-            .with_context(|| format!("{}: line {}", args.input.display(), i + 1))?;
-        requests.push((i + 1, request));
-    }
+    let requests = pmc_model::ScoreRequest::read_jsonl(&args.input, loaded.tokenizer.as_ref())?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // Consecutive requests with the same context (the options of one question) share one

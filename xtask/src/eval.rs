@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
-use pmc_bench::{EvalConfig, Mode, Task, Template, metrics, run};
+use pmc_bench::{Mode, Task, Template, metrics, run};
 use pmc_model::GenerationConfig;
 
 use crate::commands::ModelArgs;
@@ -51,20 +51,19 @@ pub struct EvalArgs {
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
-    let template = args.template.unwrap_or(match args.mode {
-        Mode::Loglik => Template::LmEval,
-        Mode::Generate => Template::PmcLlama,
-    });
-    match (args.mode, template) {
-        (Mode::Loglik, Template::LmEval)
-        | (Mode::Generate, Template::PmcLlama | Template::Chat) => {}
-        (mode, template) => bail!(
-            "--template {template:?} does not go with --mode {mode:?} (loglik uses lm-eval, generate uses pmc-llama or chat)"
-        ),
-    }
-    if args.shots > 0 && args.mode == Mode::Generate {
-        bail!("--shots is supported in loglik mode only");
-    }
+    let settings = run::EvalSettings {
+        mode: args.mode,
+        template: args.template,
+        shots: args.shots,
+        seed: args.seed,
+        generation: GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_p: args.top_p,
+            seed: args.seed,
+        },
+    };
+    let template = settings.template()?;
     // Every task's questions first: the progress bar and its ETA span all of them.
     let mut runs = Vec::new();
     for &task in &args.task {
@@ -81,10 +80,6 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
     let device = pmc_model::default_device();
     let loaded = args.model.load(&device)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .with_context(|| format!("{} has no tokenizer", loaded.source.display()))?;
     // The model as results.json names it: the base and, when one is applied, the adapter.
     let model_name = match &args.model.adapter {
         Some(adapter) => format!(
@@ -103,49 +98,20 @@ pub fn eval(args: EvalArgs) -> Result<()> {
         .expect("valid template")
         .progress_chars("=> "),
     );
-    let several = runs.len() > 1;
-    let mut all_results = Vec::new();
-    for r in &runs {
-        let config = EvalConfig {
-            task: r.task,
-            mode: args.mode,
-            template,
-            shots: args.shots,
-            seed: args.seed,
-            generation: GenerationConfig {
-                max_new_tokens: args.max_new_tokens,
-                temperature: args.temperature,
-                top_p: args.top_p,
-                seed: args.seed,
-            },
-        };
-        let evaluator =
-            run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &loaded.source)?;
-        // One task writes into --out itself; several each into a subdirectory.
-        let dir = if several {
-            args.out.join(r.task.name())
-        } else {
-            args.out.clone()
-        };
-        let (_, results) = run::evaluate_into(&evaluator, r, &model_name, &dir, |done| {
+    let results = run::evaluate_tasks(
+        &loaded,
+        &model_name,
+        &settings,
+        &runs,
+        &args.out,
+        |task, done| {
             let correct = done.iter().filter(|p| p.pred == Some(p.gold)).count();
             bar.inc(1);
-            bar.set_message(format!(
-                "[{}] acc {:.3}",
-                r.task.name(),
-                correct as f64 / done.len() as f64
-            ));
-        })?;
-        all_results.push(results);
-    }
+            let acc = correct as f64 / done.len() as f64;
+            bar.set_message(format!("[{}] acc {acc:.3}", task.name()));
+        },
+    )?;
     bar.finish_and_clear();
-    let results = if several {
-        let merged = run::merge_results(&all_results);
-        run::write_results(&args.out, &merged)?;
-        merged
-    } else {
-        all_results.pop().expect("one task")
-    };
     print!("{}", run::results_markdown(&results));
     eprintln!("wrote {}", args.out.display());
     Ok(())

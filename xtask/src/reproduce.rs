@@ -7,10 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use pmc_bench::data::Task;
-use pmc_bench::regimes::{
-    Cell, CellSettings, Regime, TableRow, claim_grid, run_cell, table_section, write_table_section,
-};
-use pmc_bench::run::PairedRuns;
+use pmc_bench::regimes::{Cell, CellSettings, Grid, Regime, table_section, write_table_section};
 
 #[derive(Args, Debug)]
 pub struct ReproduceArgs {
@@ -46,103 +43,93 @@ pub struct ReproduceArgs {
     /// The markdown file whose `reproduce` section receives the table.
     #[arg(long, default_value = "docs/results.md")]
     pub results: PathBuf,
+    /// Data-efficient cells as well: the fine-tuning regimes of --fractions-task on these
+    /// shares of its training pool (e.g. 0.1,0.3), beside the --fraction cells.
+    #[arg(long, value_delimiter = ',')]
+    pub fractions: Vec<f64>,
+    /// The task of the data-efficient cells.
+    #[arg(long, default_value = "medqa")]
+    pub fractions_task: Task,
     /// Print the cells (and which are finished) without running any.
     #[arg(long)]
     pub dry_run: bool,
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
-    let mut models = vec![("base", args.model.clone())];
+    let mut models = vec![("base".to_string(), args.model.clone())];
     if let Some(c) = &args.continued {
-        models.push(("continued", c.clone()));
+        models.push(("continued".to_string(), c.clone()));
     }
-    let settings = CellSettings {
-        data: args.data.clone(),
-        fraction: args.fraction,
-        steps: args.steps,
-        global_batch: args.global_batch,
-        limit: args.limit,
-    };
-    let labelled: Vec<(&str, &std::path::Path)> =
-        models.iter().map(|(l, p)| (*l, p.as_path())).collect();
-    claim_grid(&args.out, &labelled, &settings, !args.dry_run)?;
-    let mut cells: Vec<(&str, &PathBuf, Task, Regime)> = Vec::new();
-    for (label, model) in &models {
-        for &task in &args.tasks {
-            for &regime in &args.regimes {
-                cells.push((label, model, task, regime));
-            }
-        }
-    }
-    let dir_of = |label: &str, task: Task, regime: Regime| {
-        args.out
-            .join(format!("{label}-{}-{}", task.name(), regime.name()))
+    let grid = Grid {
+        models,
+        tasks: args.tasks.clone(),
+        regimes: args.regimes.clone(),
+        fractions: args.fractions.clone(),
+        fractions_task: args.fractions_task,
+        settings: CellSettings {
+            data: args.data.clone(),
+            fraction: args.fraction,
+            steps: args.steps,
+            global_batch: args.global_batch,
+            limit: args.limit,
+        },
+        out: args.out.clone(),
     };
     if args.dry_run {
-        for (i, &(label, model, task, regime)) in cells.iter().enumerate() {
-            let done = dir_of(label, task, regime).join("cell.json").exists();
+        grid.claim(false)?;
+        for (i, cell) in grid.cells().iter().enumerate() {
+            let done = cell.dir(&args.out).join("cell.json").exists();
+            let done = if done {
+                " — finished (cell.json)"
+            } else {
+                ""
+            };
             println!(
-                "{:>2}. {label} ({}) / {} / {}{}",
+                "{:>2}. {} ({}){done}",
                 i + 1,
-                model.display(),
-                task.name(),
-                regime.name(),
-                if done {
-                    " — finished (cell.json)"
-                } else {
-                    ""
-                }
+                cell.name(),
+                cell.model.display()
             );
         }
         return Ok(());
     }
     crate::install_stop_handler()?;
-    let (mut rows, mut bars) = (Vec::new(), Vec::<pmc_plot::AccuracyBar>::new());
-    for (i, &(label, model, task, regime)) in cells.iter().enumerate() {
-        let dir = dir_of(label, task, regime);
-        let cell = run_cell(model, task, regime, &settings, &dir)?;
-        let accuracy = cell.accuracy();
-        eprintln!(
-            "cell {}/{}: {label} / {} / {}: {}{}",
-            i + 1,
-            cells.len(),
-            task.name(),
-            regime.name(),
-            accuracy.map_or("no training split".into(), |a| a.to_string()),
-            if matches!(cell, Cell::Cached(_)) {
-                " (cached)"
-            } else {
-                ""
-            }
-        );
-        // The continued model against the base on the same questions.
-        let base_dir = dir_of("base", task, regime);
-        let mcnemar_p = match (label, accuracy) {
-            ("continued", Some(_)) if base_dir.join("eval/predictions.jsonl").exists() => {
-                Some(PairedRuns::read(&base_dir.join("eval"), &dir.join("eval"))?.mcnemar_p())
-            }
-            _ => None,
+    let done = grid.run(|cell, outcome, progress| {
+        let eta = progress.eta_s.map_or(String::new(), |s| match s < 120.0 {
+            true => format!(", grid ETA {s:.0} s"),
+            false => format!(", grid ETA {:.0} min", s / 60.0),
+        });
+        let cached = if matches!(outcome, Cell::Cached(_)) {
+            " (cached)"
+        } else {
+            ""
         };
-        if let Some(acc) = &accuracy {
-            bars.push(pmc_plot::AccuracyBar {
-                group: format!("{} / {}", task.name(), regime.name()),
-                series: label.to_string(),
+        let accuracy = outcome.accuracy();
+        eprintln!(
+            "cell {}/{}: {}: {}{cached}{eta}",
+            progress.done,
+            progress.total,
+            cell.name(),
+            accuracy.map_or("no training split".into(), |a| a.to_string()),
+        );
+    })?;
+    let bars: Vec<pmc_plot::AccuracyBar> = done
+        .iter()
+        .filter_map(|(cell, row)| {
+            let acc = row.accuracy?;
+            Some(pmc_plot::AccuracyBar {
+                group: cell.group(),
+                series: cell.label.clone(),
                 acc: acc.acc,
                 low: acc.wilson_95.0,
                 high: acc.wilson_95.1,
-            });
-        }
-        rows.push(TableRow {
-            model: label.to_string(),
-            task,
-            regime,
-            accuracy,
-            mcnemar_p,
-        });
-    }
+            })
+        })
+        .collect();
+    let rows: Vec<_> = done.into_iter().map(|(_, row)| row).collect();
     let names = |names: Vec<&str>| names.join(",");
     let command = format!(
-        "cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}",
+        "cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}{}",
         args.model.display(),
         args.continued
             .as_ref()
@@ -154,6 +141,18 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             .map_or(String::new(), |s| format!(" --steps {s}")),
         args.limit
             .map_or(String::new(), |l| format!(" --limit {l}")),
+        match args.fractions.is_empty() {
+            true => String::new(),
+            false => format!(
+                " --fractions {} --fractions-task {}",
+                args.fractions
+                    .iter()
+                    .map(f64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                args.fractions_task.name()
+            ),
+        },
     );
     let table = table_section(&command, &rows);
     println!("{table}");

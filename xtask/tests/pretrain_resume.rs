@@ -291,3 +291,39 @@ fn a_mixture_resumes_exactly_and_logs_its_sources() {
         "{stderr}"
     );
 }
+
+/// `pretrain --config FILE.toml`: the file's options apply, the command line's win over them,
+/// and what ran is what `run_config.json` records; a missing file is named.
+#[test]
+fn a_config_file_sets_options_and_the_command_line_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.toml");
+    std::fs::write(&file, "steps = 200\nlr = 2e-5\n").unwrap();
+    let out = dir.path().join("run");
+    let output = pretrain(&out, &["--config", file.to_str().unwrap(), "--steps", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run_config.json")).unwrap()).unwrap();
+    assert_eq!(config["steps"], 2, "the command line's --steps wins");
+    assert_eq!(
+        config["train"]["schedule"]["peak_lr"], 2e-5,
+        "the file's lr applies"
+    );
+    let output = pretrain(
+        &dir.path().join("other"),
+        &["--config", "/nonexistent.toml"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("/nonexistent.toml"),
+        "{stderr}"
+    );
+}

@@ -345,6 +345,8 @@ pub struct TableRow {
     pub task: Task,
     /// The regime.
     pub regime: Regime,
+    /// The share of the training pool fine-tuned on (shown when below 1).
+    pub fraction: f64,
     /// Its accuracy.
     pub accuracy: Option<Accuracy>,
     /// McNemar's exact p-value against the base model's cell on the same questions (rows
@@ -363,8 +365,12 @@ pub fn table_section(command: &str, rows: &[TableRow]) -> String {
                 |acc| acc.to_string(),
             );
             let p = row.mcnemar_p.map_or(String::new(), |p| format!("{p:.3}"));
+            let share = match row.fraction < 1.0 && row.regime != Regime::ZeroShot {
+                true => format!(" ({:.0} % of the pool)", row.fraction * 100.0),
+                false => String::new(),
+            };
             format!(
-                "| {} | {} | {} | {acc} | {p} |",
+                "| {} | {} | {}{share} | {acc} | {p} |",
                 row.model,
                 row.task.name(),
                 row.regime.name()
@@ -394,4 +400,188 @@ pub fn write_table_section(path: &Path, section: &str) -> Result<(), BenchError>
         _ => format!("{text}\n## The paper's table (`cargo xtask reproduce`)\n\n{section}\n"),
     };
     std::fs::write(path, updated).map_err(|e| BenchError::Io(path.to_path_buf(), e))
+}
+
+/// One cell of a grid: a model under a regime on a task, fine-tuned on a share of the
+/// training pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridCell {
+    /// The model's label (`base`, `continued`).
+    pub label: String,
+    /// The model.
+    pub model: PathBuf,
+    /// The task.
+    pub task: Task,
+    /// The regime.
+    pub regime: Regime,
+    /// The share of the training pool fine-tuned on.
+    pub fraction: f64,
+}
+
+impl GridCell {
+    /// The share as ` (10 %)` where it matters (a fine-tuning regime on part of the pool).
+    fn share(&self, format: impl Fn(f64) -> String) -> String {
+        match self.fraction < 1.0 && self.regime != Regime::ZeroShot {
+            true => format(self.fraction),
+            false => String::new(),
+        }
+    }
+
+    /// `medqa_4options / lora`, or `… / lora (10 %)` on a share of the pool.
+    pub fn group(&self) -> String {
+        let share = self.share(|f| format!(" ({:.0} %)", f * 100.0));
+        format!("{} / {}{share}", self.task.name(), self.regime.name())
+    }
+
+    /// `base / medqa_4options / lora`.
+    pub fn name(&self) -> String {
+        format!("{} / {}", self.label, self.group())
+    }
+
+    /// `OUT/base-medqa_4options-lora` (`-f0.1` on a share).
+    pub fn dir(&self, out: &Path) -> PathBuf {
+        let share = self.share(|f| format!("-f{f}"));
+        out.join(format!(
+            "{}-{}-{}{share}",
+            self.label,
+            self.task.name(),
+            self.regime.name()
+        ))
+    }
+}
+
+/// The paper's grid: every model × task × regime on `settings.fraction` of the training
+/// pools, plus the data-efficient cells (the fine-tuning regimes of `fractions_task` on each
+/// of `fractions`), run one by one into `out`.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// Labelled models; a `continued` one is compared with `base`.
+    pub models: Vec<(String, PathBuf)>,
+    pub tasks: Vec<Task>,
+    pub regimes: Vec<Regime>,
+    /// Shares of the data-efficient cells.
+    pub fractions: Vec<f64>,
+    /// The task of the data-efficient cells.
+    pub fractions_task: Task,
+    /// What every cell shares.
+    pub settings: CellSettings,
+    /// The grid's directory.
+    pub out: PathBuf,
+}
+
+/// How far a grid is: reported after each cell.
+#[derive(Debug, Clone, Copy)]
+pub struct GridProgress {
+    /// Cells done, this one included.
+    pub done: usize,
+    /// Cells in the grid.
+    pub total: usize,
+    /// Seconds the rest should take, from the cells computed so far (cached ones cost
+    /// nothing); `None` before any was computed.
+    pub eta_s: Option<f64>,
+}
+
+impl Grid {
+    /// The cells in the order they run.
+    pub fn cells(&self) -> Vec<GridCell> {
+        let mut cells = Vec::new();
+        for (label, model) in &self.models {
+            let cell = |task, regime, fraction| GridCell {
+                label: label.clone(),
+                model: model.clone(),
+                task,
+                regime,
+                fraction,
+            };
+            for &task in &self.tasks {
+                for &regime in &self.regimes {
+                    cells.push(cell(task, regime, self.settings.fraction));
+                }
+            }
+            for &fraction in &self.fractions {
+                for &regime in self.regimes.iter().filter(|&&r| r != Regime::ZeroShot) {
+                    cells.push(cell(self.fractions_task, regime, fraction));
+                }
+            }
+        }
+        cells
+    }
+
+    /// Claims `out` ([`claim_grid`]); `record` false only checks.
+    pub fn claim(&self, record: bool) -> Result<(), BenchError> {
+        let models: Vec<(&str, &Path)> = self
+            .models
+            .iter()
+            .map(|(l, p)| (l.as_str(), p.as_path()))
+            .collect();
+        claim_grid(&self.out, &models, &self.settings, record)
+    }
+
+    /// Runs (or takes from their records) every cell, calling `report` after each; returns
+    /// the cells with their table rows (McNemar against `base` for the other models).
+    pub fn run(
+        &self,
+        mut report: impl FnMut(&GridCell, &Cell, GridProgress),
+    ) -> Result<Vec<(GridCell, TableRow)>, BenchError> {
+        self.claim(true)?;
+        let cells = self.cells();
+        let started = std::time::Instant::now();
+        let mut computed = 0;
+        let mut rows = Vec::with_capacity(cells.len());
+        for (i, cell) in cells.into_iter().enumerate() {
+            let dir = cell.dir(&self.out);
+            let settings = CellSettings {
+                fraction: cell.fraction,
+                ..self.settings.clone()
+            };
+            let outcome = run_cell(&cell.model, cell.task, cell.regime, &settings, &dir)?;
+            computed += usize::from(matches!(outcome, Cell::Run(_)));
+            let total = self.cells_len();
+            let left = total - i - 1;
+            let eta_s = (computed > 0)
+                .then(|| started.elapsed().as_secs_f64() / computed as f64 * left as f64);
+            report(
+                &cell,
+                &outcome,
+                GridProgress {
+                    done: i + 1,
+                    total,
+                    eta_s,
+                },
+            );
+            let base = GridCell {
+                label: "base".into(),
+                ..cell.clone()
+            }
+            .dir(&self.out)
+            .join("eval");
+            let accuracy = outcome.accuracy();
+            let mcnemar_p = match accuracy {
+                Some(_) if cell.label != "base" && base.join("predictions.jsonl").exists() => {
+                    Some(crate::run::PairedRuns::read(&base, &dir.join("eval"))?.mcnemar_p())
+                }
+                _ => None,
+            };
+            let row = TableRow {
+                model: cell.label.clone(),
+                task: cell.task,
+                regime: cell.regime,
+                fraction: cell.fraction,
+                accuracy,
+                mcnemar_p,
+            };
+            rows.push((cell, row));
+        }
+        Ok(rows)
+    }
+
+    fn cells_len(&self) -> usize {
+        let fine_tuning = self
+            .regimes
+            .iter()
+            .filter(|&&r| r != Regime::ZeroShot)
+            .count();
+        self.models.len()
+            * (self.tasks.len() * self.regimes.len() + self.fractions.len() * fine_tuning)
+    }
 }

@@ -637,3 +637,92 @@ impl PairedRuns {
         metrics::mcnemar_exact(only_a, only_b)
     }
 }
+
+/// How every task of an evaluation is run.
+#[derive(Debug, Clone)]
+pub struct EvalSettings {
+    /// loglik or generate.
+    pub mode: Mode,
+    /// The prompt template (`None`: lm-eval for loglik, PMC-LLaMA's for generate).
+    pub template: Option<Template>,
+    /// Few-shot examples (loglik only).
+    pub shots: usize,
+    /// Seed of the few-shot draw, sampling and bootstrap.
+    pub seed: u64,
+    /// Decoding (generate mode).
+    pub generation: GenerationConfig,
+}
+
+impl EvalSettings {
+    /// The template, refused where it does not go with the mode (loglik uses lm-eval,
+    /// generate PMC-LLaMA's or the model's chat template), as are shots in generate mode.
+    pub fn template(&self) -> Result<Template, BenchError> {
+        let template = self.template.unwrap_or(match self.mode {
+            Mode::Loglik => Template::LmEval,
+            Mode::Generate => Template::PmcLlama,
+        });
+        match (self.mode, template) {
+            (Mode::Loglik, Template::LmEval)
+            | (Mode::Generate, Template::PmcLlama | Template::Chat) => {}
+            (mode, template) => {
+                return Err(BenchError::Config(format!(
+                    "--template {template:?} does not go with --mode {mode:?} (loglik uses lm-eval, generate uses pmc-llama or chat)"
+                )));
+            }
+        }
+        if self.shots > 0 && self.mode == Mode::Generate {
+            return Err(BenchError::Config(
+                "--shots is supported in loglik mode only".into(),
+            ));
+        }
+        Ok(template)
+    }
+}
+
+/// Evaluates the `loaded` model (named `model_name` in the results) on every task of `runs`, calling `on_done(task, predictions so far)` after each question. One
+/// task writes its outputs into `out`; several write each into `out/TASK` and the merged
+/// results into `out`. Returns the results.
+pub fn evaluate_tasks(
+    loaded: &pmc_model::LoadedModel,
+    model_name: &str,
+    settings: &EvalSettings,
+    runs: &[TaskQuestions],
+    out: &Path,
+    mut on_done: impl FnMut(Task, &[Prediction]),
+) -> Result<Value, BenchError> {
+    let template = settings.template()?;
+    let tokenizer = loaded.tokenizer.as_ref().ok_or_else(|| {
+        BenchError::Config(format!("{} has no tokenizer", loaded.source.display()))
+    })?;
+    let device = pmc_model::default_device();
+    let several = runs.len() > 1;
+    let mut all_results = Vec::new();
+    for r in runs {
+        let config = EvalConfig {
+            task: r.task,
+            mode: settings.mode,
+            template,
+            shots: settings.shots,
+            seed: settings.seed,
+            generation: settings.generation,
+        };
+        let evaluator = Evaluator::new(&loaded.model, tokenizer, &config, &device, &loaded.source)?;
+        let dir = if several {
+            out.join(r.task.name())
+        } else {
+            out.to_path_buf()
+        };
+        let (_, results) = evaluate_into(&evaluator, r, model_name, &dir, |done| {
+            on_done(r.task, done)
+        })?;
+        all_results.push(results);
+    }
+    if !several {
+        return all_results
+            .pop()
+            .ok_or_else(|| BenchError::Config("no task to evaluate".into()));
+    }
+    let merged = merge_results(&all_results);
+    write_results(out, &merged)?;
+    Ok(merged)
+}

@@ -149,6 +149,7 @@ fn the_table_replaces_its_own_section_and_keeps_the_rest() {
         model: "base".into(),
         task: Task::MedQa,
         regime: Regime::ZeroShot,
+        fraction: 1.0,
         accuracy: Some(Accuracy {
             acc,
             wilson_95: (0.1, 0.9),

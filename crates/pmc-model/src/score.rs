@@ -247,6 +247,32 @@ pub struct ScoreRequest {
 }
 
 impl ScoreRequest {
+    /// Every request of a JSONL file (blank lines skipped) with its 1-based line number;
+    /// an error names the file and the line.
+    pub fn read_jsonl(
+        path: &std::path::Path,
+        tokenizer: Option<&crate::Tokenizer>,
+    ) -> Result<Vec<(usize, ScoreRequest)>> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                let at = |m: String| {
+                    ModelError::Request(format!("{}: line {}: {m}", path.display(), i + 1))
+                };
+                match ScoreRequest::parse(line, tokenizer) {
+                    Ok(request) => Ok((i + 1, request)),
+                    Err(ModelError::Request(message)) => Err(at(message)),
+                    Err(other) => Err(at(other.to_string())),
+                }
+            })
+            .collect()
+    }
+
     /// Parses one JSONL line: `{"context_ids": [...], "continuation_ids": [...]}`, or
     /// `{"context": "...", "continuation": "..."}` tokenized lm-evaluation-harness's way
     /// (which needs `tokenizer`; an empty context is conditioned on BOS, else EOS).
@@ -300,5 +326,41 @@ impl ScoreRequest {
             context,
             continuation,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jsonl_file_of_requests_is_read_with_its_line_numbers_and_bad_lines_named() {
+        let dir = std::env::temp_dir().join(format!("pmc-score-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.jsonl");
+        std::fs::write(
+            &path,
+            "{\"context_ids\": [1, 2], \"continuation_ids\": [3]}\n\n{\"context_ids\": [4], \"continuation_ids\": [5, 6]}\n",
+        )
+        .unwrap();
+        let requests = ScoreRequest::read_jsonl(&path, None).unwrap();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(requests[1].0, 3, "blank lines keep the numbering");
+        assert_eq!(requests[1].1.continuation, [5, 6]);
+        std::fs::write(
+            &path,
+            "{\"context_ids\": [1], \"continuation_ids\": [2]}\nnot json\n",
+        )
+        .unwrap();
+        let err = ScoreRequest::read_jsonl(&path, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("requests.jsonl: line 2: invalid JSON"),
+            "{err}"
+        );
+        let missing = ScoreRequest::read_jsonl(&dir.join("absent.jsonl"), None);
+        assert!(missing.unwrap_err().to_string().contains("absent.jsonl"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
