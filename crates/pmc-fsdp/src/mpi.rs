@@ -63,10 +63,19 @@ impl MpiComm {
                     // MPI does not say which ranks have not joined a collective.
                     missing: Vec::new(),
                 };
-                eprintln!(
-                    "error: {err}: of {} ranks, one never joined (dead, stuck, or on another code path); aborting the MPI job",
+                // One write of the whole line: `eprintln!` writes a formatted message piece by
+                // piece, and the abort can end the job between two pieces, losing the rest.
+                let line = format!(
+                    "error: {err}: of {} ranks, one never joined (dead, stuck, or on another code path); aborting the MPI job\n",
                     self.world_size()
                 );
+                let mut stderr = std::io::stderr().lock();
+                let _ = std::io::Write::write_all(&mut stderr, line.as_bytes());
+                let _ = std::io::Write::flush(&mut stderr);
+                drop(stderr);
+                // mpiexec's proxy forwards our stderr; the abort ends it with the job, so give
+                // it a moment to pass the line on first.
+                std::thread::sleep(Duration::from_millis(300));
                 self.world.abort(3);
             }
             // Spin briefly, then back off to at most a millisecond between polls.
