@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pmc_llama::pmc_fsdp::{self, Outcome, ShardLevel, Start};
+use pmc_llama::pmc_fsdp::{self, ShardLevel, Start};
 use pmc_llama::pmc_model::{self, LlamaConfig, WeightDType};
 use pmc_llama::pmc_train::source::{self, PaperPreparation, Source};
 use pmc_llama::pmc_train::{self, Checkpointer, CorpusShards, Sampling, run, run_dir};
@@ -110,10 +110,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         options: &options,
         checkpointer: &checkpointer,
     };
-    let summary = match job.run(|_, _| Ok(()))? {
-        Outcome::Finished { summary, .. } => summary,
-        Outcome::OtherRank => return Ok(()),
-        Outcome::Relaunched(code) => std::process::exit(code),
+    // Only the process that reports prints (under MPI, rank 0).
+    let Some((summary, _)) = job.run(|_, _| Ok(()))?.finished() else {
+        return Ok(());
     };
     println!(
         "held-out perplexity {:.2} → {:.2} after {} steps ({:.0} tokens/s); checkpoint in {}",

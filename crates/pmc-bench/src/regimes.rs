@@ -525,6 +525,7 @@ impl Grid {
     ) -> Result<Vec<(GridCell, TableRow)>, BenchError> {
         self.claim(true)?;
         let cells = self.cells();
+        let total = cells.len();
         let started = std::time::Instant::now();
         let mut computed = 0;
         let mut rows = Vec::with_capacity(cells.len());
@@ -536,7 +537,6 @@ impl Grid {
             };
             let outcome = run_cell(&cell.model, cell.task, cell.regime, &settings, &dir)?;
             computed += usize::from(matches!(outcome, Cell::Run(_)));
-            let total = self.cells_len();
             let left = total - i - 1;
             let eta_s = (computed > 0)
                 .then(|| started.elapsed().as_secs_f64() / computed as f64 * left as f64);
@@ -573,15 +573,5 @@ impl Grid {
             rows.push((cell, row));
         }
         Ok(rows)
-    }
-
-    fn cells_len(&self) -> usize {
-        let fine_tuning = self
-            .regimes
-            .iter()
-            .filter(|&&r| r != Regime::ZeroShot)
-            .count();
-        self.models.len()
-            * (self.tasks.len() * self.regimes.len() + self.fractions.len() * fine_tuning)
     }
 }

@@ -16,7 +16,7 @@ use pmc_train::{
     TrainError,
 };
 
-use crate::job::{Job, Outcome, Sharding, Start, resume_point};
+use crate::job::{Job, Sharding, Start, choose_lanes, resume_point, with_extra};
 use crate::pretrain::say;
 
 /// The adapters of a LoRA run (PEFT's `LoraConfig` fields).
@@ -216,12 +216,9 @@ impl FineTuning {
         let checkpointer = Checkpointer::new(&run_dir, self.keep).with_tokenizer(tokenizer.clone());
         let lora_json = lora.as_ref().map(|l| l.config.to_json());
         let save_config = |config: &TrainConfig, _: &LlamaConfig| {
-            let mut record = serde_json::json!({"train": config, "method": self.method.to_string(),
+            let record = serde_json::json!({"train": config, "method": self.method.to_string(),
                 "base": self.base, "template": self.template.name(), "lora": lora_json});
-            if let (Some(record), Some(extra)) = (record.as_object_mut(), run_config.as_object()) {
-                record.extend(extra.clone());
-            }
-            run::save_run_config(&run_dir, &record)
+            run::save_run_config(&run_dir, &with_extra(record, &run_config))
         };
         let job = Job {
             start,
@@ -234,10 +231,8 @@ impl FineTuning {
             options: &options,
             checkpointer: &checkpointer,
         };
-        let (summary, trainer) = match job.run(save_config)? {
-            Outcome::Finished { summary, trainer } => (summary, trainer),
-            Outcome::OtherRank => return Ok(None),
-            Outcome::Relaunched(code) => std::process::exit(code),
+        let Some((summary, trainer)) = job.run(save_config)?.finished() else {
+            return Ok(None);
         };
         let result = match &trainer {
             None => pmc_train::checkpoint::latest(&run_dir)?.ok_or_else(|| {
@@ -326,17 +321,12 @@ impl FineTuning {
             self.method,
             100.0 * trainable as f64 / total as f64
         ));
-        // The sharded trainer computes its micro-batches one by one.
-        if self.sharding.is_none() {
-            config.parallel_micro_batches = match self.parallel_micro_batches {
-                Some(n) => n,
-                None => {
-                    let lanes = pmc_train::lanes::choose(&loaded.config, &config);
-                    say(lanes.reason);
-                    lanes.count
-                }
-            };
-        }
+        choose_lanes(
+            self.sharding,
+            self.parallel_micro_batches,
+            &loaded.config,
+            &mut config,
+        );
         let start = Start::Fresh {
             model,
             model_config: loaded.config,

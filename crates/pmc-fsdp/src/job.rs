@@ -159,6 +159,49 @@ pub enum Outcome {
     Relaunched(i32),
 }
 
+impl Outcome {
+    /// The summary (and the single-process trainer) where the run finished here; `None` on
+    /// the other MPI ranks; a relaunched job's exit code is passed on by exiting with it.
+    pub fn finished(self) -> Option<(RunSummary, Option<Box<Trainer>>)> {
+        match self {
+            Outcome::Finished { summary, trainer } => Some((summary, trainer)),
+            Outcome::OtherRank => None,
+            Outcome::Relaunched(code) => std::process::exit(code),
+        }
+    }
+}
+
+/// `record` (a JSON object) with the fields of `extra` (another, from the front end) added:
+/// what a run's `run_config.json` holds.
+pub(crate) fn with_extra(
+    mut record: serde_json::Value,
+    extra: &serde_json::Value,
+) -> serde_json::Value {
+    if let (Some(record), Some(extra)) = (record.as_object_mut(), extra.as_object()) {
+        record.extend(extra.clone());
+    }
+    record
+}
+
+/// Micro-batches side by side for the single-process trainer: `requested`, or what
+/// `pmc_train::lanes` picks for `model` on this machine (and says why). A sharded run leaves
+/// the config as it is: its trainer computes micro-batches one by one.
+pub(crate) fn choose_lanes(
+    sharding: Option<Sharding>,
+    requested: Option<usize>,
+    model: &LlamaConfig,
+    config: &mut TrainConfig,
+) {
+    if sharding.is_some() {
+        return;
+    }
+    config.parallel_micro_batches = requested.unwrap_or_else(|| {
+        let lanes = pmc_train::lanes::choose(model, config);
+        crate::pretrain::say(lanes.reason);
+        lanes.count
+    });
+}
+
 impl Job<'_> {
     /// Runs the loop from `start` with the single-process trainer, or sharded (full training
     /// only). A fresh run refuses a run directory that holds another run (every rank looks

@@ -15,7 +15,7 @@ use pmc_train::{
     TokenWindows, TrainConfig, TrainError, TrainingData,
 };
 
-use crate::job::{Job, Outcome, Sharding, Start, resume_point};
+use crate::job::{Job, Sharding, Start, choose_lanes, resume_point, with_extra};
 use crate::launch::launcher_rank;
 
 /// Everything a pretraining run is configured with (the `pretrain` command's options).
@@ -352,14 +352,11 @@ impl Prepared<'_> {
         };
         let checkpointer = Checkpointer::new(&run_dir, settings.keep).with_tokenizer(tokenizer);
         let save_config = |config: &TrainConfig, model: &LlamaConfig| {
-            let mut saved = serde_json::json!({"train": config, "model": model.to_json(),
+            let saved = serde_json::json!({"train": config, "model": model.to_json(),
                 "corpus": settings.corpus, "valid": valid_paths,
                 "mix": settings.mix.iter().map(|m| format!("{}={}:{}", m.name, m.path.display(), m.weight)).collect::<Vec<_>>(), "base": settings.base,
                 "steps": settings.steps});
-            if let (Some(saved), Some(extra)) = (saved.as_object_mut(), record.as_object()) {
-                saved.extend(extra.clone());
-            }
-            run::save_run_config(&run_dir, &saved)
+            run::save_run_config(&run_dir, &with_extra(saved, &record))
         };
         let job = Job {
             start,
@@ -372,11 +369,10 @@ impl Prepared<'_> {
             options: &options,
             checkpointer: &checkpointer,
         };
-        match job.run(save_config)? {
-            Outcome::Finished { summary, .. } => Ok(Some(Pretrained { summary, run_dir })),
-            Outcome::OtherRank => Ok(None),
-            Outcome::Relaunched(code) => std::process::exit(code),
-        }
+        Ok(job
+            .run(save_config)?
+            .finished()
+            .map(|(summary, _)| Pretrained { summary, run_dir }))
     }
 }
 
@@ -463,17 +459,12 @@ impl Pretraining {
             model_config.num_hidden_layers,
             model_config.hidden_size
         ));
-        // The sharded trainer computes its micro-batches one by one.
-        if self.sharding.is_none() {
-            config.parallel_micro_batches = match self.parallel_micro_batches {
-                Some(n) => n,
-                None => {
-                    let lanes = pmc_train::lanes::choose(&model_config, &config);
-                    say(lanes.reason);
-                    lanes.count
-                }
-            };
-        }
+        choose_lanes(
+            self.sharding,
+            self.parallel_micro_batches,
+            &model_config,
+            &mut config,
+        );
         Ok((start, tokenizer, config))
     }
 
