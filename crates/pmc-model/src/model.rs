@@ -337,46 +337,81 @@ pub struct Attention {
 }
 
 impl Attention {
+    /// Queries `[batch, heads, new, head_dim]`, keys and values `[batch, kv_heads, new,
+    /// head_dim]` of `x`, RoPE applied to queries and keys.
+    fn project(&self, x: &Tensor<3>, rope: &RopeTables) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let [b, t, _] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let rotated = |proj: &Linear, n: usize| {
+            apply_rope(heads(proj.forward(x.clone()), n), &rope.cos, &rope.sin)
+        };
+        let (q, (k, v)) = side_by_side(
+            x,
+            || rotated(&self.q_proj, nh),
+            || {
+                side_by_side(
+                    x,
+                    || rotated(&self.k_proj, nkv),
+                    || heads(self.v_proj.forward(x.clone()), nkv),
+                )
+            },
+        );
+        (q, k, v)
+    }
+
+    /// The output projection of attention outputs `[batch, heads, new, head_dim]`.
+    fn output(&self, out: Tensor<4>) -> Tensor<3> {
+        let [b, nh, t, hd] = out.dims();
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b, t, nh * hd]))
+    }
+
     fn forward(
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let [b, t, _] = x.dims();
         let x_device_is_autodiff = x.device().is_autodiff();
-        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |y: Tensor<3>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-
-        let rotated = |proj: &Linear, n: usize| {
-            apply_rope(heads(proj.forward(x.clone()), n), &rope.cos, &rope.sin)
-        };
-        let (q, (k, v)) = side_by_side(
-            &x,
-            || rotated(&self.q_proj, nh),
-            || {
-                side_by_side(
-                    &x,
-                    || rotated(&self.k_proj, nkv),
-                    || heads(self.v_proj.forward(x.clone()), nkv),
-                )
-            },
-        );
+        let (q, k, v) = self.project(&x, rope);
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let scale = 1.0 / (hd as f64).sqrt();
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
         let out = if x_device_is_autodiff {
             // Under autodiff burn decomposes the fused op anyway; our blocked form skips the
             // masked scores. Scaling the queries rather than the scores touches `t × head_dim`
             // numbers per head instead of `t × s`.
-            causal_attention(q * scale, k, v, rope.mask.as_ref(), nkv)
+            causal_attention(q * scale, k, v, rope.mask.as_ref(), self.num_kv_heads)
         } else {
             fused_causal_attention(q, k, v, scale)
         };
-        let out = out.swap_dims(1, 2);
-        self.o_proj.forward(out.reshape([b, t, nh * hd]))
+        self.output(out)
+    }
+
+    /// One new token for each of `batch` independent sequences (`x`: `[batch, 1, hidden]`,
+    /// row `i` continuing `caches[i]`). The projections run on all rows at once; attention
+    /// runs per row, since each sequence has its own length and keys.
+    fn forward_rows(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        caches: &mut [&mut LayerCache],
+    ) -> Tensor<3> {
+        let (q, k, v) = self.project(&x, rope);
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let row = |t: &Tensor<4>, i: usize| t.clone().slice_dim(0, i..i + 1);
+        let outs = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| {
+                let (k, v) = cache.append(row(&k, i), row(&v, i));
+                fused_causal_attention(row(&q, i), k, v, scale)
+            })
+            .collect();
+        self.output(Tensor::cat(outs, 0))
     }
 }
 
@@ -563,12 +598,30 @@ impl DecoderLayer {
                 .forward(self.input_layernorm.forward(x), rope, cache);
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
+
+    /// As [`DecoderLayer::forward`] for one new token of each of several sequences, row `i`
+    /// of `x` (`[batch, 1, hidden]`) extending `caches[i]` (see [`Llama::decode_rows`]).
+    fn forward_rows(
+        &self,
+        x: Tensor<3>,
+        rope: &RopeTables,
+        caches: &mut [&mut LayerCache],
+    ) -> Tensor<3> {
+        let x = x.clone()
+            + self
+                .self_attn
+                .forward_rows(self.input_layernorm.forward(x), rope, caches);
+        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+    }
 }
 
 /// The per-call RoPE tables and causal mask, shared by all layers.
 pub struct RopeTables {
-    cos: Tensor<2>,
-    sin: Tensor<2>,
+    /// `[1, 1, new, head_dim]` for one sequence, `[batch, 1, 1, head_dim]` for one token of
+    /// each of `batch` sequences: either way they broadcast over `[batch, heads, new,
+    /// head_dim]`.
+    cos: Tensor<4>,
+    sin: Tensor<4>,
     /// Additive `[new, total]` mask (`-inf` above the causal diagonal); `None` for one token.
     mask: Option<Tensor<2>>,
 }
@@ -578,7 +631,29 @@ impl RopeTables {
     pub fn new(rope: &Rope, start: usize, new: usize, device: &Device) -> Self {
         let (cos, sin) = rope.tables(start, new, device);
         let mask = (new > 1).then(|| causal_mask(start, new, device));
-        RopeTables { cos, sin, mask }
+        RopeTables {
+            cos: cos.unsqueeze(),
+            sin: sin.unsqueeze(),
+            mask,
+        }
+    }
+
+    /// The tables of one token at each of `positions`, one per row of a batch.
+    pub fn rows(rope: &Rope, positions: &[usize], device: &Device) -> Self {
+        let (cos, sin): (Vec<_>, Vec<_>) = positions
+            .iter()
+            .map(|&position| rope.tables(position, 1, device))
+            .unzip();
+        let per_row = |t: Vec<Tensor<2>>| {
+            let t = Tensor::cat(t, 0);
+            let [batch, head_dim] = t.dims();
+            t.reshape([batch, 1, 1, head_dim])
+        };
+        RopeTables {
+            cos: per_row(cos),
+            sin: per_row(sin),
+            mask: None,
+        }
     }
 }
 
@@ -858,6 +933,39 @@ impl Llama {
             }
         }
         x
+    }
+
+    /// Logits `[batch, vocab]` of one new token for each of several independent sequences:
+    /// `tokens[i]` continues `caches[i]`, whatever its length, and extends it. Equal to running
+    /// each sequence alone with [`Llama::forward`]; the weights are read once for all rows
+    /// (continuous batching of decoding steps).
+    pub fn decode_rows(
+        &self,
+        tokens: &[u32],
+        caches: &mut [KvCache],
+        device: &Device,
+    ) -> Tensor<2> {
+        assert_eq!(tokens.len(), caches.len(), "one cache per token");
+        let positions: Vec<usize> = caches.iter().map(KvCache::len).collect();
+        let tables = RopeTables::rows(&self.rope, &positions, device);
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let batch = ids.len();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, 1]), device);
+        let mut x = match &self.quantized_embedding {
+            Some(quantized) => embed_quantized(quantized, tokens),
+            None => embed(&self.embed_tokens, tokens),
+        };
+        for (index, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut LayerCache> =
+                caches.iter_mut().map(|c| &mut c.layers[index]).collect();
+            x = layer.forward_rows(x, &tables, &mut layer_caches);
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let logits = self.logits(self.norm.forward(x));
+        let vocab = logits.dims()[2];
+        logits.reshape([batch, vocab])
     }
 
     /// The LM head's weight `[vocab, hidden]`: `lm_head`, or the embedding when tied.

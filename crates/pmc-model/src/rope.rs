@@ -123,17 +123,16 @@ impl Rope {
     }
 }
 
-/// Applies RoPE to `x` of shape `[batch, heads, seq, head_dim]` with tables `[seq, head_dim]`:
+/// Applies RoPE to `x` of shape `[batch, heads, seq, head_dim]` with tables that broadcast
+/// over it (`[1, 1, seq, head_dim]`, or `[batch, 1, 1, head_dim]` for one position per row):
 /// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.
-pub fn apply_rope(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
+pub fn apply_rope(x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
     let [b, h, s, d] = x.dims();
     let half = d / 2;
     let first = x.clone().slice([0..b, 0..h, 0..s, 0..half]);
     let second = x.clone().slice([0..b, 0..h, 0..s, half..d]);
     let rotated = Tensor::cat(vec![second.neg(), first], 3);
-    let cos = cos.clone().unsqueeze::<4>();
-    let sin = sin.clone().unsqueeze::<4>();
-    x * cos + rotated * sin
+    x * cos.clone() + rotated * sin.clone()
 }
 
 #[cfg(test)]
