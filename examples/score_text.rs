@@ -12,10 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok_or("usage: score_text MODEL_DIR (an HF directory with tokenizer.json)")?;
     let device = pmc_model::default_device();
     let loaded = load_model(dir.as_ref(), &LoadOptions::default(), &device)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .ok_or("the model directory has no tokenizer.json")?;
+    let tokenizer = loaded.require_tokenizer()?;
 
     let question = "Question: Which nerve is injured in wrist drop?\nA. Radial\nB. Ulnar\nC. Median\nD. Axillary\nAnswer:";
     let mut best = (f64::NEG_INFINITY, "");

@@ -27,10 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let device = pmc_model::default_device();
     let loaded = pmc_model::load_model(&model, &LoadOptions::default(), &device)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .ok_or("the model has no tokenizer")?;
+    let tokenizer = loaded.require_tokenizer()?;
     let mut questions = data::load(Task::MedQa, Split::Eval, &data_file)?;
     questions.truncate(limit.unwrap_or(usize::MAX));
 

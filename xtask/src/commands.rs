@@ -28,14 +28,9 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self, device: &pmc_model::burn::prelude::Device) -> Result<LoadedModel> {
         let options = LoadOptions::from(self.dtype);
-        let mut loaded = pmc_model::load_model(&self.model, &options, device)?;
-        if let Some(adapter) = &self.adapter {
-            // Applied at every forward, not merged: the base weights stay as loaded.
-            let adapter = pmc_peft::load_adapter(&mut loaded.model, adapter, device)
-                .with_context(|| format!("--adapter {}", adapter.display()))?;
-            tracing::info!("LoRA adapter on {} modules", adapter.modules.len());
-        }
-        Ok(loaded)
+        let adapter = self.adapter.as_deref();
+        pmc_peft::load_model_with_adapter(&self.model, adapter, &options, device)
+            .with_context(|| format!("--model {}", self.model.display()))
     }
 }
 
@@ -103,12 +98,7 @@ pub struct GenerateArgs {
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let device = pmc_model::default_device();
     let loaded = args.model.load(&device)?;
-    let tokenizer = loaded.tokenizer.as_ref().with_context(|| {
-        format!(
-            "{} has no tokenizer.json; generate needs one",
-            loaded.source.display()
-        )
-    })?;
+    let tokenizer = loaded.require_tokenizer()?;
     let (prompt, stop_ids) = if args.chat {
         let template = pmc_model::ChatTemplate::of(tokenizer, &loaded.source)?;
         let mut messages: Vec<pmc_model::Message> = args
@@ -169,11 +159,7 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
         ..Default::default()
     };
     pmc_model::save_hf(&loaded.model, &loaded.config, &args.out, save)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .context("the GGUF file has no tokenizer")?;
-    tokenizer.save(&args.out)?;
+    loaded.require_tokenizer()?.save(&args.out)?;
     eprintln!(
         "wrote {} ({:.1} M parameters, {:?}) from {}",
         args.out.display(),
@@ -219,5 +205,25 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         adapter.display(),
         args.model.model.display()
     );
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub server: pmc_serve::ServerFlags,
+}
+
+/// `serve`: the OpenAI-compatible server until Ctrl-C or SIGTERM.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    let device = pmc_model::default_device();
+    let loaded = args.model.load(&device)?;
+    pmc_serve::serve_until_signal(loaded, args.server.into(), device, |server| {
+        let (model, address) = (server.model_id(), server.local_addr());
+        println!("serving {model} at http://{address}/v1 (chat/completions, completions, models)");
+        println!("ready");
+    })?;
     Ok(())
 }

@@ -45,6 +45,8 @@ enum Command {
     Score(commands::ScoreArgs),
     /// Generate text after a prompt (greedy by default), streamed to stdout.
     Generate(commands::GenerateArgs),
+    /// An OpenAI-compatible HTTP server (chat, completions with logprobs, streaming).
+    Serve(commands::ServeArgs),
     /// Evaluate a model on PubMedQA, MedQA or MedMCQA.
     Eval(eval::EvalArgs),
     /// Paired comparison of two eval runs on the same questions (bootstrap and McNemar).
@@ -205,6 +207,7 @@ fn main() {
         Command::Merge(args) => commands::merge(args),
         Command::Score(args) => commands::score(args),
         Command::Generate(args) => commands::generate(args),
+        Command::Serve(args) => commands::serve(args),
         Command::Convert(args) => commands::convert(args),
         Command::Eval(args) => eval::eval(args),
         Command::Compare(args) => eval::compare(args),

@@ -278,16 +278,17 @@ fn compute_cell(
     };
     let (model_path, adapter) = evaluated;
     let device = pmc_model::default_device();
-    let mut loaded = pmc_model::load_model(&model_path, &Default::default(), &device)?;
+    let loaded = pmc_peft::load_model_with_adapter(
+        &model_path,
+        adapter.as_deref(),
+        &Default::default(),
+        &device,
+    )?;
     let mut model_name = model_path.display().to_string();
     if let Some(adapter) = &adapter {
-        pmc_peft::load_adapter(&mut loaded.model, adapter, &device)?;
         model_name += &format!(" + adapter {}", adapter.display());
     }
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .ok_or_else(|| BenchError::Config(format!("{} has no tokenizer", model_path.display())))?;
+    let tokenizer = loaded.require_tokenizer()?;
     let config = crate::EvalConfig {
         task,
         mode: crate::Mode::Loglik,

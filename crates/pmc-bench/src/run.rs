@@ -691,9 +691,7 @@ pub fn evaluate_tasks(
     mut on_done: impl FnMut(Task, &[Prediction]),
 ) -> Result<Value, BenchError> {
     let template = settings.template()?;
-    let tokenizer = loaded.tokenizer.as_ref().ok_or_else(|| {
-        BenchError::Config(format!("{} has no tokenizer", loaded.source.display()))
-    })?;
+    let tokenizer = loaded.require_tokenizer()?;
     let device = pmc_model::default_device();
     let several = runs.len() > 1;
     let mut all_results = Vec::new();

@@ -163,6 +163,18 @@ pub struct LoadedModel {
     pub source: PathBuf,
 }
 
+impl LoadedModel {
+    /// The tokenizer, or an error naming the model for commands that need one.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            ModelError::Tokenizer(format!(
+                "{} has no tokenizer (no tokenizer.json beside config.json, no tokenizer in the GGUF metadata)",
+                self.source.display()
+            ))
+        })
+    }
+}
+
 /// Loads a model: an HF directory (`config.json`, safetensors weights, optional
 /// `tokenizer.json`) or a llama.cpp `.gguf` file (weights dequantised, tokenizer rebuilt from
 /// its metadata), or a model name of [`hub::known_names`] (fetched into the cache once).

@@ -334,6 +334,27 @@ pub fn load_adapter(model: &mut Llama, dir: &Path, device: &Device) -> Result<Ad
     Ok(adapter)
 }
 
+/// Loads a model as [`pmc_model::load_model`] does and, when `adapter` is given, attaches the
+/// adapter in that directory (applied at every forward, unmerged: the base weights stay as
+/// loaded). What `score`, `generate`, `serve` and evaluation load.
+pub fn load_model_with_adapter(
+    model: &Path,
+    adapter: Option<&Path>,
+    options: &pmc_model::LoadOptions,
+    device: &Device,
+) -> Result<pmc_model::LoadedModel, PeftError> {
+    let mut loaded = pmc_model::load_model(model, options, device)?;
+    if let Some(dir) = adapter {
+        let adapter = load_adapter(&mut loaded.model, dir, device)?;
+        tracing::info!(
+            adapter = %dir.display(),
+            modules = adapter.modules.len(),
+            "LoRA adapter attached"
+        );
+    }
+    Ok(loaded)
+}
+
 /// Freeze the base weights (no gradients, no optimizer state) and attach a trainable adapter.
 pub fn prepare_for_training(model: Llama, adapter: &Adapter) -> Result<Llama, PeftError> {
     let mut model = model.no_grad();

@@ -36,10 +36,7 @@ pub fn bench_eval(args: BenchEvalArgs) -> Result<()> {
     questions.truncate(args.limit);
     let device = pmc_model::default_device();
     let loaded = pmc_model::load_model(&args.model, &Default::default(), &device)?;
-    let tokenizer = loaded
-        .tokenizer
-        .as_ref()
-        .context("the model has no tokenizer")?;
+    let tokenizer = loaded.require_tokenizer()?;
     let config = EvalConfig {
         task: args.task,
         mode: Mode::Loglik,
