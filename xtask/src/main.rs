@@ -61,6 +61,8 @@ enum Command {
     BenchFsdp(pmc_perf::fsdp::BenchFsdpArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
+    /// The server under 1, 4, 16 concurrent streaming clients: tokens/s and time to first token.
+    BenchServe(pmc_perf::serve::BenchServeArgs),
     /// Scoring and decoding throughput against PyTorch + transformers on the same config.
     BenchModel(pmc_perf::model::BenchModelArgs),
     /// The CPU, the instruction-set cap (PMC_CPU_MAX) and the kernel each dispatcher picks.
@@ -213,6 +215,7 @@ fn main() {
         Command::Compare(args) => eval::compare(args),
         Command::BenchEval(args) => pmc_perf::eval::bench_eval(args),
         Command::BenchModel(args) => pmc_perf::model::bench_model(args),
+        Command::BenchServe(args) => pmc_perf::serve::bench_serve(args),
         Command::BenchTrain(args) => pmc_perf::train::bench_train(args),
         Command::Cpu => {
             print!("{}", pmc_model::cpu::describe());

@@ -17,4 +17,5 @@ pub mod model;
 pub mod reference;
 pub mod report;
 pub mod rss;
+pub mod serve;
 pub mod train;
