@@ -227,3 +227,50 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     })?;
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// An HF model directory, a .gguf file or `smollm2-135m`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A LoRA adapter (HF PEFT format) to merge into the weights first.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// The GGUF file to write.
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// The matrices' type: f32, f16, or ggml's block formats q8_0, q4_0, q4_1 (norms and
+    /// biases stay f32, as llama.cpp's quantize leaves them).
+    #[arg(long, default_value = "f16")]
+    pub dtype: pmc_model::ExportType,
+}
+
+/// `export`: a model (with its adapter merged) as GGUF for llama.cpp, Ollama, LM Studio.
+pub fn export(args: ExportArgs) -> Result<()> {
+    let device = pmc_model::default_device();
+    let adapter = args.adapter.as_deref();
+    let mut loaded =
+        pmc_peft::load_model_with_adapter(&args.model, adapter, &Default::default(), &device)?;
+    pmc_peft::merge(&mut loaded.model);
+    let name = args
+        .model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy());
+    let tokenizer = loaded.require_tokenizer()?;
+    let config = &loaded.config;
+    let written = pmc_model::write_gguf(
+        &loaded.model,
+        config,
+        tokenizer,
+        &name,
+        args.dtype,
+        &args.gguf,
+    )?;
+    let mib = written.bytes as f64 / (1 << 20) as f64;
+    let path = args.gguf.display();
+    eprintln!(
+        "wrote {path}: {} tensors, {mib:.1} MiB, {:?}",
+        written.tensors, args.dtype
+    );
+    Ok(())
+}

@@ -89,7 +89,7 @@ pub struct FinetuneArgs {
     pub compute: crate::ComputeArgs,
     /// Sharded training (with --method full).
     #[command(flatten)]
-    pub distributed: crate::DistributedArgs,
+    pub distributed: pmc_fsdp::DistributedArgs,
 }
 
 fn examples(args: &FinetuneArgs) -> Result<Vec<Example>> {

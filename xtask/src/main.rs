@@ -59,6 +59,8 @@ enum Command {
     /// Sharded training: state bytes per rank at levels 0-3 against the ZeRO formulas,
     /// communication per step, and two MPI workers against one process.
     BenchFsdp(pmc_perf::fsdp::BenchFsdpArgs),
+    /// Write a model (a LoRA adapter merged in) as GGUF: f32, f16, q8_0, q4_0 or q4_1.
+    Export(commands::ExportArgs),
     /// Convert a GGUF file to an HF model directory (config, safetensors, tokenizer).
     Convert(commands::ConvertArgs),
     /// The server under 1, 4, 16 concurrent streaming clients: tokens/s and time to first token.
@@ -119,69 +121,6 @@ impl Default for ComputeArgs {
     }
 }
 
-/// Sharded data-parallel training (pretrain and finetune share these options).
-#[derive(clap::Args, Debug, Clone)]
-pub struct DistributedArgs {
-    /// Workers of a sharded data-parallel run (FSDP). Without it and without --shard-level,
-    /// the single-process trainer runs. Under MPI it defaults to the job's size.
-    #[arg(long)]
-    pub world_size: Option<usize>,
-    /// What the workers split (ZeRO levels): 0 nothing (data parallel, gradients
-    /// all-reduced), 1 the optimizer state, 2 also the gradients, 3 also the parameters
-    /// (FSDP full_shard: one unit per decoder layer, gathered when used). Default 3.
-    #[arg(long)]
-    pub shard_level: Option<u8>,
-    /// threads (workers in this process) or mpi (one process per worker; relaunches under
-    /// `mpiexec -n N` when started outside an MPI job; needs `--features mpi`).
-    #[arg(long, default_value = "threads")]
-    pub engine: String,
-    /// Seconds any collective may wait before the job is aborted with a message.
-    #[arg(long, default_value_t = 600.0)]
-    pub collective_timeout: f64,
-}
-
-impl Default for DistributedArgs {
-    /// The options' defaults: the single-process trainer.
-    fn default() -> Self {
-        Self {
-            world_size: None,
-            shard_level: None,
-            engine: "threads".into(),
-            collective_timeout: 600.0,
-        }
-    }
-}
-
-impl DistributedArgs {
-    /// `None`: train in one process with pmc-train's trainer.
-    pub fn sharding(&self) -> anyhow::Result<Option<pmc_fsdp::Sharding>> {
-        let engine: pmc_fsdp::Engine = self.engine.parse().map_err(anyhow::Error::msg)?;
-        Ok(pmc_fsdp::Sharding::of(
-            self.world_size,
-            self.shard_level,
-            engine,
-            self.collective_timeout,
-        )?)
-    }
-
-    /// Under `--engine mpi` outside an MPI job: reruns this command under `mpiexec` and exits
-    /// with its code. Call before any preparation.
-    pub fn relaunch_if_needed(&self) -> anyhow::Result<()> {
-        if let Some(s) = self.sharding()?
-            && let Some(code) = pmc_fsdp::launch::relaunch_outside_job(s.engine, s.world_size)?
-        {
-            std::process::exit(code);
-        }
-        Ok(())
-    }
-
-    /// For run_config.json.
-    pub fn describe(&self) -> serde_json::Value {
-        serde_json::json!({"world_size": self.world_size, "shard_level": self.shard_level,
-            "engine": self.engine})
-    }
-}
-
 fn main() {
     pmc_model::allocator::reuse_large_buffers();
     tracing_subscriber::fmt()
@@ -211,6 +150,7 @@ fn main() {
         Command::Generate(args) => commands::generate(args),
         Command::Serve(args) => commands::serve(args),
         Command::Convert(args) => commands::convert(args),
+        Command::Export(args) => commands::export(args),
         Command::Eval(args) => eval::eval(args),
         Command::Compare(args) => eval::compare(args),
         Command::BenchEval(args) => pmc_perf::eval::bench_eval(args),

@@ -149,7 +149,7 @@ pub struct PretrainArgs {
     #[command(flatten)]
     pub compute: crate::ComputeArgs,
     #[command(flatten)]
-    pub distributed: crate::DistributedArgs,
+    pub distributed: pmc_fsdp::DistributedArgs,
     /// Benchmark accuracy at every evaluation: TASK:N,… (e.g. pubmedqa:200,medqa:200,medmcqa:200),
     /// N questions of each task's evaluation split drawn with a fixed seed, scored the
     /// loglik way (lm-eval's prompts) and logged with Wilson intervals.

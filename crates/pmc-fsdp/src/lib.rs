@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod collective;
 pub mod finetune;
+pub mod flags;
 pub mod flat;
 pub mod job;
 pub mod launch;
@@ -27,6 +28,7 @@ pub mod trainer;
 
 pub use collective::{Collective, CollectiveError, DEFAULT_TIMEOUT, Traffic};
 pub use finetune::{FineTuned, FineTuning, LoraSettings};
+pub use flags::DistributedArgs;
 pub use flat::Layout;
 pub use job::{Job, Outcome, Sharding, Start};
 pub use launch::{Engine, Launched, launch};

@@ -46,6 +46,7 @@ pub use checkpoint::{SaveOptions, WeightDType, save_hf};
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use generate::{GenerationConfig, generate};
+pub use gguf::writer::{ExportType, write_gguf};
 pub use loss::{
     causal_lm_gradients, causal_lm_loss, loss_inputs, masked_causal_lm_loss, next_token_loss,
 };
@@ -250,7 +251,9 @@ pub fn load_gguf(path: &Path, options: &LoadOptions, device: &Device) -> Result<
             None
         };
         if let Some(heads) = heads {
-            values = gguf::unpermute_rows(&values, heads, shape[1]);
+            // Biases of Q and K (built as one row) are permuted as rows of one value.
+            let row_len = if name.ends_with(".bias") { 1 } else { shape[1] };
+            values = gguf::unpermute_rows(&values, heads, row_len);
         }
         // f32 values become the tensor as they are; other dtypes are narrowed from them.
         let data = if target == WeightDType::F32 {

@@ -50,6 +50,23 @@ impl GgmlType {
         })
     }
 
+    /// ggml's numeric id (the inverse of [`GgmlType::from_id`]).
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q4_1 => 3,
+            Self::Q5_0 => 6,
+            Self::Q5_1 => 7,
+            Self::Q8_0 => 8,
+            Self::Q4_K => 12,
+            Self::Q5_K => 13,
+            Self::Q6_K => 14,
+            Self::BF16 => 30,
+        }
+    }
+
     /// `(values per block, bytes per block)`.
     pub fn block(self) -> (usize, usize) {
         match self {

@@ -7,6 +7,7 @@
 
 pub mod dequant;
 pub mod tokenizer;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::fs::File;

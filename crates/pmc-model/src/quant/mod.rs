@@ -186,6 +186,31 @@ impl QuantMatrix {
         })
     }
 
+    /// The matrix in ggml's block layout, row by row (what a GGUF file holds): each block's
+    /// scale as f16 (and for `q4_1` its minimum), then its 32 quants — one i8 each for `q8_0`,
+    /// two per byte for the 4-bit formats (weight `j` in the low nibble of byte `j`, weight
+    /// `j + 16` in the high one).
+    pub fn ggml_blocks(&self) -> Vec<u8> {
+        let f16 = |x: f32| half::f16::from_f32(x).to_le_bytes();
+        let blocks = self.scales.len();
+        let mut out = Vec::with_capacity(blocks * 36);
+        for (b, &d) in self.scales.iter().enumerate() {
+            out.extend(f16(d));
+            match &self.quants {
+                Quants::Bytes(q) => {
+                    out.extend(q[b * BLOCK..(b + 1) * BLOCK].iter().map(|&v| v as u8));
+                }
+                Quants::Nibbles { packed, mins } => {
+                    if self.kind == QuantKind::Q4_1 {
+                        out.extend(f16(mins[b]));
+                    }
+                    out.extend_from_slice(&packed[b * BLOCK / 2..(b + 1) * BLOCK / 2]);
+                }
+            }
+        }
+        out
+    }
+
     /// The block format.
     pub fn kind(&self) -> QuantKind {
         self.kind
