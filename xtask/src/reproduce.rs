@@ -113,19 +113,11 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             accuracy.map_or("no training split".into(), |a| a.to_string()),
         );
     })?;
-    let bars: Vec<pmc_plot::AccuracyBar> = done
-        .iter()
-        .filter_map(|(cell, row)| {
-            let acc = row.accuracy?;
-            Some(pmc_plot::AccuracyBar {
-                group: cell.group(),
-                series: cell.label.clone(),
-                acc: acc.acc,
-                low: acc.wilson_95.0,
-                high: acc.wilson_95.1,
-            })
-        })
-        .collect();
+    let outputs = grid.write_outputs(&done)?;
+    eprintln!("results (lm-eval shape): {}", outputs.results.display());
+    for chart in outputs.accuracy_chart.iter().chain(&outputs.loss_charts) {
+        eprintln!("chart: {}", chart.display());
+    }
     let rows: Vec<_> = done.into_iter().map(|(_, row)| row).collect();
     let names = |names: Vec<&str>| names.join(",");
     let command = format!(
@@ -156,14 +148,6 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
     );
     let table = table_section(&command, &rows);
     println!("{table}");
-    if !bars.is_empty() {
-        let (svg, png) = pmc_plot::accuracy_chart(
-            &bars,
-            "Accuracy by task and regime, 95 % Wilson intervals",
-            &args.out.join("accuracy"),
-        )?;
-        eprintln!("chart: {} and {}", svg.display(), png.display());
-    }
     write_table_section(&args.results, &table)?;
     eprintln!("wrote the table into {}", args.results.display());
     Ok(())

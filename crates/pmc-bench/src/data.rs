@@ -117,7 +117,12 @@ pub fn resolve(task: Task, split: Split, data: &Path) -> Result<PathBuf, BenchEr
     let candidates: &[&str] = match (task, split) {
         (Task::PubMedQa, _) => &["pubmedqa/ori_pqal.json"],
         (Task::MedQa, Split::Eval) => &["medqa/test_4options.jsonl", "medqa/test.jsonl"],
-        (Task::MedQa, Split::Train) => &["medqa/train_4options.jsonl", "medqa/train.jsonl"],
+        // The shared data ships a 1,030-question subset of the official training split.
+        (Task::MedQa, Split::Train) => &[
+            "medqa/train_4options.jsonl",
+            "medqa/train.jsonl",
+            "medqa/train_4options_subset.jsonl",
+        ],
         (Task::MedMcqa, Split::Eval) => &["medmcqa/dev.jsonl", "medmcqa/dev.json"],
         (Task::MedMcqa, Split::Train) => &["medmcqa/train.jsonl", "medmcqa/train.json"],
     };

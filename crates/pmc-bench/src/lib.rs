@@ -49,6 +49,14 @@ pub enum BenchError {
     /// Fine-tuning (a regime's training run) failed.
     #[error(transparent)]
     Train(#[from] pmc_train::TrainError),
+    /// Ctrl-C stopped a cell's fine-tuning after writing its checkpoint.
+    #[error(
+        "interrupted: {0} holds the cell's checkpoint; run the same command again to continue it"
+    )]
+    Interrupted(PathBuf),
+    /// A chart could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] pmc_plot::PlotError),
 }
 
 /// SHA-256 of a file, hex: results record which data they were computed on.

@@ -183,8 +183,10 @@ pub fn claim_grid(
 /// results). Zero-shot evaluates the model as it is; LoRA and full fine-tune it on the
 /// task's training pool first (PMC-LLaMA's template, r 8 on the seven projections), then
 /// evaluate the adapter or the fine-tuned model, loglik mode with lm-eval's prompts. A
-/// fine-tuning cell starts afresh: what `dir` held is replaced. `None` when the regime needs
-/// a training split that `settings.data` lacks.
+/// fine-tuning cell checkpoints every [`CELL_CHECKPOINT_EVERY`] steps; interrupted (Ctrl-C:
+/// [`BenchError::Interrupted`], or killed) and run again with the same settings, it continues
+/// from its last checkpoint; otherwise it starts afresh, replacing what `dir` held. `None`
+/// when the regime needs a training split that `settings.data` lacks.
 ///
 /// A finished cell records itself in `dir/cell.json` (what it was run with and its
 /// accuracy); run again with the same model, task, regime and settings it returns that
@@ -211,13 +213,36 @@ pub fn run_cell(
             })?;
         return Ok(Cell::Cached(accuracy));
     }
-    let accuracy = compute_cell(model, task, regime, settings, dir)?;
+    let accuracy = compute_cell(model, task, regime, settings, dir, &key)?;
     std::fs::create_dir_all(dir).map_err(|e| BenchError::Io(dir.to_path_buf(), e))?;
     let tmp = dir.join("cell.json.tmp");
     let text = serde_json::json!({"key": key, "accuracy": accuracy}).to_string();
     std::fs::write(&tmp, text).map_err(|e| BenchError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, &record).map_err(|e| BenchError::Io(record.clone(), e))?;
     Ok(Cell::Run(accuracy))
+}
+
+/// Optimizer steps between a fine-tuning cell's checkpoints: what a killed grid loses at
+/// most of the cell in progress.
+pub const CELL_CHECKPOINT_EVERY: usize = 25;
+
+/// Where a fine-tuning cell continues from: its directory, when it holds a checkpoint of a
+/// run started with the same `key` (`started.json`); otherwise `None`, and the directory is
+/// claimed afresh (an earlier run's files replaced) with `key` recorded.
+fn resume_point(dir: &Path, key: &serde_json::Value) -> Result<Option<PathBuf>, BenchError> {
+    let started = dir.join("started.json");
+    let same_run = std::fs::read_to_string(&started)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|saved| saved == *key);
+    if same_run && pmc_train::checkpoint::latest(dir)?.is_some() {
+        return Ok(Some(dir.to_path_buf()));
+    }
+    pmc_train::run_dir::claim_fresh(dir, UsedDir::Replace)?;
+    let tmp = dir.join("started.json.tmp");
+    std::fs::write(&tmp, key.to_string()).map_err(|e| BenchError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, &started).map_err(|e| BenchError::Io(started.clone(), e))?;
+    Ok(None)
 }
 
 /// A cell's outcome.
@@ -245,6 +270,7 @@ fn compute_cell(
     regime: Regime,
     settings: &CellSettings,
     dir: &Path,
+    key: &serde_json::Value,
 ) -> Result<Option<Accuracy>, BenchError> {
     let method = match regime {
         Regime::ZeroShot => None,
@@ -255,13 +281,13 @@ fn compute_cell(
         None => (model.to_path_buf(), None),
         Some(_) if data::resolve(task, Split::Train, &settings.data).is_err() => return Ok(None),
         Some(method) => {
-            pmc_train::run_dir::claim_fresh(dir, UsedDir::Replace)?;
             let examples = training_pool(task, &settings.data, settings.fraction, 0)?;
             let fine_tuning = FineTuning {
                 steps: settings.steps,
                 global_batch: settings.global_batch,
-                checkpoint_every: usize::MAX,
+                checkpoint_every: CELL_CHECKPOINT_EVERY,
                 keep: 1,
+                resume: resume_point(dir, key)?,
                 ..FineTuning::new(method, model, dir)
             };
             let record = serde_json::json!({"task": task.name(), "fraction": settings.fraction});
@@ -270,6 +296,10 @@ fn compute_cell(
                     "a cell is fine-tuned in one process".into(),
                 ));
             };
+            // Stopped by Ctrl-C: the checkpoint is written, the cell is not finished.
+            if pmc_train::run::STOP.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(BenchError::Interrupted(dir.to_path_buf()));
+            }
             match method {
                 Method::Lora => (model.to_path_buf(), Some(done.result)),
                 Method::Full => (done.result, None),
@@ -574,5 +604,126 @@ impl Grid {
             rows.push((cell, row));
         }
         Ok(rows)
+    }
+}
+
+/// What a finished grid leaves beside its cells (see [`Grid::write_outputs`]).
+#[derive(Debug, Clone)]
+pub struct GridOutputs {
+    /// `results.json`.
+    pub results: PathBuf,
+    /// The accuracy chart (`accuracy.svg`, `.png`), when a cell has an accuracy.
+    pub accuracy_chart: Option<PathBuf>,
+    /// Per task with fine-tuned cells, their training loss on one chart (`loss-TASK.svg`).
+    pub loss_charts: Vec<PathBuf>,
+}
+
+impl Grid {
+    /// Writes what the finished cells add up to into the grid's directory:
+    /// - `results.json` in lm-evaluation-harness's shape — `results`, `n_samples` and
+    ///   `configs` keyed by cell name (`continued / medqa_4options / lora`), each cell's
+    ///   metrics as its evaluation wrote them, its configuration with the McNemar p-value
+    ///   against the base model;
+    /// - the accuracy chart with 95 % Wilson intervals;
+    /// - per task, the fine-tuning loss of every fine-tuned cell by step on one chart: the
+    ///   base against the continued model, the paper's "faster convergence" figure.
+    pub fn write_outputs(&self, done: &[(GridCell, TableRow)]) -> Result<GridOutputs, BenchError> {
+        let mut results = serde_json::Map::new();
+        let mut n_samples = serde_json::Map::new();
+        let mut configs = serde_json::Map::new();
+        let mut bars = Vec::new();
+        for (cell, row) in done {
+            let eval = cell.dir(&self.out).join("eval/results.json");
+            let Some(accuracy) = row.accuracy else {
+                continue; // no training split: no cell
+            };
+            let text =
+                std::fs::read_to_string(&eval).map_err(|e| BenchError::Io(eval.clone(), e))?;
+            let written: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| BenchError::Data {
+                    path: eval.clone(),
+                    line: None,
+                    message: e.to_string(),
+                })?;
+            let task = cell.task.name();
+            results.insert(cell.name(), written["results"][task].clone());
+            n_samples.insert(cell.name(), written["n_samples"][task].clone());
+            configs.insert(
+                cell.name(),
+                serde_json::json!({"model": cell.model, "task": task, "regime": cell.regime.name(),
+                    "fraction": cell.fraction, "mcnemar_p_vs_base": row.mcnemar_p,
+                    "cell_dir": cell.dir(&self.out)}),
+            );
+            bars.push(pmc_plot::AccuracyBar {
+                group: cell.group(),
+                series: cell.label.clone(),
+                acc: accuracy.acc,
+                low: accuracy.wilson_95.0,
+                high: accuracy.wilson_95.1,
+            });
+        }
+        let summary = serde_json::json!({
+            "results": results,
+            "n_samples": n_samples,
+            "configs": configs,
+            "config": {"settings": self.settings, "models": self.models},
+        });
+        let path = self.out.join("results.json");
+        let tmp = self.out.join("results.json.tmp");
+        let text = serde_json::to_string_pretty(&summary).expect("JSON values serialize");
+        std::fs::write(&tmp, text).map_err(|e| BenchError::Io(tmp.clone(), e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| BenchError::Io(path.clone(), e))?;
+        let accuracy_chart = match bars.is_empty() {
+            true => None,
+            false => Some(
+                pmc_plot::accuracy_chart(
+                    &bars,
+                    "Accuracy by task and regime, 95 % Wilson intervals",
+                    &self.out.join("accuracy"),
+                )?
+                .1,
+            ),
+        };
+        Ok(GridOutputs {
+            results: path,
+            accuracy_chart,
+            loss_charts: self.loss_charts(done)?,
+        })
+    }
+
+    /// Per task, the training loss of its fine-tuned cells on one chart.
+    fn loss_charts(&self, done: &[(GridCell, TableRow)]) -> Result<Vec<PathBuf>, BenchError> {
+        let mut charts = Vec::new();
+        let mut tasks: Vec<Task> = Vec::new();
+        for (cell, _) in done {
+            if cell.regime != Regime::ZeroShot && !tasks.contains(&cell.task) {
+                tasks.push(cell.task);
+            }
+        }
+        for task in tasks {
+            let mut series = Vec::new();
+            for (cell, _) in done.iter().filter(|(c, _)| c.task == task) {
+                let dir = cell.dir(&self.out);
+                if cell.regime == Regime::ZeroShot || !dir.join("metrics.jsonl").exists() {
+                    continue;
+                }
+                let points: Vec<(f64, f64)> = pmc_train::plot::read_metrics(&dir)?
+                    .iter()
+                    .filter_map(|p| Some((p.step, p.loss?)))
+                    .collect();
+                let share = cell.share(|f| format!(" ({:.0} %)", f * 100.0));
+                series.push(pmc_plot::LossSeries {
+                    name: format!("{}, {}{share}", cell.label, cell.regime.name()),
+                    points,
+                });
+            }
+            if series.iter().all(|s| s.points.is_empty()) {
+                continue;
+            }
+            let title = format!("Fine-tuning on {}: training loss by step", task.name());
+            let stem = self.out.join(format!("loss-{}", task.name()));
+            charts.push(pmc_plot::loss_comparison(&series, &title, &stem)?.1);
+        }
+        Ok(charts)
     }
 }

@@ -243,3 +243,68 @@ fn a_grid_directory_of_other_settings_is_refused() {
         .to_string();
     assert!(err.contains("other models"), "{err}");
 }
+
+/// A whole grid (two models × zero-shot and LoRA on one task) leaves one lm-eval-shaped
+/// `results.json` with every cell, the accuracy chart, and the fine-tuning loss of both
+/// models on one chart.
+#[test]
+fn a_grid_writes_one_results_file_and_a_loss_chart_per_task() {
+    use pmc_bench::regimes::Grid;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("medqa")).unwrap();
+    std::fs::write(data.join("medqa/train_4options.jsonl"), medqa_lines(24, 0)).unwrap();
+    std::fs::write(data.join("medqa/test_4options.jsonl"), medqa_lines(6, 100)).unwrap();
+    let grid = Grid {
+        models: vec![
+            ("base".into(), fixture_model()),
+            ("continued".into(), fixture_model()),
+        ],
+        tasks: vec![Task::MedQa],
+        regimes: vec![Regime::ZeroShot, Regime::Lora],
+        fractions: vec![],
+        fractions_task: Task::MedQa,
+        settings: CellSettings {
+            data,
+            fraction: 1.0,
+            steps: Some(3),
+            global_batch: 4,
+            limit: None,
+        },
+        out: dir.path().join("grid"),
+    };
+    let done = grid.run(|_, _, _| {}).unwrap();
+    assert_eq!(done.len(), 4);
+    let outputs = grid.write_outputs(&done).unwrap();
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&outputs.results).unwrap()).unwrap();
+    let cells = results["results"].as_object().unwrap();
+    let names: Vec<&str> = cells.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "base / medqa_4options / zero-shot",
+            "base / medqa_4options / lora",
+            "continued / medqa_4options / zero-shot",
+            "continued / medqa_4options / lora",
+        ]
+    );
+    for ((cell, row), (name, metrics)) in done.iter().zip(cells) {
+        assert_eq!(&cell.name(), name);
+        let acc = metrics[pmc_bench::run::ACC_KEY].as_f64().unwrap();
+        assert!((acc - row.accuracy.unwrap().acc).abs() < 1e-12, "{name}");
+        assert_eq!(results["n_samples"][name], 6, "{name}");
+    }
+    // The continued model's cells are paired with the base's (here the same model: p = 1).
+    let p = &results["configs"]["continued / medqa_4options / lora"]["mcnemar_p_vs_base"];
+    assert_eq!(p.as_f64(), Some(1.0));
+    assert!(outputs.accuracy_chart.as_ref().is_some_and(|c| c.exists()));
+    assert_eq!(outputs.loss_charts.len(), 1);
+    let chart = &outputs.loss_charts[0];
+    assert!(
+        chart.ends_with("loss-medqa_4options.png"),
+        "{}",
+        chart.display()
+    );
+    assert!(std::fs::metadata(chart).unwrap().len() > 10_000);
+}

@@ -82,3 +82,35 @@ fn one_row_products_equal_f64_dot_products() {
     let got = values(x.matmul(w.transpose()));
     assert_close(&got, &expected, k, "a sliced weight");
 }
+
+/// A batched decoding step multiplies a few rows (one per sequence) by each weight: products
+/// small enough that gemm would run them on one thread are split by weight rows across the
+/// pool, each part one gemm call on all the rows. Checked on decoding shapes, rows taken
+/// out of a wider activation (rows further apart than `k`), a sliced weight, and a product
+/// just large enough to stay with gemm's own parallel path.
+#[test]
+fn few_row_products_equal_f64_dot_products() {
+    let device = Device::flex();
+    for (m, n, k) in [
+        (2, 1536, 576),
+        (4, 576, 1536),
+        (5, 130, 64),
+        (16, 1536, 576),
+        (3, 40, 15),
+        (8, 2048, 2048),
+    ] {
+        let x = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+        let expected = reference(&values(x.clone()), &values(w.clone()), m, n, k);
+        let got = values(x.matmul(w.transpose()));
+        assert_close(&got, &expected, k, &format!("[{m}, {k}] @ [{n}, {k}]ᵀ"));
+    }
+    let (m, n, k) = (4, 700, 96);
+    let wide_x = Tensor::<2>::random([m, 2 * k], Distribution::Normal(0.0, 1.0), &device);
+    let x = wide_x.slice([0..m, k..2 * k]);
+    let wide_w = Tensor::<2>::random([n, 3 * k], Distribution::Normal(0.0, 1.0), &device);
+    let w = wide_w.slice([0..n, k..2 * k]);
+    let expected = reference(&values(x.clone()), &values(w.clone()), m, n, k);
+    let got = values(x.matmul(w.transpose()));
+    assert_close(&got, &expected, k, "sliced rows and a sliced weight");
+}

@@ -122,6 +122,80 @@ pub fn accuracy_chart(
 }
 
 /// Something drawable on any plotters backend.
+/// One training run's loss by optimizer step, for [`loss_comparison`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossSeries {
+    /// The legend's name (`base, LoRA`).
+    pub name: String,
+    /// `(step, training loss)`.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Several runs' training loss on one chart (the paper's "faster convergence" figure: the
+/// base and the continued model fine-tuned alike), written as `<stem>.svg` and `.png`.
+pub fn loss_comparison(
+    series: &[LossSeries],
+    title: &str,
+    stem: &Path,
+) -> Result<(PathBuf, PathBuf), PlotError> {
+    let points = || series.iter().flat_map(|s| s.points.iter());
+    if points().next().is_none() {
+        return Err(PlotError::Empty {
+            path: stem.to_path_buf(),
+            what: "no training loss in any run",
+        });
+    }
+    let (lo, hi) = points().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+        (lo.min(p.1), hi.max(p.1))
+    });
+    let last = points().map(|p| p.0).fold(0.0, f64::max);
+    let chart = Losses {
+        series,
+        title,
+        steps: 0.0..last.max(1.0),
+        losses: padded(lo, hi, 0.05),
+    };
+    render(stem, (1000, 620), &chart)
+}
+
+struct Losses<'a> {
+    series: &'a [LossSeries],
+    title: &'a str,
+    steps: Range<f64>,
+    losses: Range<f64>,
+}
+
+impl Chart for Losses<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let e = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        root.fill(&WHITE).map_err(e)?;
+        let root = root
+            .titled(self.title, (FONT, 24).into_font().style(FontStyle::Bold))
+            .map_err(e)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(16)
+            .x_label_area_size(44)
+            .y_label_area_size(70)
+            .build_cartesian_2d(self.steps.clone(), self.losses.clone())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc("fine-tuning step")
+            .x_label_formatter(&|s| format!("{s:.0}"))
+            .y_desc("training loss (nats per response token)")
+            .axis_desc_style((FONT, 16))
+            .label_style((FONT, 14))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(e)?;
+        for (i, series) in self.series.iter().enumerate() {
+            let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+            line(&mut chart, &series.points, colour, &series.name).map_err(e)?;
+        }
+        legend(&mut chart).map_err(e)
+    }
+}
+
 trait Chart {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
 }

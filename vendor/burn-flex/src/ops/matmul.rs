@@ -536,15 +536,23 @@ mod bf16_dot;
 
 /// A one-row f32 product `[1, k] × [k, n]` split by columns across the pool (see
 /// [`f32_row`]), when `rhs`'s columns are contiguous, as a transposed `[n, k]` weight's are;
-/// `None` for other shapes and layouts, which gemm multiplies.
+/// also a product of a few rows (a batched decoding step, one row per sequence) that gemm
+/// would run on one thread (fewer than [`PARALLEL_THRESHOLD`] multiply-adds). `None` for other
+/// shapes and layouts, which gemm multiplies.
 #[cfg(all(feature = "std", feature = "rayon"))]
 fn matmul_f32_row(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
     let (lhs_shape, rhs_shape) = (lhs.layout().shape(), rhs.layout().shape());
-    if lhs_shape.num_dims() != 2 || rhs_shape.num_dims() != 2 || lhs_shape[0] != 1 {
+    if lhs_shape.num_dims() != 2 || rhs_shape.num_dims() != 2 {
         return None;
     }
+    let m = lhs_shape[0];
     let (k, n) = (rhs_shape[0], rhs_shape[1]);
-    let (_, lhs_col_stride) = get_2d_strides(lhs.layout());
+    let few_rows = (2..=f32_row::MAX_ROWS).contains(&m)
+        && m.saturating_mul(n).saturating_mul(k) < PARALLEL_THRESHOLD;
+    if m != 1 && !few_rows {
+        return None;
+    }
+    let (lhs_row_stride, lhs_col_stride) = get_2d_strides(lhs.layout());
     let (rhs_row_stride, rhs_col_stride) = get_2d_strides(rhs.layout());
     let contiguous_k = k == 1 || (lhs_col_stride == 1 && rhs_row_stride == 1);
     let column_stride = if n == 1 {
@@ -563,11 +571,21 @@ fn matmul_f32_row(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
         n,
         column_stride,
     };
-    let mut output = FlexTensor::empty(Shape::from(vec![1, n]), DType::F32);
-    // SAFETY: both layouts address their storage: `k` values of lhs, `n` columns of rhs.
+    let mut output = FlexTensor::empty(Shape::from(vec![m, n]), DType::F32);
+    // SAFETY: both layouts address their storage: `m` rows of `k` values of lhs (rows
+    // `lhs_row_stride` apart), `n` columns of rhs.
     unsafe {
         let x = lhs_data.as_ptr().add(lhs.layout().start_offset());
-        f32_row::product(x, columns, output.storage_mut());
+        if m == 1 {
+            f32_row::product(x, columns, output.storage_mut());
+        } else {
+            let rows = f32_row::Rows {
+                ptr: x,
+                m,
+                row_stride: lhs_row_stride,
+            };
+            f32_row::few_rows_product(rows, columns, output.storage_mut());
+        }
     }
     Some(output)
 }

@@ -31,6 +31,13 @@ pub struct Columns {
 unsafe impl Send for Columns {}
 unsafe impl Sync for Columns {}
 
+impl Columns {
+    /// Where column `j` starts (a method, so closures capture the whole Sync struct).
+    fn column(self, j: usize) -> *const f32 {
+        self.ptr.wrapping_add(j * self.column_stride)
+    }
+}
+
 /// `out[j] = Σᵢ x[i] · B[i][j]` for `x` of `B.k` contiguous `f32`.
 ///
 /// # Safety
@@ -52,6 +59,84 @@ pub unsafe fn product(x: *const f32, b: Columns, out: &mut [f32]) {
     out.par_chunks_mut(chunk)
         .enumerate()
         .for_each(|(part, out)| unsafe { kernel.run(x.get(), b, part * chunk, out) });
+}
+
+/// The most rows [`few_rows_product`] takes: beyond, gemm's own parallel path is faster.
+pub const MAX_ROWS: usize = 16;
+
+/// The left-hand side of a few-rows product: `m` rows of `k` values, `row_stride` apart.
+#[derive(Clone, Copy)]
+pub struct Rows {
+    pub ptr: *const f32,
+    pub m: usize,
+    pub row_stride: isize,
+}
+
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    // A method, so closures capture the whole (Sync) struct and not its raw pointer.
+    fn start(self) -> *const f32 {
+        self.ptr
+    }
+}
+
+/// `out[r][j] = Σᵢ x[r][i] · B[i][j]` for `m` rows (`out` row-major `[m, n]`), the columns
+/// split across rayon's pool as in [`product`], each part one gemm call on all rows: the
+/// weights are read once for every row, on every core (gemm alone runs such a small product
+/// on one thread).
+///
+/// # Safety
+/// `x` must address its `m` rows of `b.k` values, and `b` its `n` columns of `k` values.
+pub unsafe fn few_rows_product(x: Rows, b: Columns, out: &mut [f32]) {
+    debug_assert_eq!(out.len(), x.m * b.n);
+    let column_bytes = b.k.max(1) * 4;
+    let columns_per_part = MIN_PART_BYTES.div_ceil(column_bytes);
+    let parts = rayon::current_num_threads()
+        .min(b.n / columns_per_part.max(1))
+        .max(1);
+    let chunk = b.n.div_ceil(parts);
+    let out_ptr = SendMutPtr(out.as_mut_ptr());
+    let run = |part: usize| {
+        let first = part * chunk;
+        let width = chunk.min(b.n - first);
+        // SAFETY: parts write disjoint column ranges of `out`; the caller vouches for the
+        // operands.
+        unsafe {
+            gemm_call::<f32>(
+                x.m,
+                width,
+                b.k,
+                out_ptr.get().add(first),
+                1,
+                b.n as isize,
+                x.start(),
+                1,
+                x.row_stride,
+                b.column(first),
+                b.column_stride as isize,
+                1,
+                gemm::Parallelism::None,
+            )
+        }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        (0..parts).into_par_iter().for_each(run);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendMutPtr(*mut f32);
+unsafe impl Send for SendMutPtr {}
+unsafe impl Sync for SendMutPtr {}
+
+impl SendMutPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 #[derive(Clone, Copy)]
