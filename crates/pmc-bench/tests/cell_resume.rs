@@ -2,32 +2,15 @@
 //! again continues from that checkpoint to the same adapter as a cell that was never
 //! stopped. (Its own test binary: the stop flag is process-wide.)
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
+use common::{fixture_model, medqa_lines};
 use pmc_bench::BenchError;
 use pmc_bench::Task;
 use pmc_bench::regimes::{Cell, CellSettings, Regime, run_cell};
-
-fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pmc-model/tests/fixtures/gqa_tied")
-}
-
-fn medqa_lines(n: usize, offset: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let i = i + offset;
-            let answer = ["A", "B", "C", "D"][i % 4];
-            serde_json::json!({
-                "question": format!("Which enzyme does drug {i} inhibit in patient {}?", i % 7),
-                "options": {"A": "kinase", "B": "protease", "C": "lipase", "D": "amylase"},
-                "answer_idx": answer,
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
 
 fn adapter_bytes(cell: &Path) -> Vec<u8> {
     std::fs::read(cell.join("adapter/adapter_model.safetensors")).unwrap()

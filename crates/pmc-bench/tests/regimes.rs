@@ -2,31 +2,14 @@
 //! MedQA-shaped task: zero-shot, LoRA (fine-tuned, then evaluated with its adapter applied)
 //! and a regime without a training split.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
+
+use common::{fixture_model, medqa_lines};
 
 use pmc_bench::Task;
 use pmc_bench::regimes::{Accuracy, Cell, CellSettings, Regime, read_accuracy, run_cell};
-
-fn fixture_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../pmc-model/tests/fixtures/gqa_tied")
-}
-
-/// `n` four-option questions, JSONL in MedQA's original fields.
-fn medqa_lines(n: usize, offset: usize) -> String {
-    (0..n)
-        .map(|i| {
-            let i = i + offset;
-            let answer = ["A", "B", "C", "D"][i % 4];
-            serde_json::json!({
-                "question": format!("Which enzyme does drug {i} inhibit in patient {}?", i % 7),
-                "options": {"A": "kinase", "B": "protease", "C": "lipase", "D": "amylase"},
-                "answer_idx": answer,
-            })
-            .to_string()
-                + "\n"
-        })
-        .collect()
-}
 
 /// The log-likelihoods of every prediction in an evaluation directory, in order.
 fn logliks(eval_dir: &Path) -> Vec<Vec<f64>> {

@@ -592,11 +592,7 @@ impl DecoderLayer {
         rope: &RopeTables,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, cache);
-        x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
+        self.around(x, |normed| self.self_attn.forward(normed, rope, cache))
     }
 
     /// As [`DecoderLayer::forward`] for one new token of each of several sequences, row `i`
@@ -607,10 +603,15 @@ impl DecoderLayer {
         rope: &RopeTables,
         caches: &mut [&mut LayerCache],
     ) -> Tensor<3> {
-        let x = x.clone()
-            + self
-                .self_attn
-                .forward_rows(self.input_layernorm.forward(x), rope, caches);
+        self.around(x, |normed| {
+            self.self_attn.forward_rows(normed, rope, caches)
+        })
+    }
+
+    /// The pre-norm residual block around `attention` (given the normed input), then the
+    /// MLP's.
+    fn around(&self, x: Tensor<3>, attention: impl FnOnce(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+        let x = x.clone() + attention(self.input_layernorm.forward(x));
         x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x))
     }
 }

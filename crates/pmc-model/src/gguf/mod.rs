@@ -547,6 +547,16 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 /// Undoes llama.cpp's interleaving of the Q/K projection rows (`permute` in
 /// `convert_hf_to_gguf.py`): within each head, GGUF row `2b + a` is HF row `a·(d/2) + b`.
 pub fn unpermute_rows(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
+    reorder_rows(data, n_heads, row_len, false)
+}
+
+/// llama.cpp's interleaving of the Q/K projection rows, what [`unpermute_rows`] undoes.
+pub fn permute_rows(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
+    reorder_rows(data, n_heads, row_len, true)
+}
+
+/// Moves rows of `row_len` values between HF's order and llama.cpp's, head by head.
+fn reorder_rows(data: &[f32], n_heads: usize, row_len: usize, to_gguf: bool) -> Vec<f32> {
     let rows = data.len() / row_len;
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
@@ -554,8 +564,9 @@ pub fn unpermute_rows(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> 
     for h in 0..n_heads {
         for b in 0..half {
             for a in 0..2 {
-                let src = h * head_dim + 2 * b + a;
-                let dst = h * head_dim + a * half + b;
+                let gguf = h * head_dim + 2 * b + a;
+                let hf = h * head_dim + a * half + b;
+                let (dst, src) = if to_gguf { (gguf, hf) } else { (hf, gguf) };
                 out[dst * row_len..(dst + 1) * row_len]
                     .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
             }
@@ -588,6 +599,15 @@ mod tests {
         );
         assert_eq!(gguf_name("lm_head.weight").unwrap(), "output.weight");
         assert!(gguf_name("model.layers.1.unknown.weight").is_none());
+    }
+
+    #[test]
+    fn permute_and_unpermute_are_inverse() {
+        let (heads, rows, cols) = (3, 12, 5);
+        let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+        let there = permute_rows(&data, heads, cols);
+        assert_ne!(there, data);
+        assert_eq!(unpermute_rows(&there, heads, cols), data);
     }
 
     #[test]

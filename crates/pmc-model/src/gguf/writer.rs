@@ -360,7 +360,7 @@ fn encode(config: &LlamaConfig, entry: &Entry, path: &Path) -> Result<Vec<u8>> {
         None
     };
     if let Some(heads) = heads {
-        values = permute_rows(&values, heads, cols);
+        values = super::permute_rows(&values, heads, cols);
     }
     let kind = match entry.ty {
         GgmlType::F32 => return Ok(bytemuck::cast_slice(&values).to_vec()),
@@ -378,27 +378,6 @@ fn encode(config: &LlamaConfig, entry: &Entry, path: &Path) -> Result<Vec<u8>> {
     Ok(QuantMatrix::quantize(&values, rows, cols, kind)
         .map_err(|e| ModelError::tensor(path, &weight.name, e.to_string()))?
         .ggml_blocks())
-}
-
-/// llama.cpp's interleaving of Q/K projection rows (`permute` in convert_hf_to_gguf.py):
-/// within each head, GGUF row `2b + a` is HF row `a·(d/2) + b`; [`super::unpermute_rows`]
-/// undoes it.
-pub fn permute_rows(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
-    let rows = data.len() / row_len;
-    let head_dim = rows / n_heads;
-    let half = head_dim / 2;
-    let mut out = vec![0.0; data.len()];
-    for h in 0..n_heads {
-        for b in 0..half {
-            for a in 0..2 {
-                let dst = h * head_dim + 2 * b + a;
-                let src = h * head_dim + a * half + b;
-                out[dst * row_len..(dst + 1) * row_len]
-                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
-            }
-        }
-    }
-    out
 }
 
 fn write_file(
@@ -506,18 +485,4 @@ fn write_to(
     drop(out);
     file.sync_all().map_err(io)?;
     Ok(written)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn permute_and_unpermute_are_inverse() {
-        let (heads, rows, cols) = (3, 12, 5);
-        let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-        let there = permute_rows(&data, heads, cols);
-        assert_ne!(there, data);
-        assert_eq!(super::super::unpermute_rows(&there, heads, cols), data);
-    }
 }
