@@ -916,10 +916,7 @@ impl Llama {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len);
         let tables = RopeTables::new(&self.rope, start, t, &tokens.device());
-        let mut x = match &self.quantized_embedding {
-            Some(quantized) => embed_quantized(quantized, tokens),
-            None => embed(&self.embed_tokens, tokens),
-        };
+        let mut x = self.embed(tokens);
         match cache {
             Some(cache) => {
                 for (layer, layer_cache) in self.layers.iter().zip(cache.layers.iter_mut()) {
@@ -934,6 +931,15 @@ impl Llama {
             }
         }
         x
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` of `tokens`, from the quantized embedding when
+    /// the model is held quantized.
+    fn embed(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        match &self.quantized_embedding {
+            Some(quantized) => embed_quantized(quantized, tokens),
+            None => embed(&self.embed_tokens, tokens),
+        }
     }
 
     /// Logits `[batch, vocab]` of one new token for each of several independent sequences:
@@ -952,10 +958,7 @@ impl Llama {
         let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
         let batch = ids.len();
         let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, 1]), device);
-        let mut x = match &self.quantized_embedding {
-            Some(quantized) => embed_quantized(quantized, tokens),
-            None => embed(&self.embed_tokens, tokens),
-        };
+        let mut x = self.embed(tokens);
         for (index, layer) in self.layers.iter().enumerate() {
             let mut layer_caches: Vec<&mut LayerCache> =
                 caches.iter_mut().map(|c| &mut c.layers[index]).collect();
