@@ -76,6 +76,9 @@ pub fn eval(args: EvalArgs) -> Result<()> {
             args.mode,
             args.shots
         );
+        if let Some(note) = pmc_bench::data::split_note(task, &args.data) {
+            eprintln!("note: {note}");
+        }
         runs.push(run);
     }
     let device = pmc_model::default_device();

@@ -75,6 +75,10 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         },
         out: args.out.clone(),
     };
+    let notes = grid.notes();
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
     if args.dry_run {
         grid.claim(false)?;
         for (i, cell) in grid.cells().iter().enumerate() {
@@ -146,7 +150,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             ),
         },
     );
-    let table = table_section(&command, &rows);
+    let table = table_section(&command, &rows, &notes);
     println!("{table}");
     write_table_section(&args.results, &table)?;
     eprintln!("wrote the table into {}", args.results.display());

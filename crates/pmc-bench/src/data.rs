@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde_json::{Map, Value};
 
 use crate::BenchError;
@@ -108,13 +109,18 @@ fn bad(path: &Path, line: Option<usize>, message: impl Into<String>) -> BenchErr
     }
 }
 
-/// The file of `task`'s `split` under a directory laid out like `../shared/data`, or `data`
-/// itself when it is a file.
-pub fn resolve(task: Task, split: Split, data: &Path) -> Result<PathBuf, BenchError> {
-    if data.is_file() {
-        return Ok(data.to_path_buf());
-    }
-    let candidates: &[&str] = match (task, split) {
+/// Questions of MedMCQA's dev split that become its fine-tuning pool when the data has no
+/// MedMCQA training file (the shared data has none; the test split's labels are withheld):
+/// a seeded draw of this many (at most a quarter of dev) is the pool, and MedMCQA is
+/// evaluated on the rest of dev, so no question is both trained and evaluated on.
+pub const MEDMCQA_CARVED_POOL: usize = 1_000;
+
+/// The seed of that draw (the paper's arXiv number, 2304.14454).
+pub const MEDMCQA_CARVE_SEED: u64 = 2304;
+
+/// The files a split may be in, relative to a data directory, in order of preference.
+fn candidates(task: Task, split: Split) -> &'static [&'static str] {
+    match (task, split) {
         (Task::PubMedQa, _) => &["pubmedqa/ori_pqal.json"],
         (Task::MedQa, Split::Eval) => &["medqa/test_4options.jsonl", "medqa/test.jsonl"],
         // The shared data ships a 1,030-question subset of the official training split.
@@ -125,33 +131,96 @@ pub fn resolve(task: Task, split: Split, data: &Path) -> Result<PathBuf, BenchEr
         ],
         (Task::MedMcqa, Split::Eval) => &["medmcqa/dev.jsonl", "medmcqa/dev.json"],
         (Task::MedMcqa, Split::Train) => &["medmcqa/train.jsonl", "medmcqa/train.json"],
-    };
-    candidates
+    }
+}
+
+/// The first of a split's [`candidates`] that exists under `data`.
+fn find_file(task: Task, split: Split, data: &Path) -> Option<PathBuf> {
+    candidates(task, split)
         .iter()
         .map(|c| data.join(c))
         .find(|p| p.exists())
-        .ok_or_else(|| {
-            bad(
-                data,
-                None,
-                format!(
-                    "no {} {:?} file here (looked for {})",
-                    task.name(),
-                    split,
-                    candidates.join(", ")
-                ),
-            )
-        })
+}
+
+/// Whether `task`'s fine-tuning pool under the data directory `data` is carved out of its
+/// evaluation split (MedMCQA with a dev file and no training file; see
+/// [`MEDMCQA_CARVED_POOL`]).
+pub fn carves_pool(task: Task, data: &Path) -> bool {
+    task == Task::MedMcqa
+        && data.is_dir()
+        && find_file(task, Split::Train, data).is_none()
+        && find_file(task, Split::Eval, data).is_some()
+}
+
+/// The sentence every report showing `task`'s results carries when its pool is carved.
+pub fn split_note(task: Task, data: &Path) -> Option<String> {
+    carves_pool(task, data).then(|| {
+        format!(
+            "{}: no training split in {}; the fine-tuning pool is {} dev questions drawn with \
+             seed {MEDMCQA_CARVE_SEED}, and every MedMCQA accuracy is on the other dev questions",
+            task.name(),
+            data.display(),
+            MEDMCQA_CARVED_POOL
+        )
+    })
+}
+
+/// The file of `task`'s `split` under a directory laid out like `../shared/data`, or `data`
+/// itself when it is a file. A carved pool ([`carves_pool`]) comes from the dev file.
+pub fn resolve(task: Task, split: Split, data: &Path) -> Result<PathBuf, BenchError> {
+    if data.is_file() {
+        return Ok(data.to_path_buf());
+    }
+    let split = match carves_pool(task, data) {
+        true => Split::Eval,
+        false => split,
+    };
+    find_file(task, split, data).ok_or_else(|| {
+        bad(
+            data,
+            None,
+            format!(
+                "no {} {:?} file here (looked for {})",
+                task.name(),
+                split,
+                candidates(task, split).join(", ")
+            ),
+        )
+    })
 }
 
 /// Loads `task`'s `split` from `data` (a directory like `../shared/data` or the file itself).
 pub fn load(task: Task, split: Split, data: &Path) -> Result<Vec<Question>, BenchError> {
     let path = resolve(task, split, data)?;
-    match task {
-        Task::PubMedQa => load_pubmedqa(&path, split),
-        Task::MedQa => load_jsonl(&path, medqa_record),
-        Task::MedMcqa => load_medmcqa(&path),
+    let questions = match task {
+        Task::PubMedQa => load_pubmedqa(&path, split)?,
+        Task::MedQa => load_jsonl(&path, medqa_record)?,
+        Task::MedMcqa => load_medmcqa(&path)?,
+    };
+    Ok(match carves_pool(task, data) {
+        true => carve(questions, split),
+        false => questions,
+    })
+}
+
+/// `split`'s part of a dev file whose pool is carved: the seeded draw of
+/// [`MEDMCQA_CARVED_POOL`] questions (at most a quarter) for `Train`, the others for `Eval`,
+/// each in file order.
+fn carve(questions: Vec<Question>, split: Split) -> Vec<Question> {
+    let pool_size = MEDMCQA_CARVED_POOL.min(questions.len() / 4);
+    let mut order: Vec<usize> = (0..questions.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(MEDMCQA_CARVE_SEED));
+    let mut in_pool = vec![false; questions.len()];
+    for &i in &order[..pool_size] {
+        in_pool[i] = true;
     }
+    let want_pool = split == Split::Train;
+    questions
+        .into_iter()
+        .zip(in_pool)
+        .filter(|(_, pooled)| *pooled == want_pool)
+        .map(|(q, _)| q)
+        .collect()
 }
 
 /// The PubMedQA labels, in option order.

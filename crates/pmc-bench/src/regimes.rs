@@ -198,8 +198,10 @@ pub fn run_cell(
     settings: &CellSettings,
     dir: &Path,
 ) -> Result<Cell, BenchError> {
+    // The split note is part of the key: a cell evaluated on all of MedMCQA's dev split is
+    // not the cell evaluated on what a carved pool leaves of it.
     let key = serde_json::json!({"model": model, "task": task.name(), "regime": regime.name(),
-        "settings": settings});
+        "settings": settings, "split": data::split_note(task, &settings.data)});
     let record = dir.join("cell.json");
     if let Ok(text) = std::fs::read_to_string(&record)
         && let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text)
@@ -386,8 +388,8 @@ pub struct TableRow {
 }
 
 /// The table as a markdown section between `reproduce` markers, under the `command` that
-/// made it.
-pub fn table_section(command: &str, rows: &[TableRow]) -> String {
+/// made it, with `notes` (how the data was split, see [`Grid::notes`]) below it.
+pub fn table_section(command: &str, rows: &[TableRow], notes: &[String]) -> String {
     let rows: Vec<String> = rows
         .iter()
         .map(|row| {
@@ -411,8 +413,12 @@ pub fn table_section(command: &str, rows: &[TableRow]) -> String {
     format!(
         "{SECTION_BEGIN}\n`{command}` (loglik mode, lm-eval templates; acc with Wilson 95 % interval; McNemar's exact \
          p against the base model on the same questions)\n\n\
-         | model | task | regime | acc | McNemar p vs base |\n|---|---|---|---|---|\n{}\n{SECTION_END}",
-        rows.join("\n")
+         | model | task | regime | acc | McNemar p vs base |\n|---|---|---|---|---|\n{}\n{}{SECTION_END}",
+        rows.join("\n"),
+        notes
+            .iter()
+            .map(|n| format!("\nNote: {n}.\n"))
+            .collect::<String>()
     )
 }
 
@@ -619,6 +625,19 @@ pub struct GridOutputs {
 }
 
 impl Grid {
+    /// What every report of this grid must say about its data: MedMCQA's pool carved out of
+    /// its dev split ([`data::split_note`]).
+    pub fn notes(&self) -> Vec<String> {
+        let mut tasks = self.tasks.clone();
+        tasks.push(self.fractions_task);
+        tasks.dedup();
+        Task::ALL
+            .into_iter()
+            .filter(|t| tasks.contains(t))
+            .filter_map(|t| data::split_note(t, &self.settings.data))
+            .collect()
+    }
+
     /// Writes what the finished cells add up to into the grid's directory:
     /// - `results.json` in lm-evaluation-harness's shape — `results`, `n_samples` and
     ///   `configs` keyed by cell name (`continued / medqa_4options / lora`), each cell's
@@ -666,7 +685,7 @@ impl Grid {
             "results": results,
             "n_samples": n_samples,
             "configs": configs,
-            "config": {"settings": self.settings, "models": self.models},
+            "config": {"settings": self.settings, "models": self.models, "notes": self.notes()},
         });
         let path = self.out.join("results.json");
         let tmp = self.out.join("results.json.tmp");

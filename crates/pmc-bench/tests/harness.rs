@@ -49,8 +49,29 @@ fn loader_counts_match_the_releases() {
     .unwrap();
     assert!(five.len() == 1273 && five.iter().all(|q| q.options.len() == 5));
 
+    // The shared data has MedMCQA's dev split only: a seeded 1,000 of its 4,183 questions
+    // are the fine-tuning pool and the other 3,183 the evaluation set, the same every time.
+    assert!(data::carves_pool(Task::MedMcqa, &data));
+    assert!(data::split_note(Task::MedMcqa, &data).is_some());
+    assert!(data::split_note(Task::MedQa, &data).is_none());
     let medmcqa = data::load(Task::MedMcqa, Split::Eval, &data).unwrap();
-    assert_eq!(medmcqa.len(), 4183);
+    let carved = data::load(Task::MedMcqa, Split::Train, &data).unwrap();
+    assert_eq!((medmcqa.len(), carved.len()), (3183, 1000));
+    assert!(carved.iter().all(|p| !medmcqa.iter().any(|q| q.id == p.id)));
+    let whole = data::load(Task::MedMcqa, Split::Eval, &data.join("medmcqa/dev.jsonl")).unwrap();
+    assert_eq!(whole.len(), 4183, "a file named directly is taken whole");
+    assert_eq!(
+        data::load(Task::MedMcqa, Split::Train, &data).unwrap()[..5],
+        carved[..5],
+        "the draw is seeded"
+    );
+    assert!(
+        carved.iter().zip(&carved[1..]).all(|(a, b)| {
+            let position = |q: &data::Question| whole.iter().position(|w| w.id == q.id);
+            position(a) < position(b)
+        }),
+        "the pool keeps the file's order"
+    );
     assert!(
         !medmcqa[0].options[0].starts_with("A. "),
         "letters are stripped from choices"

@@ -139,11 +139,15 @@ fn the_table_replaces_its_own_section_and_keeps_the_rest() {
         }),
         mcnemar_p: Some(0.0312),
     };
-    write_table_section(&path, &table_section("first", &[row(0.25)])).unwrap();
+    write_table_section(&path, &table_section("first", &[row(0.25)], &[])).unwrap();
     std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + "\nafter\n").unwrap();
     let mut missing = row(0.5);
     missing.accuracy = None;
-    write_table_section(&path, &table_section("second", &[row(0.5), missing])).unwrap();
+    write_table_section(
+        &path,
+        &table_section("second", &[row(0.5), missing], &["a note".into()]),
+    )
+    .unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.starts_with("# Results\n\nbefore\n"), "{text}");
     assert!(text.ends_with("\nafter\n"), "{text}");
@@ -153,6 +157,7 @@ fn the_table_replaces_its_own_section_and_keeps_the_rest() {
         "{text}"
     );
     assert!(text.contains("no training split"), "{text}");
+    assert!(text.contains("\nNote: a note.\n"), "{text}");
     assert_eq!(text.matches("reproduce:begin").count(), 1);
 }
 

@@ -4,7 +4,6 @@
 //! it, so a four-option question costs one context pass plus four short passes.
 
 use burn::prelude::*;
-use burn::tensor::activation::log_softmax;
 
 use crate::error::{ModelError, Result};
 use crate::model::{KvCache, Llama};
@@ -19,25 +18,18 @@ pub struct Score {
 }
 
 /// Per-position log-probabilities of `targets` and whether each is the argmax, from logits
-/// `[1, n, vocab]` where position `i` predicts `targets[i]`.
+/// `[1, n, vocab]` where position `i` predicts `targets[i]`: one vectorised pass per row on
+/// the pool (`softmax::target_log_probs`), where `log_softmax`, `argmax` and `gather` would
+/// each pass over every logit on one thread.
 fn target_logprobs(logits: Tensor<3>, targets: &[u32]) -> Result<Vec<(f64, bool)>> {
     let [_, n, vocab] = logits.dims();
     debug_assert_eq!(n, targets.len());
-    let device = logits.device();
-    let logp = log_softmax(logits.reshape([n, vocab]), 1);
-    let argmax = logp.clone().argmax(1).reshape([n]);
-    let index = Tensor::<1, Int>::from_data(
-        TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n]),
-        &device,
-    );
-    let picked = logp.gather(1, index.reshape([n, 1])).reshape([n]);
-    let picked: Vec<f32> = read_back(picked.into_data())?;
-    let argmax: Vec<i64> = read_back(argmax.into_data())?;
-    Ok(picked
-        .iter()
-        .zip(argmax.iter().zip(targets))
-        .map(|(&lp, (&am, &t))| (lp as f64, am == t as i64))
-        .collect())
+    let mut logits: Vec<f32> = read_back(logits.into_data())?;
+    Ok(crate::softmax::target_log_probs(
+        &mut logits,
+        vocab,
+        targets,
+    ))
 }
 
 /// Each request's continuation log-likelihood, consecutive requests with the same context

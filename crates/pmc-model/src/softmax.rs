@@ -1,6 +1,7 @@
 //! The cross-entropy's pass over a row of logits: `softmax − onehot`, scaled, written over the
 //! logits in place, and the row's `−log p(target)`, for the fused LM head and loss
-//! (the fused cross-entropy of `loss`).
+//! (the fused cross-entropy of `loss`); and the scoring pass, `log p(target)` and whether the
+//! target is the row's argmax, for log-likelihood evaluation and perplexity.
 //!
 //! A vocabulary row is long (49,152 logits for SmolLM2) and the backend's own `exp` is a
 //! scalar library call per element on one thread. Here rows go to rayon's pool, and each row
@@ -46,6 +47,25 @@ pub fn cross_entropy_rows(
         })
         .collect();
     nll.iter().sum()
+}
+
+/// `log p(target)` of each `vocab`-long row of `logits` and whether the target is the row's
+/// most likely token (the first index of its maximum, as `argmax`). The rows are used as
+/// scratch space: they hold `exp(x − max)` afterwards.
+pub fn target_log_probs(logits: &mut [f32], vocab: usize, targets: &[u32]) -> Vec<(f64, bool)> {
+    assert_eq!(logits.len(), vocab * targets.len(), "one row per target");
+    let kernel = Kernel::detect();
+    logits
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            assert!(
+                (t as usize) < vocab,
+                "target token {t} is outside the vocabulary of {vocab}"
+            );
+            kernel.log_prob(row, t as usize)
+        })
+        .collect()
 }
 
 /// The implementation of a row's pass this process runs.
@@ -96,6 +116,36 @@ impl Kernel {
             Kernel::Avx2 => unsafe { row_pass_avx2(row, target, scale) },
         }
     }
+
+    /// A row's scoring pass (see [`target_log_probs`]).
+    pub fn log_prob(self, row: &mut [f32], target: usize) -> (f64, bool) {
+        match self {
+            Kernel::Portable => row_log_prob(row, target),
+            // SAFETY: detect() saw AVX2.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { row_log_prob_avx2(row, target) },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn row_log_prob_avx2(row: &mut [f32], target: usize) -> (f64, bool) {
+    row_log_prob(row, target)
+}
+
+/// `log p(target) = x[target] − max − ln Σ exp(x − max)`, and whether `target` is the first
+/// index of the maximum. Leaves `exp(x − max)` in the row.
+#[inline(always)]
+fn row_log_prob(row: &mut [f32], target: usize) -> (f64, bool) {
+    let target_logit = row[target];
+    let max = row_max(row);
+    let greedy = target_logit == max && row[..target].iter().all(|&x| x < max);
+    let sum = exp_in_place(row, max);
+    (
+        (target_logit as f64 - max as f64) - (sum as f64).ln(),
+        greedy,
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -229,6 +279,13 @@ mod tests {
                     (nll - want_nll).abs() < 1e-5,
                     "{kernel:?}: {nll} vs {want_nll}"
                 );
+                let (log_p, greedy) = kernel.log_prob(&mut logits.clone(), target);
+                assert!(
+                    (log_p + want_nll).abs() < 1e-5,
+                    "{kernel:?}: log p {log_p} vs {}",
+                    -want_nll
+                );
+                assert_eq!(greedy, logits[target] as f64 == max, "{kernel:?}");
                 for (i, (&g, &x)) in row.iter().zip(logits).enumerate() {
                     let p = (x as f64 - max).exp() / sum;
                     let want = scale as f64 * (p - if i == target { 1.0 } else { 0.0 });
@@ -265,6 +322,24 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits())
             );
         }
+    }
+
+    /// The greedy flag is `argmax == target`: the first index of the maximum wins a tie.
+    #[test]
+    fn scoring_names_the_first_maximum_greedy() {
+        let vocab = 4;
+        let mut logits = vec![0.0f32, 3.0, 1.0, 3.0, /* row 2 */ 5.0, 1.0, 1.0, 1.0];
+        let scored = target_log_probs(&mut logits, vocab, &[3, 0]);
+        assert!(!scored[0].1, "index 1 holds the first maximum");
+        assert!(scored[1].1);
+        let want = 3.0 - (1.0f64 + 2.0 * 3f64.exp() + 1f64.exp()).ln();
+        assert!(
+            (scored[0].0 - want).abs() < 1e-6,
+            "{} vs {want}",
+            scored[0].0
+        );
+        let mut greedy_row = vec![0.0f32, 3.0, 1.0, 2.0];
+        assert!(target_log_probs(&mut greedy_row, vocab, &[1])[0].1);
     }
 
     #[test]

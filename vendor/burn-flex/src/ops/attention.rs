@@ -958,6 +958,16 @@ fn naive_attention_head<T: FlashGemm>(
 
     for qi in 0..seq_q {
         let row = &mut scores[qi * seq_kv..(qi + 1) * seq_kv];
+        // pmc-llama patch: under a causal mask the keys after `qi + offset` get -inf, i.e. a
+        // probability of exactly 0; they are zeroed instead of being masked, exponentiated
+        // (a library `exp` call each) and normalised, which halves the work of a causal
+        // row-softmax and gives the same bits.
+        let visible = match causal_offset {
+            Some(offset) => (qi as isize + offset + 1).clamp(0, seq_kv as isize) as usize,
+            None => seq_kv,
+        };
+        let (row, hidden) = row.split_at_mut(visible);
+        hidden.fill(T::zero());
 
         let mut row_max = neg_inf;
         for (ki, s) in row.iter_mut().enumerate() {
@@ -969,12 +979,6 @@ fn naive_attention_head<T: FlashGemm>(
 
             if let Some(m) = mask
                 && m[qi * seq_kv + ki] != 0
-            {
-                val = neg_inf;
-            }
-
-            if let Some(offset) = causal_offset
-                && (ki as isize) > (qi as isize) + offset
             {
                 val = neg_inf;
             }

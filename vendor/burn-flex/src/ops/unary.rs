@@ -55,8 +55,8 @@ where
 /// Apply a unary operation element-wise to a tensor.
 pub fn unary_op<F32Op, F64Op>(tensor: FlexTensor, f32_op: F32Op, f64_op: F64Op) -> FlexTensor
 where
-    F32Op: Fn(f32) -> f32 + Copy,
-    F64Op: Fn(f64) -> f64 + Copy,
+    F32Op: Fn(f32) -> f32 + Copy + Send + Sync,
+    F64Op: Fn(f64) -> f64 + Copy + Send + Sync,
 {
     let dtype = tensor.dtype();
 
@@ -73,7 +73,7 @@ where
 fn unary_op_typed<E, Op>(mut tensor: FlexTensor, op: Op) -> FlexTensor
 where
     E: burn_backend::Element + bytemuck::Pod,
-    Op: Fn(E) -> E,
+    Op: Fn(E) -> E + Send + Sync,
 {
     let n = tensor.layout().num_elements();
 
@@ -81,9 +81,7 @@ where
     if tensor.is_unique() && tensor.layout().is_contiguous() && tensor.layout().start_offset() == 0
     {
         let storage: &mut [E] = tensor.storage_mut();
-        for x in storage[..n].iter_mut() {
-            *x = op(*x);
-        }
+        map_in_place(&mut storage[..n], &op);
         return tensor;
     }
 
@@ -98,7 +96,7 @@ where
     // Iterate in storage order (contiguous) and preserve original layout.
     // Only valid when all strides are positive.
     if !has_negative_strides && layout.start_offset() == 0 && src.len() == n {
-        let result: Vec<E> = src.iter().map(|&x| op(x)).collect();
+        let result: Vec<E> = map_collect(src, &op);
         let bytes = Bytes::from_elems(result);
         return FlexTensor::new(bytes, layout, E::dtype());
     }
@@ -120,9 +118,7 @@ where
     let blocks = layout.strided_blocks();
     let result = match &blocks {
         // Single contiguous block (with offset)
-        StridedBlocks::Single { start, len } => {
-            src[*start..*start + *len].iter().map(|&x| op(x)).collect()
-        }
+        StridedBlocks::Single { start, len } => map_collect(&src[*start..*start + *len], &op),
         // Strided: iterate over contiguous blocks
         StridedBlocks::Multiple {
             block_len,
@@ -155,6 +151,59 @@ where
         Layout::contiguous(layout.shape().clone()),
         E::dtype(),
     )
+}
+
+// pmc-llama patch: element-wise maps on every core.
+//
+// Published flex runs every unary op on the calling thread; `exp`, `sigmoid` (SiLU) and `log`
+// are a scalar library call per element (~10 ns), so a model's activations — SmolLM2's
+// 512 × 1,536 SiLU inputs, 30 times a pass — kept one core busy while the other waited.
+// Large contiguous maps are split into chunks on rayon's pool. Each element still goes
+// through the same `op`, so the result is bit-for-bit the serial one.
+
+/// Elements from which a map fans out: at ~10 ns an element for the transcendental ops,
+/// 64 Ki elements (~0.6 ms) far outweigh a dispatch to the pool.
+#[cfg(feature = "rayon")]
+const MAP_PARALLEL_THRESHOLD: usize = 64 * 1024;
+
+/// Elements per task of a parallel map.
+#[cfg(feature = "rayon")]
+const MAP_CHUNK: usize = 16 * 1024;
+
+/// `x ← op(x)` over `data`.
+fn map_in_place<E, Op>(data: &mut [E], op: &Op)
+where
+    E: Copy + Send,
+    Op: Fn(E) -> E + Sync,
+{
+    #[cfg(feature = "rayon")]
+    if data.len() >= MAP_PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        data.par_chunks_mut(MAP_CHUNK)
+            .for_each(|chunk| chunk.iter_mut().for_each(|x| *x = op(*x)));
+        return;
+    }
+    for x in data.iter_mut() {
+        *x = op(*x);
+    }
+}
+
+/// `op` of every element of `src`, in order.
+fn map_collect<E, Op>(src: &[E], op: &Op) -> Vec<E>
+where
+    E: Copy + Send + Sync,
+    Op: Fn(E) -> E + Sync,
+{
+    #[cfg(feature = "rayon")]
+    if src.len() >= MAP_PARALLEL_THRESHOLD {
+        use rayon::prelude::*;
+        return src
+            .par_iter()
+            .with_min_len(MAP_CHUNK)
+            .map(|&x| op(x))
+            .collect();
+    }
+    src.iter().map(|&x| op(x)).collect()
 }
 
 // ============================================================================
