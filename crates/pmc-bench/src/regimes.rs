@@ -150,12 +150,7 @@ pub fn claim_grid(
     let path = out.join("grid.json");
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let saved: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| BenchError::Data {
-                    path: path.clone(),
-                    line: None,
-                    message: e.to_string(),
-                })?;
+            let saved = parse_json(&path, &text)?;
             if saved != grid {
                 return Err(BenchError::Config(format!(
                     "{} holds a grid of other models or settings ({} there, {} now): give another --out, or remove it to start over",
@@ -342,16 +337,30 @@ fn compute_cell(
     Ok(Some(Accuracy::of(&predictions)))
 }
 
+/// The JSON document in `text`, read from `path` (named in the error).
+fn parse_json(path: &Path, text: &str) -> Result<serde_json::Value, BenchError> {
+    serde_json::from_str(text).map_err(|e| BenchError::Data {
+        path: path.to_path_buf(),
+        line: None,
+        message: e.to_string(),
+    })
+}
+
+/// The JSON document in the file at `path`.
+fn read_json(path: &Path) -> Result<serde_json::Value, BenchError> {
+    let text = std::fs::read_to_string(path).map_err(|e| BenchError::Io(path.to_path_buf(), e))?;
+    parse_json(path, &text)
+}
+
 /// The accuracy of `task` in the evaluation run written to `dir`.
 pub fn read_accuracy(dir: &Path, task: Task) -> Result<Accuracy, BenchError> {
     let path = dir.join("results.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| BenchError::Io(path.clone(), e))?;
+    let results = read_json(&path)?;
     let bad = |message: String| BenchError::Data {
         path: path.clone(),
         line: None,
         message,
     };
-    let results: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let metrics = &results["results"][task.name()];
     let acc = metrics[crate::run::ACC_KEY]
         .as_f64()
@@ -656,14 +665,7 @@ impl Grid {
             let Some(accuracy) = row.accuracy else {
                 continue; // no training split: no cell
             };
-            let text =
-                std::fs::read_to_string(&eval).map_err(|e| BenchError::Io(eval.clone(), e))?;
-            let written: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| BenchError::Data {
-                    path: eval.clone(),
-                    line: None,
-                    message: e.to_string(),
-                })?;
+            let written = read_json(&eval)?;
             let task = cell.task.name();
             results.insert(cell.name(), written["results"][task].clone());
             n_samples.insert(cell.name(), written["n_samples"][task].clone());

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use common::{fixture_model, medqa_lines};
+use common::{fixture_model, medqa_data};
 use pmc_bench::BenchError;
 use pmc_bench::Task;
 use pmc_bench::regimes::{Cell, CellSettings, Regime, run_cell};
@@ -19,10 +19,7 @@ fn adapter_bytes(cell: &Path) -> Vec<u8> {
 #[test]
 fn a_stopped_cell_continues_from_its_checkpoint_to_the_same_adapter() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("medqa")).unwrap();
-    std::fs::write(data.join("medqa/train_4options.jsonl"), medqa_lines(24, 0)).unwrap();
-    std::fs::write(data.join("medqa/test_4options.jsonl"), medqa_lines(6, 100)).unwrap();
+    let data = medqa_data(dir.path());
     let settings = CellSettings {
         data,
         fraction: 1.0,

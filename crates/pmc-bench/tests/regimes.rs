@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fixture_model, medqa_lines};
+use common::{fixture_model, medqa_data};
 
 use pmc_bench::Task;
 use pmc_bench::regimes::{Accuracy, Cell, CellSettings, Regime, read_accuracy, run_cell};
@@ -39,10 +39,7 @@ fn assert_same(ours: Accuracy, written: Accuracy) {
 #[test]
 fn a_cell_fine_tunes_then_evaluates_in_process() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("medqa")).unwrap();
-    std::fs::write(data.join("medqa/train_4options.jsonl"), medqa_lines(24, 0)).unwrap();
-    std::fs::write(data.join("medqa/test_4options.jsonl"), medqa_lines(6, 100)).unwrap();
+    let data = medqa_data(dir.path());
     let settings = CellSettings {
         data: data.clone(),
         fraction: 1.0,
@@ -239,10 +236,7 @@ fn a_grid_directory_of_other_settings_is_refused() {
 fn a_grid_writes_one_results_file_and_a_loss_chart_per_task() {
     use pmc_bench::regimes::Grid;
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(data.join("medqa")).unwrap();
-    std::fs::write(data.join("medqa/train_4options.jsonl"), medqa_lines(24, 0)).unwrap();
-    std::fs::write(data.join("medqa/test_4options.jsonl"), medqa_lines(6, 100)).unwrap();
+    let data = medqa_data(dir.path());
     let grid = Grid {
         models: vec![
             ("base".into(), fixture_model()),

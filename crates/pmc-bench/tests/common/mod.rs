@@ -25,3 +25,13 @@ pub fn medqa_lines(n: usize, offset: usize) -> String {
         })
         .collect()
 }
+
+/// A data directory under `root` laid out like ../shared/data with MedQA only: 24 training
+/// questions and 6 test ones.
+pub fn medqa_data(root: &Path) -> PathBuf {
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("medqa")).unwrap();
+    std::fs::write(data.join("medqa/train_4options.jsonl"), medqa_lines(24, 0)).unwrap();
+    std::fs::write(data.join("medqa/test_4options.jsonl"), medqa_lines(6, 100)).unwrap();
+    data
+}
