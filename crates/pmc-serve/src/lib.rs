@@ -9,7 +9,9 @@
 //!   streaming as server-sent events;
 //! - `POST /v1/completions` — prompts as text or token ids, one or several, with `echo` and
 //!   `logprobs` returning the prompt tokens' log-probabilities (the way lm-evaluation-harness
-//!   scores multiple choice).
+//!   scores multiple choice);
+//! - vLLM's `POST /tokenize`, `POST /detokenize` and `GET /tokenizer_info` ([`tokenize`]), which
+//!   lm-evaluation-harness uses instead of a local tokenizer.
 //!
 //! Errors are OpenAI's error object with the matching status. Requests are decoded together
 //! by one engine thread ([`engine`]): continuous batching over per-sequence KV caches.
@@ -29,6 +31,7 @@ pub mod engine;
 pub mod error;
 pub mod routes;
 pub mod text;
+pub mod tokenize;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -36,10 +36,10 @@ pub struct Shared {
     pub api_key: Option<String>,
 }
 
-type AppState = Arc<Shared>;
+pub(crate) type AppState = Arc<Shared>;
 
-/// The router: `/health` open, `/v1/*` behind the API key when one is set, OpenAI-shaped
-/// 404 and 405 for anything else.
+/// The router: `/health` and vLLM's tokenizer endpoints open, `/v1/*` behind the API key
+/// when one is set, OpenAI-shaped 404 and 405 for anything else.
 pub fn router(shared: Shared, body_limit: usize) -> Router {
     let state = Arc::new(shared);
     let v1 = Router::new()
@@ -53,6 +53,12 @@ pub fn router(shared: Shared, body_limit: usize) -> Router {
         ));
     Router::new()
         .route("/health", routing::get(health))
+        .route("/tokenize", routing::post(crate::tokenize::tokenize))
+        .route("/detokenize", routing::post(crate::tokenize::detokenize))
+        .route(
+            "/tokenizer_info",
+            routing::get(crate::tokenize::tokenizer_info),
+        )
         .merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -139,7 +145,9 @@ async fn model(
 
 /// The body as JSON of type `T`: 413 when too large, 400 naming the position of a syntax
 /// error or the field of a type error.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|rejection| ApiError {
         status: rejection.status(),
         message: rejection.body_text(),
@@ -290,7 +298,7 @@ fn token_text(state: &Shared, id: u32) -> String {
 }
 
 /// The conversation as the template's messages: string contents, or text parts joined.
-fn messages(messages: Vec<ChatMessage>) -> Result<Vec<pmc_model::Message>, ApiError> {
+pub(crate) fn messages(messages: Vec<ChatMessage>) -> Result<Vec<pmc_model::Message>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::invalid("messages", "`messages` is empty"));
     }

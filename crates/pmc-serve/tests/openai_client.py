@@ -137,6 +137,15 @@ def main():
     error(http.post("/completions", json={"model": model, "prompt": [10 ** 9]}), 400,
           "token id outside the vocabulary", "prompt")
     error(http.post("/completions", content=b"x" * (5 << 20)), 413, "body too large")
+    server = args.base_url.removesuffix("/v1")
+    error(httpx.post(server + "/tokenize", json={"prompt": "hi", "messages": []}), 400,
+          "/tokenize with both a prompt and messages")
+    error(httpx.post(server + "/detokenize", json={"tokens": [10 ** 9]}), 400,
+          "/detokenize of a token outside the vocabulary", "tokens")
+    tokenized = httpx.post(server + "/tokenize", json={"prompt": text_case["text"]}).json()
+    check(tokenized["tokens"] == text_case["ids"]
+          and httpx.post(server + "/detokenize", json={"tokens": tokenized["tokens"]}).json()["prompt"]
+          == text_case["text"], "/tokenize and /detokenize round-trip as the library encodes")
     error(http.get("/nowhere"), 404, "unknown URL")
     error(http.get("/completions"), 405, "GET on a POST endpoint")
     error(httpx.post(args.base_url + "/completions", json={"prompt": "hi"}), 401, "no API key")

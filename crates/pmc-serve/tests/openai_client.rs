@@ -7,23 +7,15 @@
 //! package is missing — except under CI (`CI` set), where `.ci/run` installs the package and
 //! a skip would hide a failure.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
+use common::{API_KEY, MAX_CONCURRENT, MAX_CONTEXT, MAX_WAITING, TestServer, skip};
+
 use pmc_model::{ChatTemplate, ContextCache, GenerationConfig, LoadOptions, Message, load_model};
 use serde_json::json;
-
-const API_KEY: &str = "test-key";
-const MAX_CONCURRENT: usize = 8;
-const MAX_WAITING: usize = 32;
-const MAX_CONTEXT: usize = 1024;
-
-fn skip(reason: &str) {
-    if std::env::var_os("CI").is_some() {
-        panic!("under CI this test must run: {reason}");
-    }
-    eprintln!("skipped: {reason}");
-}
 
 /// Greedy chat the way `generate --chat` runs it: (text, prompt tokens, new tokens, finish).
 fn greedy_chat(
@@ -115,7 +107,7 @@ fn expected(model: &Path) -> serde_json::Value {
         "capacity": MAX_CONCURRENT + MAX_WAITING,
         "chat": greedy_chat(&loaded, &template, "What is metformin used for?", 24),
         "scores": scores,
-        "text_score": { "text": text, "loglik": text_loglik },
+        "text_score": { "text": text, "ids": ids, "loglik": text_loglik },
         "concurrent": concurrent,
     })
 }
@@ -126,46 +118,15 @@ fn the_openai_client_gets_what_score_and_generate_compute() {
         Ok(path) => path,
         Err(e) => return skip(&format!("SmolLM2-135M is unavailable: {e}")),
     };
-    let has_openai = Command::new("python3")
-        .args(["-c", "import openai, httpx"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_openai {
+    if !common::python_has("openai, httpx") {
         return skip("the `openai` Python package is not installed (pip install openai)");
     }
     let dir = tempfile::tempdir().unwrap();
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected(&model).to_string()).unwrap();
 
-    let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = std::thread::spawn(move || {
-        let runtime = pmc_serve::runtime().unwrap();
-        runtime.block_on(async {
-            let device = pmc_model::default_device();
-            let loaded = load_model(&model, &LoadOptions::default(), &device).unwrap();
-            let options = pmc_serve::ServeOptions {
-                port: 0,
-                api_key: Some(API_KEY.into()),
-                max_concurrent: MAX_CONCURRENT,
-                max_waiting: MAX_WAITING,
-                max_context: Some(MAX_CONTEXT),
-                model_id: Some("smollm2-135m".into()),
-                ..Default::default()
-            };
-            let server = pmc_serve::Server::bind(loaded, options, device)
-                .await
-                .unwrap();
-            address_tx.send(server.local_addr()).unwrap();
-            server
-                .run(async {
-                    let _ = stop_rx.await;
-                })
-                .await
-                .unwrap();
-        });
-    });
-    let address = address_rx.recv().expect("the server started");
+    let server = TestServer::start(model);
+    let address = server.address;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let status = Command::new("python3")
         .arg(&script)
@@ -176,8 +137,7 @@ fn the_openai_client_gets_what_score_and_generate_compute() {
         .args(["--server-pid", &std::process::id().to_string()])
         .status()
         .unwrap();
-    stop_tx.send(()).unwrap();
-    server.join().unwrap();
+    server.stop();
     assert!(
         status.success(),
         "{} reported failures (above)",
