@@ -243,3 +243,81 @@ print(json.dumps(out))
         );
     }
 }
+
+/// llama.cpp itself (the `llama-cpp-python` package) loads the f32 export, tokenizes text as we
+/// do and computes our logits. Skipped where the package is not installed: pip compiles
+/// llama.cpp from source (15–40 min on 2 cores), more than CI's budget allows.
+#[test]
+fn llama_cpp_loads_the_export_and_computes_our_logits() {
+    let has_llama_cpp = Command::new("python3")
+        .args(["-c", "import llama_cpp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_llama_cpp {
+        eprintln!(
+            "skipped: the `llama-cpp-python` package is not installed (pip install \
+             llama-cpp-python builds llama.cpp from source)"
+        );
+        return;
+    }
+    let device = Device::flex();
+    let dir = tempfile::tempdir().unwrap();
+    let source = load_model(&fixture("gqa_tied"), &LoadOptions::default(), &device).unwrap();
+    let tokenizer = source.require_tokenizer().unwrap();
+    let path = dir.path().join("f32.gguf");
+    write_gguf(
+        &source.model,
+        &source.config,
+        tokenizer,
+        "fixture",
+        ExportType::F32,
+        &path,
+    )
+    .unwrap();
+    let text = "the quick brown fox jumps over 12 lazy dogs.";
+    let script = r#"
+import sys, json
+import llama_cpp
+from llama_cpp import Llama
+# An f32 KV cache (llama.cpp's default is f16) so that only the order of sums differs.
+llm = Llama(model_path=sys.argv[1], n_ctx=64, logits_all=True, verbose=False,
+            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32)
+ids = json.loads(sys.argv[2])
+llm.eval(ids)
+print(json.dumps({
+    # add_bos=True adds BOS only where the file's tokenizer.ggml.add_bos_token asks for it.
+    "tokens": llm.tokenize(sys.argv[3].encode(), add_bos=True, special=False),
+    "logits": llm.scores[: len(ids)].reshape(-1).tolist(),
+}))
+"#;
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .arg(serde_json::to_string(&IDS).unwrap())
+        .arg(text)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "llama.cpp could not run the export: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let their_tokens: Vec<u32> = serde_json::from_value(theirs["tokens"].clone()).unwrap();
+    assert_eq!(
+        their_tokens,
+        tokenizer.encode(text).unwrap(),
+        "llama.cpp tokenizes the exported vocabulary differently"
+    );
+    let their_logits: Vec<f32> = serde_json::from_value(theirs["logits"].clone()).unwrap();
+    let ours = logits(&source, &IDS, &device);
+    let scale = ours.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let diff = max_difference(&ours, &their_logits);
+    eprintln!("llama.cpp's logits are within {diff} of ours (largest logit {scale})");
+    // Both run f32; only the order of the sums differs (a few ulps of each product's
+    // magnitude per layer), so the difference stays far below the logits' own scale.
+    assert!(
+        diff <= 1e-4 * scale.max(1.0),
+        "llama.cpp's logits differ from ours by {diff} (largest logit {scale})"
+    );
+}

@@ -42,6 +42,11 @@ with torch.no_grad():
     score_s = time.perf_counter() - start
     peak_score = peak_rss_bytes()
 
+    # One pass over a row, only the last position's logits (llama-bench's pp).
+    start = time.perf_counter()
+    int(model(data[:1], logits_to_keep=1).logits[0, -1].argmax())
+    prefill_s = time.perf_counter() - start
+
     prompt = data[:1, : args["prompt_len"]]
     n = args["new_tokens"]
     start = time.perf_counter()
@@ -51,6 +56,7 @@ with torch.no_grad():
 
 print(json.dumps({
     "score_tokens_per_s": rows * seq / score_s,
+    "prefill_tokens_per_s": seq / prefill_s,
     "decode_tokens_per_s": n / decode_s,
     "peak_rss_bytes": peak_score,
     "load_s": load_s,

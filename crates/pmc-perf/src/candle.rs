@@ -82,6 +82,7 @@ pub fn decode(
     };
     Ok(Figures {
         score_tps: None,
+        prefill_tps: None,
         decode_tps: num("decode_tokens_per_s")?,
         peak_rss: num("peak_rss_bytes")?,
         load_s: None,

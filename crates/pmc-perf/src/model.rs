@@ -1,5 +1,6 @@
-//! `bench-model`: scoring and greedy-decoding throughput of a ~100 M-parameter LLaMA on this
-//! machine, beside PyTorch + transformers on the same config in the same invocation.
+//! `bench-model`: scoring, prompt-processing and greedy-decoding throughput of a ~100 M-parameter
+//! LLaMA (or a GGUF file) on this machine, beside PyTorch + transformers on the same config in
+//! the same invocation, and optionally beside candle and llama.cpp on the same GGUF.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -39,6 +40,11 @@ pub struct BenchModelArgs {
     /// tools/candle-decode with `-C target-cpu=native`; needs --gguf.
     #[arg(long)]
     pub candle: bool,
+    /// Also run llama.cpp on the same GGUF once a round (the `llama-cpp-python` package:
+    /// `pip install llama-cpp-python` compiles llama.cpp from source), with llama-bench's
+    /// measures: prompt processing of --seq-len tokens (pp) and generation (tg); needs --gguf.
+    #[arg(long)]
+    pub llama_cpp: bool,
     /// How ours holds the weights: f32, bf16, f16, q8_0, q4_0, q4_1.
     #[arg(long, default_value = "f32")]
     pub dtype: pmc_model::WeightFormat,
@@ -52,10 +58,33 @@ pub struct BenchModelArgs {
 #[derive(Clone, Copy, Default)]
 pub struct Figures {
     pub score_tps: Option<f64>,
+    /// A prompt of `seq_len` tokens in one pass, only the last position's logits (llama-bench's pp).
+    pub prefill_tps: Option<f64>,
     pub decode_tps: f64,
     pub peak_rss: f64,
     pub load_s: Option<f64>,
     pub load_rss: Option<f64>,
+}
+
+/// A side measured beside ours.
+#[derive(Clone, Copy)]
+enum Reference {
+    PyTorch,
+    Candle(crate::candle::Weights),
+    LlamaCpp,
+}
+
+impl Reference {
+    fn name(self) -> &'static str {
+        match self {
+            Reference::PyTorch => "PyTorch + transformers",
+            Reference::Candle(crate::candle::Weights::Quantized) => {
+                "candle (quantized GGUF, native)"
+            }
+            Reference::Candle(crate::candle::Weights::F32) => "candle (dequantised to f32, native)",
+            Reference::LlamaCpp => "llama.cpp (llama-cpp-python, same GGUF)",
+        }
+    }
 }
 
 /// The benchmark config: LLaMA-shaped, 32k vocabulary, about 95 M parameters.
@@ -72,8 +101,8 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let device = pmc_model::default_device();
     let config_json = bench_config();
-    if args.candle && args.gguf.is_none() {
-        anyhow::bail!("--candle decodes a GGUF file: pass --gguf");
+    if (args.candle || args.llama_cpp) && args.gguf.is_none() {
+        anyhow::bail!("--candle and --llama-cpp run a GGUF file: pass --gguf");
     }
     if args.seq_len < 2 || !(1..=args.seq_len).contains(&args.prompt_len) {
         anyhow::bail!(
@@ -137,56 +166,69 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
     let warm_up = &rows[0][..args.seq_len.min(32)];
     pmc_model::mean_nll(&model, warm_up, warm_up.len(), &device)?;
 
-    let mut sides: [Vec<Figures>; 4] = Default::default();
+    let mut references: Vec<(Reference, Vec<Figures>)> = Vec::new();
+    if !args.no_reference {
+        references.push((Reference::PyTorch, Vec::new()));
+    }
+    if candle.is_some() {
+        references.push((
+            Reference::Candle(crate::candle::Weights::Quantized),
+            Vec::new(),
+        ));
+        references.push((Reference::Candle(crate::candle::Weights::F32), Vec::new()));
+    }
+    if args.llama_cpp {
+        references.push((Reference::LlamaCpp, Vec::new()));
+    }
+    let mut ours_by_round = Vec::new();
     for round in 0..args.rounds.max(1) {
         eprintln!("round {}/{}: pmc-llama", round + 1, args.rounds);
         let mut ours = measure_ours(&model, &rows, prompt, &args, &device)?;
         (ours.load_s, ours.load_rss) = (load_s, load_rss);
-        sides[0].push(ours);
-        if !args.no_reference {
-            eprintln!("round {}/{}: PyTorch", round + 1, args.rounds);
-            sides[1].push(run_reference(&config_json, &args, threads).context(REFERENCE_MISSING)?);
-        }
-        if let (Some(binary), Some(gguf)) = (&candle, &args.gguf) {
-            eprintln!("round {}/{}: candle", round + 1, args.rounds);
-            for (side, weights) in [
-                (2, crate::candle::Weights::Quantized),
-                (3, crate::candle::Weights::F32),
-            ] {
-                sides[side].push(crate::candle::decode(
-                    binary,
-                    gguf,
-                    weights,
-                    prompt,
-                    args.new_tokens,
-                )?);
-            }
+        ours_by_round.push(ours);
+        for (reference, figures) in &mut references {
+            eprintln!("round {}/{}: {}", round + 1, args.rounds, reference.name());
+            figures.push(match (*reference, &candle, &args.gguf) {
+                (Reference::PyTorch, ..) => {
+                    run_reference(&config_json, &args, threads).context(REFERENCE_MISSING)?
+                }
+                (Reference::Candle(weights), Some(binary), Some(gguf)) => {
+                    crate::candle::decode(binary, gguf, weights, prompt, args.new_tokens)?
+                }
+                (Reference::LlamaCpp, _, Some(gguf)) => {
+                    run_llama_cpp(gguf, &rows[0], prompt, &args, threads)?
+                }
+                _ => unreachable!("candle and llama.cpp columns exist only with --gguf"),
+            });
         }
     }
 
-    // The candle columns only when candle ran.
-    let mut references = vec!["PyTorch + transformers"];
-    if candle.is_some() {
-        references.extend([
-            "candle (quantized GGUF, native)",
-            "candle (dequantised to f32, native)",
-        ]);
-    }
     let mut header = format!(
         "| metric (median of {} rounds) | pmc-llama (burn flex, {}) |",
         args.rounds, args.dtype
     );
-    for reference in &references {
-        header += &format!(" {reference} | ratio (median, range) |");
+    for (reference, _) in &references {
+        header += &format!(" {} | ratio (median, range) |", reference.name());
     }
     println!(
         "\n{header}\n|---|---|{}",
         "---|---|".repeat(references.len())
     );
-    let metrics: [Metric<Figures>; 5] = [
+    let reference_figures: Vec<Vec<Figures>> =
+        references.into_iter().map(|(_, figures)| figures).collect();
+    let metrics: [Metric<Figures>; 6] = [
         Metric::new("load", |f| f.load_s, |x| format!("{x:.2} s")),
         Metric::new("peak RSS after load", |f| f.load_rss, gib),
-        Metric::new("scoring tokens/s", |f| f.score_tps, tok_per_s),
+        Metric::new(
+            "scoring tokens/s (every position's logits)",
+            |f| f.score_tps,
+            tok_per_s,
+        ),
+        Metric::new(
+            "prompt processing (one pass, last logits: pp)",
+            |f| f.prefill_tps,
+            tok_per_s,
+        ),
         Metric::new(
             "greedy decode (KV cache)",
             |f| Some(f.decode_tps),
@@ -195,13 +237,13 @@ pub fn bench_model(args: BenchModelArgs) -> Result<()> {
         Metric::new("peak RSS while scoring/decoding", |f| Some(f.peak_rss), gib),
     ];
     for metric in metrics {
-        if let Some(row) = metric.row(&sides[0], &sides[1..=references.len()]) {
+        if let Some(row) = metric.row(&ours_by_round, &reference_figures) {
             println!("{row}");
         }
     }
     println!(
         "\nratio = ours / theirs per round (for load time and memory, below 1 is better); peak RSS while scoring / f32 weights: {:.2}",
-        sides[0][0].peak_rss / weights_bytes
+        ours_by_round[0].peak_rss / weights_bytes
     );
     Ok(())
 }
@@ -220,6 +262,14 @@ fn measure_ours(
         pmc_model::mean_nll(model, row, args.seq_len, device)?;
     }
     let score_tps = (rows.len() * args.seq_len) as f64 / started.elapsed().as_secs_f64();
+    // One generation step after the whole row: the prompt's pass, last position's logits.
+    let one_token = GenerationConfig {
+        max_new_tokens: 1,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    pmc_model::generate(model, &rows[0], &one_token, &[], device, |_| Ok(true))?;
+    let prefill_tps = args.seq_len as f64 / started.elapsed().as_secs_f64();
     let generation = GenerationConfig {
         max_new_tokens: args.new_tokens,
         ..Default::default()
@@ -229,6 +279,7 @@ fn measure_ours(
     let decode_tps = out.len() as f64 / started.elapsed().as_secs_f64();
     Ok(Figures {
         score_tps: Some(score_tps),
+        prefill_tps: Some(prefill_tps),
         decode_tps,
         peak_rss: peak_rss().unwrap_or(0) as f64,
         load_s: None,
@@ -250,11 +301,45 @@ fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Resul
     };
     Ok(Figures {
         score_tps: Some(num("score_tokens_per_s")?),
+        prefill_tps: Some(num("prefill_tokens_per_s")?),
         decode_tps: num("decode_tokens_per_s")?,
         peak_rss: num("peak_rss_bytes")?,
         load_s: v["load_s"].as_f64(),
         load_rss: v["load_s"]
             .as_f64()
             .and(v["peak_rss_after_load_bytes"].as_f64()),
+    })
+}
+
+/// Runs `python/bench_llama_cpp.py` once on `gguf`: llama.cpp's prompt processing of `row` and
+/// greedy decoding after `prompt`, with our token ids.
+fn run_llama_cpp(
+    gguf: &Path,
+    row: &[u32],
+    prompt: &[u32],
+    args: &BenchModelArgs,
+    threads: usize,
+) -> Result<Figures> {
+    let payload = json!({
+        "gguf": gguf, "threads": threads, "row": row, "prompt": prompt,
+        "new_tokens": args.new_tokens,
+    });
+    let lines = run_python_reference("bench_llama_cpp.py", &[payload.to_string().as_ref()])
+        .context(
+            "llama.cpp failed (pip install llama-cpp-python compiles it from source, 15–40 min \
+             on 2 cores; or leave out --llama-cpp)",
+        )?;
+    let v = lines.last().context("bench_llama_cpp.py printed nothing")?;
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("llama.cpp's run did not report {k}"))
+    };
+    Ok(Figures {
+        score_tps: None,
+        prefill_tps: Some(num("prefill_tokens_per_s")?),
+        decode_tps: num("decode_tokens_per_s")?,
+        peak_rss: num("peak_rss_bytes")?,
+        load_s: Some(num("load_s")?),
+        load_rss: Some(num("peak_rss_after_load_bytes")?),
     })
 }

@@ -9,8 +9,12 @@ use serde_json::Value;
 /// The reference scripts of `crates/pmc-perf/python`, compiled in: a binary built from another clone
 /// (a shared target dir) or from one deleted since runs the scripts it was built with, not
 /// whatever lies at the path it was built in.
-const REFERENCE_SCRIPTS: [(&str, &str); 6] = [
+const REFERENCE_SCRIPTS: [(&str, &str); 7] = [
     ("bench_model.py", include_str!("../python/bench_model.py")),
+    (
+        "bench_llama_cpp.py",
+        include_str!("../python/bench_llama_cpp.py"),
+    ),
     ("bench_train.py", include_str!("../python/bench_train.py")),
     (
         "corpus_reference.py",
