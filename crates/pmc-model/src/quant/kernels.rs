@@ -206,6 +206,13 @@ mod x86 {
 
     use super::{BLOCK, MAX_TILE_COLUMNS, Operands, TILE_ROWS, Tile};
 
+    /// How far ahead (in bytes of a weight row) the 8-bit kernels ask for the weights: the
+    /// four rows of a tile are four interleaved streams that the hardware prefetcher follows
+    /// late, and a decoding step reads every weight once from memory. 256 bytes ahead took
+    /// the one-input product of a 140 MiB matrix from 7 to 9–10 GB/s on a Zen 3; the 4-bit
+    /// kernels, with half the bytes per block, were no faster with it.
+    const Q8_PREFETCH: usize = 256;
+
     #[target_feature(enable = "avx2,fma")]
     fn horizontal_sum(v: __m256) -> f32 {
         let folded = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -217,14 +224,14 @@ mod x86 {
     /// The block of 8-bit weights at `block`.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load_q8(block: *const i8) -> __m256i {
-        unsafe { _mm256_loadu_si256(block as *const __m256i) }
+        unsafe { _mm256_lddqu_si256(block as *const __m256i) }
     }
 
     /// The block of 4-bit weights at `block`: its 32 nibbles as bytes 0..16 in ggml's
     /// element order.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn load_q4(block: *const u8) -> __m256i {
-        let packed = unsafe { _mm_loadu_si128(block as *const __m128i) };
+        let packed = unsafe { _mm_lddqu_si128(block as *const __m128i) };
         let low_mask = _mm_set1_epi8(0x0f);
         let low = _mm_and_si128(packed, low_mask);
         let high = _mm_and_si128(_mm_srli_epi16(packed, 4), low_mask);
@@ -265,7 +272,7 @@ mod x86 {
     /// are loaded once, then each weight row's block is loaded (and unpacked) once and meets
     /// all of them.
     macro_rules! tile {
-        ($name:ident, $features:literal, $weight:ty, $per_block:expr, $load:ident, $dot:ident, $offsets:literal) => {
+        ($name:ident, $features:literal, $weight:ty, $per_block:expr, $load:ident, $dot:ident, $offsets:literal, $prefetch:expr) => {
             #[target_feature(enable = $features)]
             unsafe fn $name<const COLUMNS: usize>(
                 o: &Operands<'_, $weight>,
@@ -275,8 +282,12 @@ mod x86 {
             ) {
                 let n = o.blocks;
                 // One pointer per row into the quants and scales, stepped a block at a time
-                // (pointer steps need no overflow checks, which keep the loops from being
-                // unrolled into registers in debug-assertion builds).
+                // with `wrapping_add`; blocks loaded with `lddqu` and scales with
+                // `broadcast_ss`. In debug-assertion builds (the dev profile users run)
+                // `add` carries an overflow check, and `loadu`/`read_unaligned` are
+                // `copy_nonoverlapping` with its null and overlap checks through a stack
+                // temporary: those kept the tiles out of registers and halved their speed.
+                // The addresses are in bounds and aligned regardless (see the SAFETY notes).
                 // SAFETY: `check_tile` bounded every block of the tile's rows.
                 let (mut weight, mut weight_scale, mut weight_min, mut input, mut input_scale) = unsafe {
                     (
@@ -298,10 +309,10 @@ mod x86 {
                     for j in 0..COLUMNS {
                         // SAFETY: within the tile's input rows (see above).
                         unsafe {
-                            x[j] = _mm256_loadu_si256(input[j] as *const __m256i);
-                            dx[j] = _mm256_set1_ps(*input_scale[j]);
-                            input[j] = input[j].add(BLOCK);
-                            input_scale[j] = input_scale[j].add(1);
+                            x[j] = _mm256_lddqu_si256(input[j] as *const __m256i);
+                            dx[j] = _mm256_broadcast_ss(&*input_scale[j]);
+                            input[j] = input[j].wrapping_add(BLOCK);
+                            input_scale[j] = input_scale[j].wrapping_add(1);
                         }
                     }
                     // 4-bit offsets: `Σ_b mw_b · sx_b`, with `sx = dx · Σ x` summed by the
@@ -316,7 +327,7 @@ mod x86 {
                     for i in 0..TILE_ROWS {
                         if $offsets {
                             // SAFETY: `check_tile` bounded the offsets of the tile's rows.
-                            let mw = unsafe { _mm256_set1_ps(*weight_min[i]) };
+                            let mw = unsafe { _mm256_broadcast_ss(&*weight_min[i]) };
                             weight_min[i] = weight_min[i].wrapping_add(1);
                             for j in 0..COLUMNS {
                                 acc[i][j] = _mm256_fmadd_ps(sx[j], mw, acc[i][j]);
@@ -324,9 +335,17 @@ mod x86 {
                         }
                         // SAFETY: within the tile's weight rows (see above).
                         let (w, dw) = unsafe {
-                            let loaded = ($load(weight[i]), _mm256_set1_ps(*weight_scale[i]));
-                            weight[i] = weight[i].add($per_block);
-                            weight_scale[i] = weight_scale[i].add(1);
+                            if $prefetch > 0 {
+                                _mm_prefetch::<_MM_HINT_T0>(
+                                    weight[i].wrapping_add($prefetch) as *const i8,
+                                );
+                            }
+                            let loaded = (
+                                $load(weight[i]),
+                                _mm256_broadcast_ss(&*weight_scale[i]),
+                            );
+                            weight[i] = weight[i].wrapping_add($per_block);
+                            weight_scale[i] = weight_scale[i].wrapping_add(1);
                             loaded
                         };
                         for j in 0..COLUMNS {
@@ -378,7 +397,8 @@ mod x86 {
         BLOCK,
         load_q8,
         signed_dot_avx2,
-        false
+        false,
+        Q8_PREFETCH
     );
     tile!(
         q4_tile_avx2,
@@ -387,7 +407,8 @@ mod x86 {
         BLOCK / 2,
         load_q4,
         unsigned_dot_avx2,
-        true
+        true,
+        0
     );
     tile!(
         q8_tile_vnni,
@@ -396,7 +417,8 @@ mod x86 {
         BLOCK,
         load_q8,
         signed_dot_vnni,
-        false
+        false,
+        Q8_PREFETCH
     );
     tile!(
         q4_tile_vnni,
@@ -405,7 +427,8 @@ mod x86 {
         BLOCK / 2,
         load_q4,
         unsigned_dot_vnni,
-        true
+        true,
+        0
     );
     entry!(q8_avx2, "avx2,fma", i8, BLOCK, q8_tile_avx2);
     entry!(q4_avx2, "avx2,fma", u8, BLOCK / 2, q4_tile_avx2);
