@@ -33,6 +33,35 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Whether `python3` imports `module`.
+fn python_has(module: &str) -> bool {
+    Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The `gqa_tied` fixture, loaded in f32 and written as `ty` to `dir/name`.
+fn export_fixture(ty: ExportType, dir: &Path, name: &str) -> (LoadedModel, std::path::PathBuf) {
+    let source = load_model(
+        &fixture("gqa_tied"),
+        &LoadOptions::default(),
+        &Device::flex(),
+    )
+    .unwrap();
+    let path = dir.join(name);
+    write_gguf(
+        &source.model,
+        &source.config,
+        source.require_tokenizer().unwrap(),
+        "fixture",
+        ty,
+        &path,
+    )
+    .unwrap();
+    (source, path)
+}
+
 const IDS: [u32; 12] = [0, 5, 17, 42, 99, 120, 7, 250, 31, 64, 128, 3];
 
 /// Exports `source` as `ty`, reads it back with `options`, and returns the largest logit
@@ -165,31 +194,15 @@ fn block_formats_stay_within_their_quantization_error() {
 
 #[test]
 fn llama_cpps_gguf_package_reads_the_export_tensor_by_tensor() {
-    let has_gguf = Command::new("python3")
-        .args(["-c", "import gguf"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_gguf {
+    if !python_has("gguf") {
         if std::env::var_os("CI").is_some() {
             panic!("under CI the gguf Python package must be installed (.ci/run does)");
         }
         eprintln!("skipped: the `gguf` Python package is not installed (pip install gguf)");
         return;
     }
-    let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
-    let source = load_model(&fixture("gqa_tied"), &LoadOptions::default(), &device).unwrap();
-    let tokenizer = source.require_tokenizer().unwrap();
-    let path = dir.path().join("q8.gguf");
-    write_gguf(
-        &source.model,
-        &source.config,
-        tokenizer,
-        "fixture",
-        "q8_0".parse().unwrap(),
-        &path,
-    )
-    .unwrap();
+    let (source, path) = export_fixture("q8_0".parse().unwrap(), dir.path(), "q8.gguf");
     // gguf's reader dequantizes with its own (numpy) code; our reader must agree with it on
     // every tensor, and the metadata must be what llama.cpp's loader asks for.
     let script = r#"
@@ -249,11 +262,7 @@ print(json.dumps(out))
 /// llama.cpp from source (15–40 min on 2 cores), more than CI's budget allows.
 #[test]
 fn llama_cpp_loads_the_export_and_computes_our_logits() {
-    let has_llama_cpp = Command::new("python3")
-        .args(["-c", "import llama_cpp"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_llama_cpp {
+    if !python_has("llama_cpp") {
         eprintln!(
             "skipped: the `llama-cpp-python` package is not installed (pip install \
              llama-cpp-python builds llama.cpp from source)"
@@ -262,18 +271,8 @@ fn llama_cpp_loads_the_export_and_computes_our_logits() {
     }
     let device = Device::flex();
     let dir = tempfile::tempdir().unwrap();
-    let source = load_model(&fixture("gqa_tied"), &LoadOptions::default(), &device).unwrap();
+    let (source, path) = export_fixture(ExportType::F32, dir.path(), "f32.gguf");
     let tokenizer = source.require_tokenizer().unwrap();
-    let path = dir.path().join("f32.gguf");
-    write_gguf(
-        &source.model,
-        &source.config,
-        tokenizer,
-        "fixture",
-        ExportType::F32,
-        &path,
-    )
-    .unwrap();
     let text = "the quick brown fox jumps over 12 lazy dogs.";
     let script = r#"
 import sys, json

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{API_KEY, TestServer, skip};
+use common::{API_KEY, TestServer};
 use pmc_model::{ContextCache, LoadOptions, load_model};
 use serde_json::{Value, json};
 
@@ -121,13 +121,12 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn lm_evaluation_harness_scores_through_the_server_as_we_do() {
-    let model = match pmc_model::hub::resolve(Path::new("smollm2-135m")) {
-        Ok(path) => path,
-        Err(e) => return skip(&format!("SmolLM2-135M is unavailable: {e}")),
+    let Some(model) = common::smollm2_and_python(
+        "lm_eval, tenacity",
+        "lm-evaluation-harness is not installed (pip install 'lm-eval[api]')",
+    ) else {
+        return;
     };
-    if !common::python_has("lm_eval, tenacity") {
-        return skip("lm-evaluation-harness is not installed (pip install 'lm-eval[api]')");
-    }
     let dir = tempfile::tempdir().unwrap();
     write_task(dir.path());
     let expected = expected(&model);

@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{API_KEY, MAX_CONCURRENT, MAX_CONTEXT, MAX_WAITING, TestServer, skip};
+use common::{API_KEY, MAX_CONCURRENT, MAX_CONTEXT, MAX_WAITING, TestServer};
 
 use pmc_model::{ChatTemplate, ContextCache, GenerationConfig, LoadOptions, Message, load_model};
 use serde_json::json;
@@ -114,13 +114,12 @@ fn expected(model: &Path) -> serde_json::Value {
 
 #[test]
 fn the_openai_client_gets_what_score_and_generate_compute() {
-    let model = match pmc_model::hub::resolve(Path::new("smollm2-135m")) {
-        Ok(path) => path,
-        Err(e) => return skip(&format!("SmolLM2-135M is unavailable: {e}")),
+    let Some(model) = common::smollm2_and_python(
+        "openai, httpx",
+        "the `openai` Python package is not installed (pip install openai)",
+    ) else {
+        return;
     };
-    if !common::python_has("openai, httpx") {
-        return skip("the `openai` Python package is not installed (pip install openai)");
-    }
     let dir = tempfile::tempdir().unwrap();
     let expected_path = dir.path().join("expected.json");
     std::fs::write(&expected_path, expected(&model).to_string()).unwrap();

@@ -16,6 +16,23 @@ pub fn skip(reason: &str) {
     eprintln!("skipped: {reason}");
 }
 
+/// SmolLM2-135M's file when it can be fetched and `python3` imports `modules`; otherwise the
+/// reason is printed (see [`skip`]) and `None`.
+pub fn smollm2_and_python(modules: &str, missing: &str) -> Option<std::path::PathBuf> {
+    let model = match pmc_model::hub::resolve(std::path::Path::new("smollm2-135m")) {
+        Ok(path) => path,
+        Err(e) => {
+            skip(&format!("SmolLM2-135M is unavailable: {e}"));
+            return None;
+        }
+    };
+    if !python_has(modules) {
+        skip(missing);
+        return None;
+    }
+    Some(model)
+}
+
 /// Whether `python3` imports every module of `modules` (comma-separated).
 pub fn python_has(modules: &str) -> bool {
     std::process::Command::new("python3")
