@@ -76,10 +76,7 @@ pub fn decode(
         .context("candle-decode printed nothing")?;
     let v: serde_json::Value =
         serde_json::from_str(line).with_context(|| format!("candle-decode printed {line:?}"))?;
-    let num = |k: &str| {
-        v[k].as_f64()
-            .with_context(|| format!("candle-decode did not report {k}"))
-    };
+    let num = |k: &str| crate::reference::reported(&v, k, "candle-decode");
     Ok(Figures {
         score_tps: None,
         prefill_tps: None,

@@ -295,10 +295,7 @@ fn run_reference(config: &Value, args: &BenchModelArgs, threads: usize) -> Resul
     });
     let lines = run_python_reference("bench_model.py", &[payload.to_string().as_ref()])?;
     let v = lines.last().context("bench_model.py printed nothing")?;
-    let num = |k: &str| {
-        v[k].as_f64()
-            .with_context(|| format!("reference did not report {k}"))
-    };
+    let num = |k: &str| crate::reference::reported(v, k, "reference");
     Ok(Figures {
         score_tps: Some(num("score_tokens_per_s")?),
         prefill_tps: Some(num("prefill_tokens_per_s")?),
@@ -330,10 +327,7 @@ fn run_llama_cpp(
              on 2 cores; or leave out --llama-cpp)",
         )?;
     let v = lines.last().context("bench_llama_cpp.py printed nothing")?;
-    let num = |k: &str| {
-        v[k].as_f64()
-            .with_context(|| format!("llama.cpp's run did not report {k}"))
-    };
+    let num = |k: &str| crate::reference::reported(v, k, "llama.cpp's run");
     Ok(Figures {
         score_tps: None,
         prefill_tps: Some(num("prefill_tokens_per_s")?),

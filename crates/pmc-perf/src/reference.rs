@@ -61,5 +61,12 @@ pub fn run_python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Result<V
         .collect()
 }
 
+/// The number `key` of a run's JSON report `v`; the error names `source` and the key.
+pub fn reported(v: &Value, key: &str, source: &str) -> Result<f64> {
+    v[key]
+        .as_f64()
+        .with_context(|| format!("{source} did not report {key}"))
+}
+
 /// What a failed reference run is told: a benchmark never reports ours alone unless asked.
 pub const REFERENCE_MISSING: &str = "the PyTorch reference failed (pip install torch transformers accelerate peft gguf, or pass --no-reference to measure ours alone)";

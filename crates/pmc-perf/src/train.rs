@@ -211,10 +211,7 @@ pub fn bench_train(args: BenchTrainArgs) -> Result<()> {
         let lines = run_python_reference("bench_train.py", &[payload.to_string().as_ref()])
             .context(REFERENCE_MISSING)?;
         let v = lines.last().context("bench_train.py printed nothing")?;
-        let num = |k: &str| {
-            v[k].as_f64()
-                .with_context(|| format!("reference did not report {k}"))
-        };
+        let num = |k: &str| crate::reference::reported(v, k, "reference");
         reference.push(figures(num("tokens_per_s")?, num("peak_rss_bytes")?));
     }
     let metrics: [Metric<TrainFigures>; 3] = [

@@ -235,13 +235,7 @@ impl Settings {
         if prompt.is_empty() {
             return Err(ApiError::invalid(param, "the prompt is empty"));
         }
-        let vocab = state.tokenizer.inner().get_vocab_size(true);
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(ApiError::invalid(
-                param,
-                format!("token id {bad} is outside the vocabulary (size {vocab})"),
-            ));
-        }
+        within_vocabulary(state, param, &prompt)?;
         let room = context.saturating_sub(prompt.len());
         let max_tokens = match self.max_tokens {
             Some(m) => m,
@@ -295,6 +289,22 @@ fn new_id(prefix: &str) -> String {
 /// The text of one token as a client reads it.
 fn token_text(state: &Shared, id: u32) -> String {
     state.tokenizer.decode(&[id]).unwrap_or_default()
+}
+
+/// A 400 naming `param` when an id of `ids` is outside the model's vocabulary.
+pub(crate) fn within_vocabulary(
+    state: &Shared,
+    param: &'static str,
+    ids: &[u32],
+) -> Result<(), ApiError> {
+    let vocab = state.tokenizer.inner().get_vocab_size(true);
+    match ids.iter().find(|&&t| t as usize >= vocab) {
+        Some(bad) => Err(ApiError::invalid(
+            param,
+            format!("token id {bad} is outside the vocabulary (size {vocab})"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The conversation as the template's messages: string contents, or text parts joined.

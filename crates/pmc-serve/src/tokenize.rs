@@ -96,13 +96,7 @@ pub async fn detokenize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let request: DetokenizeRequest = parse(body)?;
-    let vocab = state.tokenizer.inner().get_vocab_size(true);
-    if let Some(bad) = request.tokens.iter().find(|&&t| t as usize >= vocab) {
-        return Err(ApiError::invalid(
-            "tokens",
-            format!("token id {bad} is outside the vocabulary ({vocab} tokens)"),
-        ));
-    }
+    crate::routes::within_vocabulary(&state, "tokens", &request.tokens)?;
     let prompt = state
         .tokenizer
         .decode(&request.tokens)
