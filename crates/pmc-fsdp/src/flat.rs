@@ -162,6 +162,30 @@ pub fn model_flats(model: &Llama, layout: &Layout, world: usize) -> Vec<Vec<f32>
     flats
 }
 
+/// The values of `model`'s parameters in the unit buffers `flats` (laid out as
+/// [`model_flats`] writes them), by parameter id: what
+/// [`with_values`](pmc_train::trainer::with_values) puts back into the model.
+pub fn param_values(
+    model: &Llama,
+    layout: &Layout,
+    flats: &[Vec<f32>],
+) -> HashMap<burn::module::ParamId, Vec<f32>> {
+    let slots = layout.slots();
+    let mut out = HashMap::new();
+    model.visit_weights(|name, weight| {
+        let (u, slot) = slots[name.as_str()];
+        let id = match weight {
+            WeightRef::Matrix(p) => p.id,
+            WeightRef::Vector(p) => p.id,
+        };
+        out.insert(
+            id,
+            flats[u][slot.offset..slot.offset + slot.numel()].to_vec(),
+        );
+    });
+    out
+}
+
 /// Adds the gradients `grads` of `model`'s parameters into the unit buffers `flats`
 /// (a parameter without a gradient contributes nothing).
 pub fn add_model_grads(

@@ -69,7 +69,8 @@ impl Strategy for FsdpTrainer<'_> {
         let time = time as i32;
         match &self.model {
             // Levels 0–2: update the whole model's buffers (level 0) or this rank's shard of
-            // them, whose new values every rank then gathers (levels 1–2).
+            // them, whose new values every rank then gathers (levels 1–2); the new values go
+            // into the model's own parameters.
             Some(model) => {
                 let mut flats = flat::model_flats(model, &self.layout, world);
                 for (u, unit) in self.layout.units.iter().enumerate() {
@@ -84,7 +85,8 @@ impl Strategy for FsdpTrainer<'_> {
                             .map_err(comm_err)?;
                     }
                 }
-                self.rebuild(&flats);
+                let values = flat::param_values(model, &self.layout, &flats);
+                self.model = Some(pmc_train::trainer::with_values(model.clone(), values));
             }
             // Level 3: the shards are all there is.
             None => {
@@ -182,14 +184,5 @@ impl TrainStep for FsdpTrainer<'_> {
         let mut votes = [f64::from(u8::from(flag))];
         self.all_reduce_f64(&mut votes)?;
         Ok(votes[0] > 0.0)
-    }
-}
-
-impl FsdpTrainer<'_> {
-    /// Levels 0–2: the whole model again from new unit buffers.
-    fn rebuild(&mut self, flats: &[Vec<f32>]) {
-        let mut model = flat::build_model(&self.model_config, &self.layout, flats, &self.device);
-        model.set_precision(self.config.precision);
-        self.model = Some(model);
     }
 }

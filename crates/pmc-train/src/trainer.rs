@@ -99,8 +99,15 @@ pub fn flat_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("f32 data")
 }
 
-/// Puts new values into the parameters they are given for (same ids, same shapes, still
-/// trainable); the others stay as they are.
+/// `model` with new values in the parameters they are given for (same ids, same shapes,
+/// still trainable); the others stay as they are. The model is not rebuilt: its structure,
+/// parameter ids and precision carry over, so the optimizer and the gradients keep finding
+/// their parameters.
+pub fn with_values(model: Llama, values: std::collections::HashMap<ParamId, Vec<f32>>) -> Llama {
+    model.map(&mut SetValues(values))
+}
+
+/// [`with_values`]' mapper.
 struct SetValues(std::collections::HashMap<ParamId, Vec<f32>>);
 
 impl burn::module::ModuleMapper for SetValues {
@@ -517,7 +524,7 @@ impl Strategy for Trainer {
             self.moments.0.insert(names[&id].clone(), moments);
             new_values.insert(id, value);
         }
-        self.model = self.model.clone().map(&mut SetValues(new_values));
+        self.model = with_values(self.model.clone(), new_values);
         Ok(())
     }
 }
