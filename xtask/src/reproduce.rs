@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use pmc_bench::data::Task;
+use pmc_bench::estimate::duration;
 use pmc_bench::regimes::{Cell, CellSettings, Grid, Regime, table_section, write_table_section};
 
 #[derive(Args, Debug)]
@@ -26,15 +27,17 @@ pub struct ReproduceArgs {
     /// Where the benchmarks are (laid out like ../shared/data).
     #[arg(long, default_value = "../shared/data")]
     pub data: PathBuf,
-    /// Fine-tuning steps (default: one epoch).
+    /// Fine-tuning steps (default: one epoch; --quick: 2).
     #[arg(long)]
     pub steps: Option<usize>,
     /// Share of the training pool used for fine-tuning.
     #[arg(long, default_value_t = 1.0)]
     pub fraction: f64,
-    #[arg(long, default_value_t = 8)]
-    pub global_batch: usize,
-    /// Evaluate on the first N questions only.
+    /// Sequences per fine-tuning step (default 8; --quick: 4).
+    #[arg(long)]
+    pub global_batch: Option<usize>,
+    /// Evaluate on the first N questions of each task only (the same N for every cell, so
+    /// cells are paired; --quick: 20).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Run directory for checkpoints and evaluation outputs.
@@ -50,12 +53,34 @@ pub struct ReproduceArgs {
     /// The task of the data-efficient cells.
     #[arg(long, default_value = "medqa")]
     pub fractions_task: Task,
-    /// Print the cells (and which are finished) without running any.
+    /// Print the plan — every cell, the tokens it scores and trains on, which are finished —
+    /// and the time the rest should take on this machine (speed measured on the model, a few
+    /// seconds), without running a cell.
     #[arg(long)]
     pub dry_run: bool,
+    /// A preset that runs in minutes on a tiny model (what CI runs): --limit 20, --steps 2,
+    /// --global-batch 4, --fractions 0.5; flags given explicitly win.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+impl ReproduceArgs {
+    /// The settings with --quick's values where no flag was given.
+    fn with_preset(mut self) -> Self {
+        if self.quick {
+            self.limit.get_or_insert(20);
+            self.steps.get_or_insert(2);
+            self.global_batch.get_or_insert(4);
+            if self.fractions.is_empty() {
+                self.fractions = vec![0.5];
+            }
+        }
+        self
+    }
 }
 
 pub fn reproduce(args: ReproduceArgs) -> Result<()> {
+    let args = args.with_preset();
     let mut models = vec![("base".to_string(), args.model.clone())];
     if let Some(c) = &args.continued {
         models.push(("continued".to_string(), c.clone()));
@@ -70,7 +95,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             data: args.data.clone(),
             fraction: args.fraction,
             steps: args.steps,
-            global_batch: args.global_batch,
+            global_batch: args.global_batch.unwrap_or(8),
             limit: args.limit,
         },
         out: args.out.clone(),
@@ -81,20 +106,36 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
     }
     if args.dry_run {
         grid.claim(false)?;
-        for (i, cell) in grid.cells().iter().enumerate() {
-            let done = cell.dir(&args.out).join("cell.json").exists();
-            let done = if done {
-                " — finished (cell.json)"
-            } else {
-                ""
+        eprintln!(
+            "measuring this machine's speed with {}…",
+            args.model.display()
+        );
+        let plan = grid.plan()?;
+        for (i, planned) in plan.cells.iter().enumerate() {
+            let work = &planned.work;
+            let status = match planned.finished {
+                true => "finished (cell.json)".to_string(),
+                false => format!("≈ {}", duration(work.seconds(&plan.speed))),
             };
             println!(
-                "{:>2}. {} ({}){done}",
+                "{:>2}. {} ({}): scores {} tokens, trains on {} — {status}",
                 i + 1,
-                cell.name(),
-                cell.model.display()
+                planned.cell.name(),
+                planned.cell.model.display(),
+                work.eval_tokens + work.held_out_tokens,
+                work.train_tokens,
             );
         }
+        let left = plan.cells.iter().filter(|c| !c.finished).count();
+        println!(
+            "{left} of {} cells to run: ≈ {} on this machine ({} at {:.0} tokens/s scored, {:.0} trained, measured on {})",
+            plan.cells.len(),
+            duration(plan.seconds_left()),
+            pmc_model::cpu::model_name(),
+            plan.speed.scoring_tps,
+            plan.speed.training_tps,
+            args.model.display()
+        );
         return Ok(());
     }
     crate::install_stop_handler()?;
@@ -125,7 +166,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
     let rows: Vec<_> = done.into_iter().map(|(_, row)| row).collect();
     let names = |names: Vec<&str>| names.join(",");
     let command = format!(
-        "cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}{}",
+        "cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}{}{}",
         args.model.display(),
         args.continued
             .as_ref()
@@ -135,6 +176,8 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         args.fraction,
         args.steps
             .map_or(String::new(), |s| format!(" --steps {s}")),
+        args.global_batch
+            .map_or(String::new(), |b| format!(" --global-batch {b}")),
         args.limit
             .map_or(String::new(), |l| format!(" --limit {l}")),
         match args.fractions.is_empty() {

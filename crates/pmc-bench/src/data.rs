@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::BenchError;
 
 /// The three benchmarks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// PubMedQA, reasoning-required setting (question + abstract).

@@ -6,6 +6,7 @@
 
 pub mod contamination;
 pub mod data;
+pub mod estimate;
 pub mod metrics;
 pub mod probe;
 pub mod prompt;

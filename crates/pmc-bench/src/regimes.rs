@@ -193,15 +193,9 @@ pub fn run_cell(
     settings: &CellSettings,
     dir: &Path,
 ) -> Result<Cell, BenchError> {
-    // The split note is part of the key: a cell evaluated on all of MedMCQA's dev split is
-    // not the cell evaluated on what a carved pool leaves of it.
-    let key = serde_json::json!({"model": model, "task": task.name(), "regime": regime.name(),
-        "settings": settings, "split": data::split_note(task, &settings.data)});
+    let key = cell_key(model, task, regime, settings);
     let record = dir.join("cell.json");
-    if let Ok(text) = std::fs::read_to_string(&record)
-        && let Ok(saved) = serde_json::from_str::<serde_json::Value>(&text)
-        && saved["key"] == key
-    {
+    if let Some(saved) = saved_record(&record, &key) {
         let accuracy =
             serde_json::from_value(saved["accuracy"].clone()).map_err(|e| BenchError::Data {
                 path: record.clone(),
@@ -217,6 +211,33 @@ pub fn run_cell(
     std::fs::write(&tmp, text).map_err(|e| BenchError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, &record).map_err(|e| BenchError::Io(record.clone(), e))?;
     Ok(Cell::Run(accuracy))
+}
+
+/// What identifies a cell's result: a `cell.json` with another key is not this cell's.
+fn cell_key(
+    model: &Path,
+    task: Task,
+    regime: Regime,
+    settings: &CellSettings,
+) -> serde_json::Value {
+    // The split note is part of the key: a cell evaluated on all of MedMCQA's dev split is
+    // not the cell evaluated on what a carved pool leaves of it.
+    serde_json::json!({"model": model, "task": task.name(), "regime": regime.name(),
+        "settings": settings, "split": data::split_note(task, &settings.data)})
+}
+
+/// The finished cell's record at `path` (`cell.json`) if it was written under `key`.
+fn saved_record(path: &Path, key: &serde_json::Value) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let saved: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (saved["key"] == *key).then_some(saved)
+}
+
+/// Whether `cell`, run with `settings`, has finished in `dir` (what [`run_cell`] would take
+/// from its record).
+fn finished(dir: &Path, cell: &GridCell, settings: &CellSettings) -> bool {
+    let key = cell_key(&cell.model, cell.task, cell.regime, settings);
+    saved_record(&dir.join("cell.json"), &key).is_some()
 }
 
 /// Optimizer steps between a fine-tuning cell's checkpoints: what a killed grid loses at
@@ -622,6 +643,94 @@ impl Grid {
     }
 }
 
+/// A grid's plan ([`Grid::plan`]): every cell with its work and whether it is finished, and
+/// this machine's speed.
+#[derive(Debug, Clone)]
+pub struct GridPlan {
+    /// The cells in the order they run.
+    pub cells: Vec<PlannedCell>,
+    /// Measured on the first model.
+    pub speed: crate::estimate::Throughput,
+}
+
+/// One cell of a [`GridPlan`].
+#[derive(Debug, Clone)]
+pub struct PlannedCell {
+    /// The cell.
+    pub cell: GridCell,
+    /// Its `cell.json` records a finished run with this grid's settings.
+    pub finished: bool,
+    /// Tokens it scores and trains on.
+    pub work: crate::estimate::CellWork,
+}
+
+impl GridPlan {
+    /// Seconds the unfinished cells should take at the measured speed.
+    pub fn seconds_left(&self) -> f64 {
+        self.cells
+            .iter()
+            .filter(|c| !c.finished)
+            .map(|c| c.work.seconds(&self.speed))
+            .sum()
+    }
+}
+
+impl Grid {
+    /// What the grid will do and cost on this machine, without running a cell: each cell's
+    /// tokens counted with its model's tokenizer, and the speeds measured on the first model
+    /// ([`crate::estimate::Throughput::measure`], a few seconds).
+    pub fn plan(&self) -> Result<GridPlan, BenchError> {
+        let (_, first) = self
+            .models
+            .first()
+            .ok_or_else(|| BenchError::Config("a grid needs a model".into()))?;
+        let speed = crate::estimate::Throughput::measure(first, self.settings.global_batch)?;
+        let mut tokenizers: std::collections::HashMap<PathBuf, pmc_model::Tokenizer> =
+            Default::default();
+        // Cells of one model, task and share do the same work under LoRA and full
+        // fine-tuning, and zero-shot cells evaluate the same questions: counted once.
+        let mut counted: std::collections::HashMap<_, crate::estimate::CellWork> =
+            Default::default();
+        let mut cells = Vec::new();
+        for cell in self.cells() {
+            if !tokenizers.contains_key(&cell.model) {
+                let loaded = pmc_model::load_model(
+                    &cell.model,
+                    &Default::default(),
+                    &pmc_model::default_device(),
+                )?;
+                let tokenizer = loaded.require_tokenizer()?.clone();
+                tokenizers.insert(cell.model.clone(), tokenizer);
+            }
+            let settings = CellSettings {
+                fraction: cell.fraction,
+                ..self.settings.clone()
+            };
+            let same_work = (
+                cell.model.clone(),
+                cell.task,
+                cell.regime == Regime::ZeroShot,
+                cell.fraction.to_bits(),
+            );
+            let work = match counted.get(&same_work) {
+                Some(work) => *work,
+                None => {
+                    let work =
+                        crate::estimate::cell_work(&cell, &settings, &tokenizers[&cell.model])?;
+                    *counted.entry(same_work).or_insert(work)
+                }
+            };
+            let finished = finished(&cell.dir(&self.out), &cell, &settings);
+            cells.push(PlannedCell {
+                cell,
+                finished,
+                work,
+            });
+        }
+        Ok(GridPlan { cells, speed })
+    }
+}
+
 /// What a finished grid leaves beside its cells (see [`Grid::write_outputs`]).
 #[derive(Debug, Clone)]
 pub struct GridOutputs {
@@ -723,6 +832,8 @@ impl Grid {
         }
         for task in tasks {
             let mut series = Vec::new();
+            // One colour per regime and share; the base model solid, the others dashed.
+            let mut regimes: Vec<String> = Vec::new();
             for (cell, _) in done.iter().filter(|(c, _)| c.task == task) {
                 let dir = cell.dir(&self.out);
                 if cell.regime == Regime::ZeroShot || !dir.join("metrics.jsonl").exists() {
@@ -733,9 +844,19 @@ impl Grid {
                     .filter_map(|p| Some((p.step, p.loss?)))
                     .collect();
                 let share = cell.share(|f| format!(" ({:.0} %)", f * 100.0));
+                let regime = format!("{}{share}", cell.regime.name());
+                let colour = regimes
+                    .iter()
+                    .position(|r| *r == regime)
+                    .unwrap_or_else(|| {
+                        regimes.push(regime.clone());
+                        regimes.len() - 1
+                    });
                 series.push(pmc_plot::LossSeries {
-                    name: format!("{}, {}{share}", cell.label, cell.regime.name()),
+                    name: format!("{}, {regime}", cell.label),
                     points,
+                    colour,
+                    dashed: cell.label != "base",
                 });
             }
             if series.iter().all(|s| s.points.is_empty()) {

@@ -121,7 +121,6 @@ pub fn accuracy_chart(
     render(stem, (width, 580), &chart)
 }
 
-/// Something drawable on any plotters backend.
 /// One training run's loss by optimizer step, for [`loss_comparison`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossSeries {
@@ -129,6 +128,10 @@ pub struct LossSeries {
     pub name: String,
     /// `(step, training loss)`.
     pub points: Vec<(f64, f64)>,
+    /// Series of one colour index share a colour (e.g. one fine-tuning regime)…
+    pub colour: usize,
+    /// …and are told apart by dashes (e.g. the continued model against the base, solid).
+    pub dashed: bool,
 }
 
 /// Several runs' training loss on one chart (the paper's "faster convergence" figure: the
@@ -181,6 +184,8 @@ impl Chart for Losses<'_> {
         chart
             .configure_mesh()
             .x_desc("fine-tuning step")
+            // Whole steps only: more labels than steps would print the same step twice.
+            .x_labels((self.steps.end as usize + 1).min(11))
             .x_label_formatter(&|s| format!("{s:.0}"))
             .y_desc("training loss (nats per response token)")
             .axis_desc_style((FONT, 16))
@@ -188,14 +193,36 @@ impl Chart for Losses<'_> {
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(e)?;
-        for (i, series) in self.series.iter().enumerate() {
-            let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
-            line(&mut chart, &series.points, colour, &series.name).map_err(e)?;
+        for series in self.series {
+            let colour = SERIES_COLOURS[series.colour % SERIES_COLOURS.len()];
+            if !series.dashed {
+                line(&mut chart, &series.points, colour, &series.name).map_err(e)?;
+                continue;
+            }
+            let style = colour.stroke_width(2);
+            chart
+                .draw_series(DashedLineSeries::new(
+                    series.points.iter().copied(),
+                    8,
+                    5,
+                    style,
+                ))
+                .map_err(e)?
+                .label(series.name.as_str())
+                .legend(move |(x, y)| {
+                    plotters::element::DashedPathElement::new(
+                        vec![(x, y), (x + 24, y)],
+                        8,
+                        5,
+                        style,
+                    )
+                });
         }
         legend(&mut chart).map_err(e)
     }
 }
 
+/// Something drawable on any plotters backend.
 trait Chart {
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
 }
@@ -558,7 +585,7 @@ impl Chart for Accuracies<'_> {
         let mut chart = ChartBuilder::on(root)
             .caption(self.title, (FONT, 22).into_font().style(FontStyle::Bold))
             .margin(16)
-            .x_label_area_size(64)
+            .x_label_area_size(80)
             .y_label_area_size(70)
             // (A segmented a..b range has b - a + 1 segments.)
             .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..1.0)
@@ -572,13 +599,28 @@ impl Chart for Accuracies<'_> {
             .y_desc("accuracy (95 % interval)")
             .axis_desc_style((FONT, 16))
             .label_style((FONT, 14))
-            .x_label_formatter(&|x| match x {
-                SegmentValue::CenterOf(i) => names.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
+            // The group names are written below, one line per ` / `-separated part: side by
+            // side on one line, names like `medqa_4options / lora (50 %)` run into each other.
+            .x_label_formatter(&|_| String::new())
             .y_label_formatter(&|y| format!("{y:.1}"))
             .draw()
             .map_err(e)?;
+        let label_style =
+            TextStyle::from((FONT, 14).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Top,
+            ));
+        for (i, name) in names.iter().enumerate() {
+            let (x, y) = chart
+                .borrow_secondary()
+                .as_coord_spec()
+                .translate(&(i as f64 + 0.5, 0.0));
+            for (line, part) in name.split(" / ").enumerate() {
+                let at = (x, y + 12 + 17 * line as i32);
+                root.draw(&Text::new(part.to_string(), at, label_style.clone()))
+                    .map_err(e)?;
+            }
+        }
         let width = 0.8 / self.series.len() as f64;
         for (s, series) in self.series.iter().enumerate() {
             let colour = SERIES_COLOURS[s % SERIES_COLOURS.len()];
@@ -697,7 +739,15 @@ mod tests {
             .collect();
         let (svg, _) = accuracy_chart(&bars, "accuracies", &dir.join("accuracy")).unwrap();
         let text = std::fs::read_to_string(svg).unwrap();
-        for label in ["pubmedqa / zero-shot", "medqa / lora", "base", "continued"] {
+        // Group names are written one part a line.
+        for label in [
+            "\npubmedqa\n",
+            "\nzero-shot\n",
+            "\nmedqa\n",
+            "\nlora\n",
+            "base",
+            "continued",
+        ] {
             assert!(text.contains(label), "the SVG lacks {label:?}");
         }
     }
