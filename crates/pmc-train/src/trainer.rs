@@ -142,7 +142,9 @@ pub struct LoraRun {
 
 impl LoraRun {
     /// Attaches a fresh adapter of `config` (initialised from `seed`) to `model`, the base
-    /// model loaded from `base`, and makes the adapter alone trainable.
+    /// model loaded from `base` (a path or a model name of `pmc_model::hub`, recorded as the
+    /// file it names so that a resume loads the same one), and makes the adapter alone
+    /// trainable.
     pub fn attach(
         mut model: Llama,
         config: pmc_peft::AdapterConfig,
@@ -152,8 +154,9 @@ impl LoraRun {
     ) -> Result<(Llama, LoraRun), TrainError> {
         let adapter = pmc_peft::Adapter::init(&mut model, config.clone(), seed, device)?;
         let model = pmc_peft::prepare_for_training(model, &adapter)?;
+        let file = pmc_model::hub::resolve(base)?;
         let base =
-            std::fs::canonicalize(base).map_err(|e| TrainError::Io(base.to_path_buf(), e))?;
+            std::fs::canonicalize(&file).map_err(|e| TrainError::Io(file.to_path_buf(), e))?;
         Ok((model, LoraRun { config, base }))
     }
 }
