@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use pmc_bench::data::Task;
-use pmc_bench::estimate::duration;
 use pmc_bench::regimes::{Cell, CellSettings, Grid, Regime, table_section, write_table_section};
 
 #[derive(Args, Debug)]
@@ -36,8 +35,8 @@ pub struct ReproduceArgs {
     /// Sequences per fine-tuning step (default 8; --quick: 4).
     #[arg(long)]
     pub global_batch: Option<usize>,
-    /// Evaluate on the first N questions of each task only (the same N for every cell, so
-    /// cells are paired; --quick: 20).
+    /// Evaluate on N questions of each task, drawn with a fixed seed (the same for every
+    /// cell, so cells are paired; --quick: 20).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Run directory for checkpoints and evaluation outputs.
@@ -97,6 +96,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             steps: args.steps,
             global_batch: args.global_batch.unwrap_or(8),
             limit: args.limit,
+            subset_seed: 1234,
         },
         out: args.out.clone(),
     };
@@ -110,32 +110,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
             "measuring this machine's speed with {}…",
             args.model.display()
         );
-        let plan = grid.plan()?;
-        for (i, planned) in plan.cells.iter().enumerate() {
-            let work = &planned.work;
-            let status = match planned.finished {
-                true => "finished (cell.json)".to_string(),
-                false => format!("≈ {}", duration(work.seconds(&plan.speed))),
-            };
-            println!(
-                "{:>2}. {} ({}): scores {} tokens, trains on {} — {status}",
-                i + 1,
-                planned.cell.name(),
-                planned.cell.model.display(),
-                work.eval_tokens + work.held_out_tokens,
-                work.train_tokens,
-            );
-        }
-        let left = plan.cells.iter().filter(|c| !c.finished).count();
-        println!(
-            "{left} of {} cells to run: ≈ {} on this machine ({} at {:.0} tokens/s scored, {:.0} trained, measured on {})",
-            plan.cells.len(),
-            duration(plan.seconds_left()),
-            pmc_model::cpu::model_name(),
-            plan.speed.scoring_tps,
-            plan.speed.training_tps,
-            args.model.display()
-        );
+        print!("{}", grid.plan()?);
         return Ok(());
     }
     crate::install_stop_handler()?;
@@ -164,36 +139,7 @@ pub fn reproduce(args: ReproduceArgs) -> Result<()> {
         eprintln!("chart: {}", chart.display());
     }
     let rows: Vec<_> = done.into_iter().map(|(_, row)| row).collect();
-    let names = |names: Vec<&str>| names.join(",");
-    let command = format!(
-        "cargo xtask reproduce --model {}{} --tasks {} --regimes {} --fraction {}{}{}{}{}",
-        args.model.display(),
-        args.continued
-            .as_ref()
-            .map_or(String::new(), |c| format!(" --continued {}", c.display())),
-        names(args.tasks.iter().map(|t| t.name()).collect()),
-        names(args.regimes.iter().map(|r| r.name()).collect()),
-        args.fraction,
-        args.steps
-            .map_or(String::new(), |s| format!(" --steps {s}")),
-        args.global_batch
-            .map_or(String::new(), |b| format!(" --global-batch {b}")),
-        args.limit
-            .map_or(String::new(), |l| format!(" --limit {l}")),
-        match args.fractions.is_empty() {
-            true => String::new(),
-            false => format!(
-                " --fractions {} --fractions-task {}",
-                args.fractions
-                    .iter()
-                    .map(f64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
-                args.fractions_task.name()
-            ),
-        },
-    );
-    let table = table_section(&command, &rows, &notes);
+    let table = table_section(&grid.command(), &rows, &notes);
     println!("{table}");
     write_table_section(&args.results, &table)?;
     eprintln!("wrote the table into {}", args.results.display());

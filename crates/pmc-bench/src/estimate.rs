@@ -104,8 +104,7 @@ pub fn cell_work(
     settings: &CellSettings,
     tokenizer: &pmc_model::Tokenizer,
 ) -> Result<CellWork, BenchError> {
-    let questions =
-        crate::run::TaskQuestions::load(cell.task, &settings.data, settings.limit, 0, 0)?;
+    let questions = crate::regimes::cell_questions(cell.task, settings)?;
     let mut eval_tokens = 0;
     for q in &questions.questions {
         let context = crate::prompt::with_shots(cell.task, q, &[]);

@@ -128,8 +128,28 @@ pub struct CellSettings {
     pub steps: Option<usize>,
     /// Sequences per fine-tuning step.
     pub global_batch: usize,
-    /// Evaluate on the first N questions only.
+    /// Evaluate on N questions of each task, drawn with `subset_seed` (the same for every
+    /// cell, so cells are paired). Not the first N in file order, as lm-eval's `--limit`
+    /// takes: PubMedQA's ground-truth file is sorted by label, so its first 100 are all "yes".
     pub limit: Option<usize>,
+    /// Seeds the draw of the `limit` questions.
+    pub subset_seed: u64,
+}
+
+/// The questions a cell is evaluated on: `settings.limit` of `task`'s evaluation split,
+/// drawn with `settings.subset_seed`, or all of it.
+pub fn cell_questions(
+    task: Task,
+    settings: &CellSettings,
+) -> Result<crate::run::TaskQuestions, BenchError> {
+    let mut questions = crate::run::TaskQuestions::load(task, &settings.data, None, 0, 0)?;
+    if let Some(n) = settings.limit {
+        questions
+            .questions
+            .shuffle(&mut rand::rngs::StdRng::seed_from_u64(settings.subset_seed));
+        questions.questions.truncate(n);
+    }
+    Ok(questions)
 }
 
 /// Claims `out` for a grid of cells over `models` (label → path) with `settings`, recorded
@@ -345,7 +365,7 @@ fn compute_cell(
         seed: 1234,
         generation: Default::default(),
     };
-    let questions = crate::run::TaskQuestions::load(task, &settings.data, settings.limit, 0, 0)?;
+    let questions = cell_questions(task, settings)?;
     let evaluator =
         crate::run::Evaluator::new(&loaded.model, tokenizer, &config, &device, &model_path)?;
     let (predictions, _) = crate::run::evaluate_into(
@@ -549,6 +569,41 @@ pub struct GridProgress {
 }
 
 impl Grid {
+    /// The `cargo xtask reproduce` command that runs this grid, every setting spelled out
+    /// (presets expanded): what the results table says it came from.
+    pub fn command(&self) -> String {
+        let mut command = format!(
+            "cargo xtask reproduce --model {}",
+            self.models[0].1.display()
+        );
+        for (label, model) in &self.models[1..] {
+            command += &format!(" --{label} {}", model.display());
+        }
+        let join = |names: Vec<String>| names.join(",");
+        command += &format!(
+            " --data {} --tasks {} --regimes {} --fraction {} --global-batch {}",
+            self.settings.data.display(),
+            join(self.tasks.iter().map(|t| t.name().to_string()).collect()),
+            join(self.regimes.iter().map(|r| r.name().to_string()).collect()),
+            self.settings.fraction,
+            self.settings.global_batch
+        );
+        if let Some(steps) = self.settings.steps {
+            command += &format!(" --steps {steps}");
+        }
+        if let Some(limit) = self.settings.limit {
+            command += &format!(" --limit {limit}");
+        }
+        if !self.fractions.is_empty() {
+            command += &format!(
+                " --fractions {} --fractions-task {}",
+                join(self.fractions.iter().map(f64::to_string).collect()),
+                self.fractions_task.name()
+            );
+        }
+        command
+    }
+
     /// The cells in the order they run.
     pub fn cells(&self) -> Vec<GridCell> {
         let mut cells = Vec::new();
@@ -662,6 +717,39 @@ pub struct PlannedCell {
     pub finished: bool,
     /// Tokens it scores and trains on.
     pub work: crate::estimate::CellWork,
+}
+
+/// One line per cell (its tokens, finished or its time), then the total.
+impl std::fmt::Display for GridPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let duration = crate::estimate::duration;
+        for (i, planned) in self.cells.iter().enumerate() {
+            let work = &planned.work;
+            let status = match planned.finished {
+                true => "finished (cell.json)".to_string(),
+                false => format!("≈ {}", duration(work.seconds(&self.speed))),
+            };
+            writeln!(
+                f,
+                "{:>2}. {} ({}): scores {} tokens, trains on {} — {status}",
+                i + 1,
+                planned.cell.name(),
+                planned.cell.model.display(),
+                work.eval_tokens + work.held_out_tokens,
+                work.train_tokens,
+            )?;
+        }
+        writeln!(
+            f,
+            "{} of {} cells to run: ≈ {} on this machine ({} at {:.0} tokens/s scored, {:.0} trained, measured on the first model)",
+            self.cells.iter().filter(|c| !c.finished).count(),
+            self.cells.len(),
+            duration(self.seconds_left()),
+            pmc_model::cpu::model_name(),
+            self.speed.scoring_tps,
+            self.speed.training_tps,
+        )
+    }
 }
 
 impl GridPlan {

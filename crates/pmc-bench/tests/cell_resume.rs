@@ -26,6 +26,7 @@ fn a_stopped_cell_continues_from_its_checkpoint_to_the_same_adapter() {
         steps: Some(4),
         global_batch: 4,
         limit: None,
+        subset_seed: 1234,
     };
     let model = fixture_model();
     let run = |cell: &Path| run_cell(&model, Task::MedQa, Regime::Lora, &settings, cell);

@@ -232,3 +232,31 @@ fn bad_records_name_file_and_line() {
     let q = data::load(Task::MedMcqa, Split::Eval, &path).unwrap();
     assert_eq!((q[0].gold, q[0].subject.as_deref()), (3, Some("Anatomy")));
 }
+
+/// The grid's `--limit` draws its questions with a seed, the same for every cell: the first N
+/// of PubMedQA's ground-truth file (sorted by label) would all be "yes".
+#[test]
+fn a_cell_limit_draws_seeded_questions_of_every_label() {
+    let Some(data) = shared_data() else { return };
+    let settings = pmc_bench::regimes::CellSettings {
+        data,
+        fraction: 1.0,
+        steps: None,
+        global_batch: 8,
+        limit: Some(100),
+        subset_seed: 1234,
+    };
+    let draw = || pmc_bench::regimes::cell_questions(Task::PubMedQa, &settings).unwrap();
+    let (a, b) = (draw(), draw());
+    let ids = |q: &pmc_bench::run::TaskQuestions| -> Vec<String> {
+        q.questions.iter().map(|q| q.id.clone()).collect()
+    };
+    assert_eq!(a.questions.len(), 100);
+    assert_eq!(ids(&a), ids(&b), "every cell must score the same questions");
+    for label in 0..3 {
+        assert!(
+            a.questions.iter().any(|q| q.gold == label),
+            "no question of label {label} among the 100 drawn"
+        );
+    }
+}

@@ -46,6 +46,7 @@ fn a_cell_fine_tunes_then_evaluates_in_process() {
         steps: Some(2),
         global_batch: 4,
         limit: None,
+        subset_seed: 1234,
     };
     let model = fixture_model();
 
@@ -205,6 +206,7 @@ fn a_grid_directory_of_other_settings_is_refused() {
         steps: Some(10),
         global_batch: 8,
         limit: None,
+        subset_seed: 1234,
     };
     let models = [("base", Path::new("m1")), ("continued", Path::new("m2"))];
     // A dry run only looks.
@@ -252,6 +254,7 @@ fn a_grid_writes_one_results_file_and_a_loss_chart_per_task() {
             steps: Some(3),
             global_batch: 4,
             limit: None,
+            subset_seed: 1234,
         },
         out: dir.path().join("grid"),
     };
