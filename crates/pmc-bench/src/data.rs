@@ -13,6 +13,13 @@ use serde_json::{Map, Value};
 
 use crate::BenchError;
 
+/// Keeps `n` of `items` drawn in a shuffle seeded by `seed` (all of them, shuffled, when
+/// there are no more than `n`): the same draw for the same seed, wherever it is made.
+pub fn seeded_sample<T>(items: &mut Vec<T>, n: usize, seed: u64) {
+    items.shuffle(&mut StdRng::seed_from_u64(seed));
+    items.truncate(n);
+}
+
 /// The three benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -107,17 +107,10 @@ pub fn cell_work(
     let questions = crate::regimes::cell_questions(cell.task, settings)?;
     let mut eval_tokens = 0;
     for q in &questions.questions {
-        let context = crate::prompt::with_shots(cell.task, q, &[]);
-        for (i, choice) in crate::prompt::lm_eval_choices(cell.task, q)
-            .iter()
-            .enumerate()
-        {
-            let (ctx, cont) = tokenizer.encode_pair(
-                &context,
-                &format!("{}{choice}", crate::prompt::TARGET_DELIMITER),
-            )?;
-            eval_tokens += cont.len() + if i == 0 { ctx.len() } else { 0 };
-        }
+        // The context runs once; every choice's continuation after it.
+        let requests = crate::prompt::loglik_requests(cell.task, q, &[], tokenizer)?;
+        eval_tokens += requests.first().map_or(0, |r| r.context.len());
+        eval_tokens += requests.iter().map(|r| r.continuation.len()).sum::<usize>();
     }
     let mut work = CellWork {
         eval_tokens,

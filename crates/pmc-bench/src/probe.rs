@@ -5,14 +5,12 @@
 
 use std::path::Path;
 
-use pmc_model::{ScoreRequest, Tokenizer};
+use pmc_model::Tokenizer;
 use pmc_train::probe::{ChoiceQuestion, Probe};
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
 
 use crate::BenchError;
 use crate::data::{self, Split, Task};
-use crate::prompt::{self, TARGET_DELIMITER};
+use crate::prompt;
 
 /// One task and how many of its questions to probe with (`pubmedqa:200`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +38,7 @@ impl std::str::FromStr for ProbeSpec {
 
 /// The probes of `specs`: for each task, `questions` drawn from its evaluation split under
 /// `data` in a shuffle seeded by `seed` (the same questions on every rank and every resume),
-/// each choice tokenized as [`crate::run::score_question`] tokenizes it.
+/// each choice tokenized by [`prompt::loglik_requests`], as [`crate::run::score_question`] scores it.
 pub fn probes(
     specs: &[ProbeSpec],
     data: &Path,
@@ -60,26 +58,13 @@ pub fn probes(
                     spec.questions
                 )));
             }
-            questions.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-            questions.truncate(spec.questions);
+            data::seeded_sample(&mut questions, spec.questions, seed);
             let questions = questions
                 .iter()
                 .map(|q| {
-                    let context = prompt::with_shots(spec.task, q, &[]);
-                    let choices = prompt::lm_eval_choices(spec.task, q)
-                        .iter()
-                        .map(|choice| {
-                            let (context, continuation) = tokenizer
-                                .encode_pair(&context, &format!("{TARGET_DELIMITER}{choice}"))?;
-                            Ok(ScoreRequest {
-                                context,
-                                continuation,
-                            })
-                        })
-                        .collect::<Result<_, BenchError>>()?;
                     Ok(ChoiceQuestion {
                         id: q.id.clone(),
-                        choices,
+                        choices: prompt::loglik_requests(spec.task, q, &[], tokenizer)?,
                         gold: q.gold,
                     })
                 })

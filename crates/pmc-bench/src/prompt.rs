@@ -79,6 +79,29 @@ pub fn lm_eval_choices(task: Task, q: &Question) -> Vec<String> {
     }
 }
 
+/// How loglik mode scores `q`: one request per choice, the context (with `shots` before
+/// it) and `" " + choice` tokenized as lm-eval splits them. The contexts are the same tokens
+/// for every choice unless a merge crosses the boundary.
+pub fn loglik_requests(
+    task: Task,
+    q: &Question,
+    shots: &[Question],
+    tokenizer: &pmc_model::Tokenizer,
+) -> Result<Vec<pmc_model::ScoreRequest>, crate::BenchError> {
+    let context = with_shots(task, q, shots);
+    lm_eval_choices(task, q)
+        .iter()
+        .map(|choice| {
+            let (context, continuation) =
+                tokenizer.encode_pair(&context, &format!("{TARGET_DELIMITER}{choice}"))?;
+            Ok(pmc_model::ScoreRequest {
+                context,
+                continuation,
+            })
+        })
+        .collect()
+}
+
 /// A context with `shots` solved examples before it, lm-eval style: each example is its
 /// context, the delimiter and its gold choice; examples are separated by a blank line.
 pub fn with_shots(task: Task, q: &Question, shots: &[Question]) -> String {

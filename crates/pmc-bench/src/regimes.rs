@@ -9,9 +9,6 @@ use pmc_fsdp::FineTuning;
 use pmc_train::Method;
 use pmc_train::run_dir::UsedDir;
 
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-
 use crate::BenchError;
 use crate::data::{self, Split, Task};
 
@@ -78,8 +75,7 @@ pub fn keep_fraction<T>(
     }
     if fraction < 1.0 {
         let keep = ((examples.len() as f64 * fraction).round() as usize).max(1);
-        examples.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
-        examples.truncate(keep);
+        data::seeded_sample(&mut examples, keep, seed);
     }
     Ok(examples)
 }
@@ -144,10 +140,7 @@ pub fn cell_questions(
 ) -> Result<crate::run::TaskQuestions, BenchError> {
     let mut questions = crate::run::TaskQuestions::load(task, &settings.data, None, 0, 0)?;
     if let Some(n) = settings.limit {
-        questions
-            .questions
-            .shuffle(&mut rand::rngs::StdRng::seed_from_u64(settings.subset_seed));
-        questions.questions.truncate(n);
+        data::seeded_sample(&mut questions.questions, n, settings.subset_seed);
     }
     Ok(questions)
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::BenchError;
 use crate::data::{Question, Split, Task};
 use crate::metrics;
-use crate::prompt::{self, TARGET_DELIMITER, Template};
+use crate::prompt::{self, Template};
 
 /// How answers are obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -106,17 +106,14 @@ pub fn score_question(
     shots: &[Question],
     device: &Device,
 ) -> Result<Prediction, BenchError> {
-    let context = prompt::with_shots(task, q, shots);
     let choices = prompt::lm_eval_choices(task, q);
     let mut contexts = ContextCache::default();
     let mut loglik = Vec::with_capacity(choices.len());
-    for choice in &choices {
-        let (ctx_ids, cont_ids) =
-            tokenizer.encode_pair(&context, &format!("{TARGET_DELIMITER}{choice}"))?;
-        // The context's tokens are the same for every choice unless a merge crosses the
-        // boundary; then that choice gets its own context pass.
-        let ctx = contexts.prepare(model, &ctx_ids, device)?;
-        loglik.push(ctx.score(model, &cont_ids)?.loglik);
+    for request in prompt::loglik_requests(task, q, shots, tokenizer)? {
+        // A choice whose context tokens differ (a merge across the boundary) gets its own
+        // context pass.
+        let ctx = contexts.prepare(model, &request.context, device)?;
+        loglik.push(ctx.score(model, &request.continuation)?.loglik);
     }
     let pred = argmax(loglik.iter().copied());
     let pred_norm = argmax(
